@@ -1,0 +1,1 @@
+core.users.login(data_params, listener)

@@ -1,0 +1,1 @@
+core.users.create(data_params, listener)

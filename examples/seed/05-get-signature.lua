@@ -1,0 +1,1 @@
+core.users.get(data_params, listener)

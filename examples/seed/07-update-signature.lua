@@ -1,0 +1,1 @@
+core.users.update(data_params, listener)

@@ -1,0 +1,1 @@
+core.users.delete(data_params, listener)

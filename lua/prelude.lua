@@ -1,0 +1,195 @@
+-- The Lua side of `core`: calling conventions, compat shims and small utilities.
+-- Runs once per Lua state, before the sandbox is sealed. `native` holds the Rust functions and
+-- never becomes visible to scripts.
+local core, native = ...
+
+local NULL = "_NULL"
+core.NULL = NULL
+core.FACEBOOK, core.GOOGLE, core.OPENUDID = "facebook", "google", "openudid"
+
+------------------------------------------------------------------------------------------------
+-- core.users: one function, two calling conventions (compat §1).
+-- With a listener, the listener gets `evt` once and the call returns nothing; without one, the
+-- call returns `result`, or `nil, err, status`.
+------------------------------------------------------------------------------------------------
+local function deliver(listener, result, err, status)
+  if type(listener) == "function" then
+    if err ~= nil then
+      listener({ error = err, status = status })
+    else
+      listener({ result = result })
+    end
+    return
+  end
+  if err ~= nil then
+    return nil, err, status
+  end
+  return result
+end
+
+local users = { NULL = NULL }
+core.users = users
+
+function users.create(params, listener)
+  return deliver(listener, native.create(params))
+end
+
+function users.login(params, listener)
+  return deliver(listener, native.login(params))
+end
+
+-- get({user_id = id}, listener) | get({user_id = id}) | get(id)
+function users.get(params, listener)
+  if type(params) == "string" then
+    params = { user_id = params }
+  end
+  return deliver(listener, native.get(params))
+end
+
+-- update({user_id = id, update = {...}}, listener) | update(id, {...})
+function users.update(params, update, listener)
+  if type(params) == "string" then
+    params = { user_id = params, update = update }
+  else
+    listener = update
+  end
+  return deliver(listener, native.update(params))
+end
+
+-- delete({user_id = id}, listener) | delete(id)
+function users.delete(params, listener)
+  if type(params) == "string" then
+    params = { user_id = params }
+  end
+  return deliver(listener, native.delete(params))
+end
+
+-- Coronium 2.x: register(username, password, scope, meta) -> user_id
+-- meta = { email, group, extra, login }; with meta.login the new user is logged in and returned.
+function users.register(username, password, scope, meta, listener)
+  if type(meta) == "function" then
+    meta, listener = nil, meta
+  elseif type(scope) == "function" then
+    scope, listener = nil, scope
+  end
+  meta = type(meta) == "table" and meta or {}
+  local params = {
+    username = username,
+    password = password,
+    scope = scope,
+    email = meta.email,
+    group = meta.group,
+    extra = meta.extra,
+  }
+  local user_id, err, status = native.create(params)
+  if err == nil and meta.login then
+    return deliver(listener, native.login({ username = username, password = password, scope = scope }))
+  end
+  return deliver(listener, user_id, err, status)
+end
+
+------------------------------------------------------------------------------------------------
+-- Small utilities ported code uses (compat §6).
+------------------------------------------------------------------------------------------------
+core.sf = string.format
+core.uuid = native.uuid
+core.md5 = native.md5
+core.sleep = native.sleep
+core.log = native.log
+core.json = { encode = native.json_encode, decode = native.json_decode }
+
+function core.trim(s)
+  return (tostring(s):gsub("^%s+", ""):gsub("%s+$", ""))
+end
+
+-- split(s, sep): pieces between plain separators (empty pieces kept); without `sep`, words.
+function core.split(s, sep)
+  s = tostring(s)
+  local parts = {}
+  if sep == nil or sep == "" then
+    for word in s:gmatch("%S+") do
+      parts[#parts + 1] = word
+    end
+    return parts
+  end
+  local start = 1
+  while true do
+    local i, j = s:find(sep, start, true)
+    if not i then
+      parts[#parts + 1] = s:sub(start)
+      return parts
+    end
+    parts[#parts + 1] = s:sub(start, i - 1)
+    start = j + 1
+  end
+end
+
+-- print with the sink the host chose (stdout for `coronium run`).
+function print(...)
+  local n = select("#", ...)
+  local parts = table.create and table.create(n) or {}
+  for i = 1, n do
+    parts[i] = tostring((select(i, ...)))
+  end
+  native.write(table.concat(parts, "\t"))
+end
+
+-- core.debug(value): pretty-prints a value, tables nested and sorted by key.
+local function dump(value, indent, seen, out)
+  if type(value) ~= "table" then
+    out[#out + 1] = type(value) == "string" and string.format("%q", value) or tostring(value)
+    return
+  end
+  if seen[value] then
+    out[#out + 1] = "<cycle>"
+    return
+  end
+  seen[value] = true
+  local keys = {}
+  for k in pairs(value) do
+    keys[#keys + 1] = k
+  end
+  table.sort(keys, function(a, b)
+    if type(a) == type(b) and (type(a) == "number" or type(a) == "string") then
+      return a < b
+    end
+    return type(a) < type(b)
+  end)
+  if #keys == 0 then
+    out[#out + 1] = "{}"
+  else
+    out[#out + 1] = "{\n"
+    for _, k in ipairs(keys) do
+      local label = type(k) == "string" and k:match("^[%a_][%w_]*$") and k or "[" .. (type(k) == "string" and string.format("%q", k) or tostring(k)) .. "]"
+      out[#out + 1] = indent .. "  " .. label .. " = "
+      dump(value[k], indent .. "  ", seen, out)
+      out[#out + 1] = ",\n"
+    end
+    out[#out + 1] = indent .. "}"
+  end
+  seen[value] = nil
+end
+
+function core.debug(value)
+  local out = {}
+  dump(value, "", {}, out)
+  native.write(table.concat(out))
+end
+
+------------------------------------------------------------------------------------------------
+-- Lua 5.1 names that Coronium-era code uses, where Luau lacks them.
+------------------------------------------------------------------------------------------------
+unpack = unpack or table.unpack
+math.mod = math.mod or math.fmod
+math.pow = math.pow or function(x, y) return x ^ y end
+table.getn = table.getn or function(t) return #t end
+table.maxn = table.maxn or function(t)
+  local max = 0
+  for k in pairs(t) do
+    if type(k) == "number" and k > max then
+      max = k
+    end
+  end
+  return max
+end
+string.gfind = string.gfind or string.gmatch

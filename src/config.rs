@@ -1,0 +1,216 @@
+//! Typed settings: defaults, then `coronium.toml` (or `--config PATH`), then environment
+//! variables (`CORONIUM_*`, and `DATABASE_URL`), then command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::db::{EmbeddedOptions, Location};
+use crate::users::HashParams;
+
+/// The config file read when `--config` is not given and it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "coronium.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {name}={value:?}: {reason}")]
+    Env {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the embedded cluster (and later the server key) live.
+    pub data_dir: PathBuf,
+    /// A PostgreSQL server to use instead of the embedded default.
+    pub database_url: Option<String>,
+    /// The scope `coronium run` scripts act in.
+    pub scope: String,
+    /// The base URL links in mails point to.
+    pub public_url: String,
+    /// Database connections per pool.
+    pub pool_size: usize,
+    pub argon2: HashParams,
+    pub lua: LuaSettings,
+    pub postgres: PostgresSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LuaSettings {
+    /// Memory limit of one Lua state, in MiB.
+    pub memory_limit_mb: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// Directory holding `initdb` and `postgres`; searched for when unset.
+    pub bin_dir: Option<PathBuf>,
+    /// fsync and synchronous commit for the embedded cluster. Only tests should turn this off.
+    pub durable: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./coronium-data"),
+            database_url: None,
+            scope: "default".into(),
+            public_url: "http://localhost:10001".into(),
+            pool_size: 8,
+            argon2: HashParams::default(),
+            lua: LuaSettings::default(),
+            postgres: PostgresSettings::default(),
+        }
+    }
+}
+
+impl Default for LuaSettings {
+    fn default() -> Self {
+        LuaSettings {
+            memory_limit_mb: 256,
+        }
+    }
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        PostgresSettings {
+            bin_dir: None,
+            durable: true,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file (the explicit one must exist; the default one may not) and applies the
+    /// environment on top.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = match explicit {
+            Some(path) => Self::from_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).is_file() => {
+                Self::from_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Applies `CORONIUM_*` and `DATABASE_URL` overrides; `var` reads one variable.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parsed<T: std::str::FromStr>(name: &'static str, value: String) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.parse().map_err(|e: T::Err| ConfigError::Env {
+                name,
+                value,
+                reason: e.to_string(),
+            })
+        }
+        if let Some(v) = var("CORONIUM_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = var("CORONIUM_DATABASE_URL").or_else(|| var("DATABASE_URL")) {
+            self.database_url = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = var("CORONIUM_SCOPE") {
+            self.scope = v;
+        }
+        if let Some(v) = var("CORONIUM_PUBLIC_URL") {
+            self.public_url = v;
+        }
+        if let Some(v) = var("CORONIUM_POOL_SIZE") {
+            self.pool_size = parsed("CORONIUM_POOL_SIZE", v)?;
+        }
+        if let Some(v) = var("CORONIUM_ARGON2_M_COST") {
+            self.argon2.m_cost = parsed("CORONIUM_ARGON2_M_COST", v)?;
+        }
+        if let Some(v) = var("CORONIUM_ARGON2_T_COST") {
+            self.argon2.t_cost = parsed("CORONIUM_ARGON2_T_COST", v)?;
+        }
+        if let Some(v) = var("CORONIUM_ARGON2_P_COST") {
+            self.argon2.p_cost = parsed("CORONIUM_ARGON2_P_COST", v)?;
+        }
+        if let Some(v) = var("CORONIUM_LUA_MEMORY_LIMIT_MB") {
+            self.lua.memory_limit_mb = parsed("CORONIUM_LUA_MEMORY_LIMIT_MB", v)?;
+        }
+        if let Some(v) = var("CORONIUM_PG_BIN_DIR") {
+            self.postgres.bin_dir = Some(v.into());
+        }
+        if let Some(v) = var("CORONIUM_PG_DURABLE") {
+            self.postgres.durable = parsed("CORONIUM_PG_DURABLE", v)?;
+        }
+        Ok(())
+    }
+
+    /// Where the database is: `database_url` when set, else the embedded cluster.
+    pub fn database_location(&self) -> Location {
+        match &self.database_url {
+            Some(url) => Location::Url(url.clone()),
+            None => Location::Embedded(EmbeddedOptions {
+                dir: self.data_dir.join("pg"),
+                durable: self.postgres.durable,
+                bin_dir: self.postgres.bin_dir.clone(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment() {
+        let mut config: Config =
+            toml::from_str("scope = \"game\"\npool_size = 3\n[argon2]\nm_cost = 1024\n").unwrap();
+        assert_eq!((config.scope.as_str(), config.pool_size), ("game", 3));
+        assert_eq!(config.argon2.t_cost, 2, "unset keys keep their defaults");
+        config
+            .apply_env(|name| match name {
+                "DATABASE_URL" => Some("postgres://x@localhost/db".into()),
+                "CORONIUM_POOL_SIZE" => Some("5".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(config.pool_size, 5);
+        assert!(matches!(config.database_location(), Location::Url(_)));
+        let bad = config.apply_env(|name| (name == "CORONIUM_POOL_SIZE").then(|| "many".into()));
+        assert!(bad.unwrap_err().to_string().contains("CORONIUM_POOL_SIZE"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("scoep = \"x\"").is_err());
+    }
+}

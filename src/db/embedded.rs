@@ -1,0 +1,482 @@
+//! The embedded default: a private PostgreSQL cluster under the data directory, started as a child
+//! process with a Unix socket in a directory of its own and no TCP listener.
+//!
+//! The postmaster is spawned by a keeper thread that lives until [`EmbeddedPostgres::stop`], with
+//! `PR_SET_PDEATHSIG`: if this process dies without stopping it (even by SIGKILL), the kernel sends
+//! the postmaster SIGINT, so no orphan is ever left running. (The signal fires when the spawning
+//! *thread* exits, which is why the spawner is a thread we control.)
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The port only names the socket file (`.s.PGSQL.<port>`); no TCP is opened.
+const SOCKET_PORT: u16 = 5432;
+/// The cluster's superuser, and the database the server uses.
+pub const SUPERUSER: &str = "coronium";
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error(
+        "PostgreSQL server binaries (initdb, postgres) were not found on PATH or in \
+         /usr/lib/postgresql/*/bin. Install them (Debian/Ubuntu: `apt-get install postgresql`), \
+         or set DATABASE_URL to use an existing PostgreSQL server instead."
+    )]
+    BinariesMissing,
+    #[error(
+        "running as root, and PostgreSQL refuses to run as root: there is no `postgres` system \
+         user to run it as. Create one (`useradd --system postgres`), or set DATABASE_URL."
+    )]
+    NoPostgresUser,
+    #[error("{0}")]
+    InUse(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EmbeddedError {
+    let what = what.into();
+    move |source| EmbeddedError::Io { what, source }
+}
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// `<data dir>/pg`: holds `data/` (the cluster), `run/` (the socket) and `postgres.log`.
+    pub dir: PathBuf,
+    /// fsync, synchronous_commit and full_page_writes on (the default); tests turn them off.
+    pub durable: bool,
+    /// Where initdb and postgres live; searched for when not given.
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// A running private cluster. Stopped (fast shutdown) by [`stop`](Self::stop) or on drop.
+pub struct EmbeddedPostgres {
+    socket_dir: PathBuf,
+    pid: i32,
+    stop_tx: Option<mpsc::Sender<()>>,
+    keeper: Option<JoinHandle<()>>,
+}
+
+/// The uid and gid to run PostgreSQL as: `postgres` when we are root, else ourselves.
+#[derive(Clone, Copy)]
+struct RunAs(Option<(u32, u32)>);
+
+impl RunAs {
+    fn detect() -> Result<Self, EmbeddedError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(RunAs(None));
+        }
+        let name = CString::new("postgres").expect("no NUL");
+        // SAFETY: getpwnam returns null or a pointer to a static record, read at once.
+        let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+        if pw.is_null() {
+            return Err(EmbeddedError::NoPostgresUser);
+        }
+        // SAFETY: checked non-null above.
+        let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+        Ok(RunAs(Some((uid, gid))))
+    }
+
+    fn apply(self, cmd: &mut Command) {
+        if let Some((uid, gid)) = self.0 {
+            cmd.uid(uid).gid(gid);
+        }
+    }
+
+    fn chown(self, path: &Path) -> Result<(), EmbeddedError> {
+        if let Some((uid, gid)) = self.0 {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(io_err(format!("chown {}", path.display())))?;
+        }
+        Ok(())
+    }
+}
+
+/// Finds the directory holding `initdb` and `postgres`: PATH first, then Debian's layout.
+fn find_bin_dir() -> Option<PathBuf> {
+    let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if has_both(&dir) {
+                return Some(dir);
+            }
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            Some((version, e.path().join("bin")))
+        })
+        .filter(|(_, bin)| has_both(bin))
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+impl EmbeddedPostgres {
+    /// Initialises the cluster on first use, clears a stale lock left by a crash, starts the
+    /// postmaster and waits until its socket exists. Blocking; takes ~1 s on first use, ~50 ms after.
+    pub fn start(options: &EmbeddedOptions) -> Result<Self, EmbeddedError> {
+        let bin = match &options.bin_dir {
+            Some(dir) => dir.clone(),
+            None => find_bin_dir().ok_or(EmbeddedError::BinariesMissing)?,
+        };
+        if !bin.join("postgres").is_file() || !bin.join("initdb").is_file() {
+            return Err(EmbeddedError::BinariesMissing);
+        }
+        let run_as = RunAs::detect()?;
+        fs::create_dir_all(&options.dir)
+            .map_err(io_err(format!("create {}", options.dir.display())))?;
+        let dir = options
+            .dir
+            .canonicalize()
+            .map_err(io_err(format!("resolve {}", options.dir.display())))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_err(format!("chmod {}", dir.display())))?;
+        run_as.chown(&dir)?;
+        let data = dir.join("data");
+        if !data.join("PG_VERSION").is_file() {
+            init_cluster(&bin, &dir, &data, run_as, options.durable)?;
+        }
+        clear_stale_lock(&data)?;
+        let socket_dir = dir.join("run");
+        if !socket_dir.is_dir() {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&socket_dir)
+                .map_err(io_err(format!("create {}", socket_dir.display())))?;
+        }
+        run_as.chown(&socket_dir)?;
+
+        let log_path = dir.join("postgres.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_err(format!("open {}", log_path.display())))?;
+        let mut cmd = Command::new(bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(&data)
+            .arg("-k")
+            .arg(&socket_dir)
+            .arg("-p")
+            .arg(SOCKET_PORT.to_string())
+            .args([
+                "-c",
+                "listen_addresses=",
+                "-c",
+                "unix_socket_permissions=0700",
+            ])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(io_err("duplicate log handle"))?)
+            .stderr(log)
+            // Its own process group: a terminal's Ctrl-C reaches us, and we stop it in order.
+            .process_group(0);
+        if !options.durable {
+            cmd.args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]);
+        }
+        run_as.apply(&mut cmd);
+        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs in the hook.
+        unsafe {
+            let parent = libc::getpid();
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the prctl took effect.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("parent exited"));
+                }
+                Ok(())
+            });
+        }
+
+        let (started_tx, started_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let keeper = std::thread::Builder::new()
+            .name("postgres-keeper".into())
+            .spawn(move || {
+                let mut child = match cmd.spawn() {
+                    Ok(child) => child,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = started_tx.send(Ok(child.id() as i32));
+                // Returns on stop() or when the handle is dropped.
+                let _ = stop_rx.recv();
+                // SAFETY: signalling our own child. SIGINT is PostgreSQL's fast shutdown.
+                unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+                let _ = child.wait();
+            })
+            .map_err(io_err("spawn postgres keeper thread"))?;
+        let pid = match started_rx.recv() {
+            Ok(Ok(pid)) => pid,
+            Ok(Err(e)) => {
+                let _ = keeper.join();
+                return Err(io_err(format!("start {}", bin.join("postgres").display()))(
+                    e,
+                ));
+            }
+            Err(_) => return Err(EmbeddedError::Failed("postgres keeper thread died".into())),
+        };
+        let mut server = EmbeddedPostgres {
+            socket_dir,
+            pid,
+            stop_tx: Some(stop_tx),
+            keeper: Some(keeper),
+        };
+        server.wait_for_socket(&log_path)?;
+        Ok(server)
+    }
+
+    fn wait_for_socket(&mut self, log_path: &Path) -> Result<(), EmbeddedError> {
+        let socket = self.socket_path();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if socket.exists() {
+                return Ok(());
+            }
+            // SAFETY: probing our own child's pid.
+            let alive = unsafe { libc::kill(self.pid, 0) } == 0 && !is_zombie(self.pid);
+            if !alive || Instant::now() > deadline {
+                self.stop();
+                return Err(EmbeddedError::Failed(format!(
+                    "PostgreSQL did not start. Last lines of {}:\n{}",
+                    log_path.display(),
+                    tail(log_path, 15)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The directory holding the server's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    fn socket_path(&self) -> PathBuf {
+        self.socket_dir.join(format!(".s.PGSQL.{SOCKET_PORT}"))
+    }
+
+    /// The postmaster's process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Connection settings for `dbname` on this cluster.
+    pub fn connect_config(&self, dbname: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(&self.socket_dir)
+            .port(SOCKET_PORT)
+            .user(SUPERUSER)
+            .dbname(dbname)
+            .application_name("coronium");
+        config
+    }
+
+    /// Fast shutdown: waits until the postmaster has exited. Idempotent.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.join();
+        }
+    }
+}
+
+impl Drop for EmbeddedPostgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn init_cluster(
+    bin: &Path,
+    dir: &Path,
+    data: &Path,
+    run_as: RunAs,
+    durable: bool,
+) -> Result<(), EmbeddedError> {
+    // A half-made cluster (initdb interrupted) has no PG_VERSION; initdb wants an empty dir.
+    if data.exists() {
+        fs::remove_dir_all(data).map_err(io_err(format!("remove {}", data.display())))?;
+    }
+    let mut cmd = Command::new(bin.join("initdb"));
+    cmd.arg("-D")
+        .arg(data)
+        .args([
+            "-U",
+            SUPERUSER,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        ])
+        .current_dir(dir)
+        .stdin(Stdio::null());
+    if !durable {
+        cmd.arg("--no-sync");
+    }
+    run_as.apply(&mut cmd);
+    tracing::info!(data = %data.display(), "initialising the embedded PostgreSQL cluster");
+    let out = cmd
+        .output()
+        .map_err(io_err(format!("run {}", bin.join("initdb").display())))?;
+    if !out.status.success() {
+        let _ = fs::remove_dir_all(data);
+        return Err(EmbeddedError::Failed(format!(
+            "initdb failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// Handles a `postmaster.pid` left behind: a dead or reused pid is stale and removed; a
+/// postmaster of ours whose owner is gone is an orphan and is stopped; one whose owner lives is
+/// another coronium process using this data directory, which is an error.
+fn clear_stale_lock(data: &Path) -> Result<(), EmbeddedError> {
+    let lock = data.join("postmaster.pid");
+    let Ok(text) = fs::read_to_string(&lock) else {
+        return Ok(());
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
+        return remove_lock(&lock);
+    };
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let ours = comm.trim() == "postgres"
+        && String::from_utf8_lossy(&cmdline).contains(&*data.to_string_lossy());
+    if !ours || is_zombie(pid) {
+        tracing::info!(pid, "removing a stale postmaster.pid");
+        return remove_lock(&lock);
+    }
+    let parent = parent_pid(pid).unwrap_or(1);
+    let parent_comm = fs::read_to_string(format!("/proc/{parent}/comm")).unwrap_or_default();
+    if parent != 1 && parent_comm.trim() != "postgres" && !parent_comm.trim().is_empty() {
+        let exe = fs::read_link(format!("/proc/{parent}/exe")).unwrap_or_default();
+        let is_coronium = exe.file_name().is_some_and(|n| n == "coronium");
+        if is_coronium {
+            return Err(EmbeddedError::InUse(format!(
+                "the data directory {} is in use by another coronium process (pid {parent}); \
+                 stop it first, or use another --data-dir",
+                data.parent().unwrap_or(data).display()
+            )));
+        }
+    }
+    tracing::warn!(
+        pid,
+        "stopping an orphaned PostgreSQL left by an earlier run"
+    );
+    // SAFETY: signalling a postmaster that runs on our own data directory.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // SAFETY: probing a pid.
+    while unsafe { libc::kill(pid, 0) } == 0 && !is_zombie(pid) {
+        if Instant::now() > deadline {
+            return Err(EmbeddedError::Failed(format!(
+                "an orphaned PostgreSQL (pid {pid}) on {} did not stop",
+                data.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if lock.exists() {
+        remove_lock(&lock)?;
+    }
+    Ok(())
+}
+
+fn remove_lock(lock: &Path) -> Result<(), EmbeddedError> {
+    fs::remove_file(lock).map_err(io_err(format!("remove {}", lock.display())))
+}
+
+fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Creates `name` on the cluster if it does not exist yet.
+pub async fn ensure_database(
+    server: &EmbeddedPostgres,
+    name: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, connection) = server
+        .connect_config("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    let conn = tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        let quoted = name.replace('"', "\"\"");
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{quoted}\""))
+            .await?;
+    }
+    drop(client);
+    let _ = conn.await;
+    Ok(())
+}

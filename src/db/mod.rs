@@ -1,0 +1,151 @@
+//! The database: either the server named by `DATABASE_URL`, or the embedded default cluster under
+//! the data directory. Opening it also applies the migrations; the pool is ready on return.
+
+pub mod embedded;
+pub mod migrate;
+
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+pub use embedded::{EmbeddedOptions, EmbeddedPostgres};
+
+/// The database the server uses on the embedded cluster.
+pub const EMBEDDED_DATABASE: &str = "coronium";
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("DATABASE_URL is not a valid PostgreSQL connection string: {0}")]
+    BadUrl(#[source] tokio_postgres::Error),
+    #[error(transparent)]
+    Embedded(#[from] embedded::EmbeddedError),
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("applying migrations failed: {0}")]
+    Migrate(#[source] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(String),
+}
+
+/// Where the database is.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// A server the operator runs (`DATABASE_URL`).
+    Url(String),
+    /// The private cluster under the data directory.
+    Embedded(EmbeddedOptions),
+}
+
+pub struct Database {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    /// Starts the embedded cluster if that is the location, migrates, and builds a pool of
+    /// `pool_size` connections (checked once, so a bad database fails here, not on first use).
+    pub async fn open(location: &Location, pool_size: usize) -> Result<Self, DbError> {
+        let (config, embedded) = match location {
+            Location::Url(url) => (url.parse().map_err(DbError::BadUrl)?, None),
+            Location::Embedded(options) => {
+                let options = options.clone();
+                let server = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&options))
+                    .await
+                    .map_err(|e| DbError::Pool(e.to_string()))??;
+                retry_connect(CONNECT_PATIENCE, || {
+                    embedded::ensure_database(&server, EMBEDDED_DATABASE)
+                })
+                .await?;
+                (server.connect_config(EMBEDDED_DATABASE), Some(server))
+            }
+        };
+        // Only our own cluster gets patience while it starts; a server named by URL must answer.
+        let patience = if embedded.is_some() {
+            CONNECT_PATIENCE
+        } else {
+            Duration::ZERO
+        };
+        let (mut client, connection) = retry_connect(patience, || config.connect(NoTls)).await?;
+        let driver = tokio::spawn(connection);
+        let applied = migrate::run(&mut client).await.map_err(DbError::Migrate)?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "applied database migrations");
+        }
+        drop(client);
+        let _ = driver.await;
+        let pool = new_pool(&config, pool_size)?;
+        drop(pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?);
+        Ok(Database {
+            pool,
+            config,
+            embedded,
+        })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// A further pool on the same database (one per worker thread keeps each connection's I/O on
+    /// the thread that uses it).
+    pub fn new_pool(&self, size: usize) -> Result<Pool, DbError> {
+        new_pool(&self.config, size)
+    }
+
+    /// The embedded cluster, when that is where the database is.
+    pub fn embedded(&self) -> Option<&EmbeddedPostgres> {
+        self.embedded.as_ref()
+    }
+
+    /// Closes the pool, then stops the embedded cluster (if any) and waits for it to exit.
+    pub async fn shutdown(mut self) {
+        self.pool.close();
+        if let Some(mut server) = self.embedded.take() {
+            let _ = tokio::task::spawn_blocking(move || server.stop()).await;
+        }
+    }
+}
+
+fn new_pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size.max(1))
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| DbError::Pool(e.to_string()))
+}
+
+/// Retries a connection attempt while the server is still starting up (or its socket is not
+/// accepting yet), for up to `patience`.
+async fn retry_connect<T, F, Fut>(patience: Duration, mut attempt: F) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) => {
+                let starting = e.code() == Some(&SqlState::CANNOT_CONNECT_NOW)
+                    || (e.code().is_none() && e.as_db_error().is_none());
+                if !starting || Instant::now() > deadline {
+                    return Err(DbError::Connect(e));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! coronium: a Coronium Core compatible Lua application server on PostgreSQL.
+//!
+//! Module map (see ARCHITECTURE.md for the invariants):
+//! - [`config`]: typed settings from `coronium.toml`, the environment and flags.
+//! - [`db`]: the pool, migrations, and the embedded PostgreSQL cluster.
+//! - [`users`]: the users domain (validation, passwords, SQL); no Lua or HTTP in it.
+//! - [`lua`]: the Luau runtime, the only module that touches mlua.
+//! - [`cli`]: the `coronium` command line and its subcommands.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod lua;
+pub mod users;

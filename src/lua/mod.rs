@@ -1,0 +1,173 @@
+//! Everything that touches mlua: the sandboxed Luau state, the `core` table, conversions.
+//! A [`Runtime`] is one Luau state; it is `!Send` and never leaves the thread that made it.
+
+mod convert;
+mod natives;
+
+use std::path::Path;
+use std::rc::Rc;
+
+use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value};
+
+pub use convert::MAX_DEPTH;
+
+use crate::users::Users;
+
+const PRELUDE: &str = include_str!("../../lua/prelude.lua");
+
+/// Where `print` and `core.debug` write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    /// Into the log (`tracing`), for servers.
+    Log,
+}
+
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    /// The scope `core.users` acts in when a call names none.
+    pub scope: String,
+    /// Memory limit of the state, in bytes.
+    pub memory_limit: usize,
+    pub output: Output,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Lua error (syntax or runtime), with its location and traceback.
+    #[error("{0}")]
+    Lua(String),
+}
+
+impl From<mlua::Error> for ScriptError {
+    fn from(e: mlua::Error) -> Self {
+        ScriptError::Lua(describe(&e))
+    }
+}
+
+/// Renders a Lua error as a person wants to read it: the message with its file:line, then the
+/// traceback, without mlua's wrapping noise.
+fn describe(error: &mlua::Error) -> String {
+    match error {
+        mlua::Error::CallbackError { traceback, cause } => {
+            let mut text = describe(cause);
+            if !text.contains("stack traceback") {
+                text.push('\n');
+                text.push_str(traceback);
+            }
+            text
+        }
+        mlua::Error::WithContext { context, cause } => format!("{context}: {}", describe(cause)),
+        mlua::Error::RuntimeError(message) | mlua::Error::SyntaxError { message, .. } => {
+            message.clone()
+        }
+        mlua::Error::MemoryError(message) => format!("out of memory: {message}"),
+        other => other.to_string(),
+    }
+}
+
+/// Per-state host context shared by the native functions.
+pub(crate) struct Host {
+    pub users: Users,
+    pub scope: String,
+    pub output: Output,
+}
+
+/// One sandboxed Luau state with `core` installed.
+pub struct Runtime {
+    lua: Lua,
+}
+
+impl Runtime {
+    pub fn new(users: Users, options: RuntimeOptions) -> Result<Self, ScriptError> {
+        // Luau's safe libraries: no io, no os.execute, no file or process access.
+        let lua = Lua::new_with(StdLib::ALL_SAFE, LuaOptions::new())?;
+        lua.set_memory_limit(options.memory_limit)?;
+        let host = Rc::new(Host {
+            users,
+            scope: options.scope,
+            output: options.output,
+        });
+        let core = lua.create_table()?;
+        let native = natives::install(&lua, host)?;
+        lua.globals().set("core", &core)?;
+        lua.load(PRELUDE)
+            .set_name("@lua/prelude.lua")
+            .call::<()>((core, native))?;
+        restrict_globals(&lua)?;
+        // Libraries, metatables and globals become read-only; a script's global writes stay in
+        // its own environment.
+        lua.sandbox(true)?;
+        Ok(Runtime { lua })
+    }
+
+    /// Loads and runs a script file; `print` output goes to the runtime's output.
+    pub async fn run_file(&self, path: &Path) -> Result<(), ScriptError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ScriptError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.run_source(&path.display().to_string(), &source).await
+    }
+
+    /// Runs a chunk named `name` (shown in errors as `name:line`).
+    pub async fn run_source(&self, name: &str, source: &str) -> Result<(), ScriptError> {
+        let chunk = self.load(name, source)?;
+        chunk.call_async::<()>(()).await?;
+        Ok(())
+    }
+
+    /// Calls a global function with JSON arguments and returns its results as JSON, `nil`
+    /// becoming null. Many calls may run at once: each gets its own coroutine.
+    pub async fn call(
+        &self,
+        function: &str,
+        args: &[serde_json::Value],
+    ) -> Result<Vec<serde_json::Value>, ScriptError> {
+        let f: Function = self.lua.globals().get(function)?;
+        let args = args
+            .iter()
+            .map(|a| convert::json_to_lua(&self.lua, a))
+            .collect::<mlua::Result<mlua::MultiValue>>()?;
+        let results = f.call_async::<mlua::MultiValue>(args).await?;
+        results
+            .iter()
+            .map(|v| {
+                convert::lua_to_json(&self.lua, v, convert::Unencodable::Fail)
+                    .map_err(|e| ScriptError::Lua(e.to_string()))
+            })
+            .collect()
+    }
+
+    fn load(&self, name: &str, source: &str) -> Result<Function, ScriptError> {
+        Ok(self
+            .lua
+            .load(source)
+            .set_name(format!("@{name}"))
+            .into_function()?)
+    }
+
+    /// Bytes the state currently uses.
+    pub fn used_memory(&self) -> usize {
+        self.lua.used_memory()
+    }
+}
+
+/// Removes what scripts must not reach: `require` (it reads files), and `debug` beyond
+/// `debug.traceback`.
+fn restrict_globals(lua: &Lua) -> mlua::Result<()> {
+    let globals = lua.globals();
+    globals.set("require", Value::Nil)?;
+    if let Ok(debug) = globals.get::<Table>("debug") {
+        let safe = lua.create_table()?;
+        safe.set("traceback", debug.get::<Value>("traceback")?)?;
+        globals.set("debug", safe)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! The Rust functions behind `core`: the users operations (returning `result, err, status`) and
+//! the utilities that need the host (uuid, md5, sleep, log, json, output).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use mlua::{Lua, MultiValue, Table, Value, Variadic};
+use serde_json::{Map, Value as Json};
+
+use super::convert::{self, Unencodable};
+use super::{Host, Output};
+use crate::users::input::{self, Credentials, NewUser, PasswordForm, UserPatch};
+use crate::users::{User, UserError, password};
+
+/// `result, err, status` as the prelude's `deliver` expects them.
+type Outcome = (Value, Option<String>, Option<i64>);
+
+fn success(value: Value) -> Outcome {
+    (value, None, None)
+}
+
+fn failure(error: &UserError) -> Outcome {
+    if let UserError::Internal(cause) = error {
+        tracing::error!(error = %cause, "core.users call failed");
+    }
+    (Value::Nil, Some(error.to_string()), Some(error.status()))
+}
+
+/// The call's parameters as a JSON object; values JSON cannot hold are marked so validation
+/// refuses them with Coronium's own status.
+fn params(lua: &Lua, value: &Value) -> Result<input::Params, UserError> {
+    match value {
+        Value::Nil => Ok(Map::new()),
+        Value::Table(_) => match convert::lua_to_json(lua, value, Unencodable::Mark) {
+            Ok(Json::Object(map)) => Ok(map),
+            Ok(Json::Array(items)) if items.is_empty() => Ok(Map::new()),
+            Ok(_) => Err(UserError::BadParameter(
+                "Parameters must be a table of named fields.".into(),
+            )),
+            Err(e) => Err(UserError::BadParameter(format!("Bad parameters: {e}."))),
+        },
+        other => Err(UserError::BadParameter(format!(
+            "Parameters must be a table, not a {}.",
+            other.type_name()
+        ))),
+    }
+}
+
+/// The scope a call acts in: its own `scope` parameter (server-side code is trusted), else the
+/// host's.
+fn scope<'a>(host: &'a Host, params: &'a input::Params) -> &'a str {
+    params
+        .get("scope")
+        .and_then(Json::as_str)
+        .unwrap_or(&host.scope)
+}
+
+fn user_value(lua: &Lua, user: &User) -> mlua::Result<Value> {
+    convert::json_to_lua(lua, &user.to_json())
+}
+
+/// Registers a users operation: parse the Lua argument, run the async domain call, and turn its
+/// outcome into `result, err, status`.
+fn users_op<F, Fut>(
+    lua: &Lua,
+    native: &Table,
+    name: &str,
+    host: &Rc<Host>,
+    op: F,
+) -> mlua::Result<()>
+where
+    F: Fn(Rc<Host>, Lua, input::Params) -> Fut + 'static,
+    Fut: Future<Output = mlua::Result<Outcome>> + 'static,
+{
+    let host = host.clone();
+    let op = Rc::new(op);
+    native.set(
+        name,
+        lua.create_async_function(move |lua, arg: Value| {
+            let host = host.clone();
+            let op = op.clone();
+            async move {
+                match params(&lua, &arg) {
+                    Ok(params) => op(host, lua, params).await,
+                    Err(e) => Ok(failure(&e)),
+                }
+            }
+        })?,
+    )
+}
+
+pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
+    let native = lua.create_table()?;
+
+    users_op(
+        lua,
+        &native,
+        "create",
+        &host,
+        |host, lua, params| async move {
+            let scope = scope(&host, &params).to_owned();
+            let outcome = match NewUser::parse(&params, PasswordForm::Plain) {
+                Ok(new_user) => host.users.create(&scope, new_user).await,
+                Err(e) => Err(e),
+            };
+            Ok(match outcome {
+                Ok(user) => success(Value::String(lua.create_string(user.user_id.to_string())?)),
+                Err(e) => failure(&e),
+            })
+        },
+    )?;
+
+    users_op(
+        lua,
+        &native,
+        "login",
+        &host,
+        |host, lua, params| async move {
+            let scope = scope(&host, &params).to_owned();
+            let outcome = match Credentials::parse(&params, PasswordForm::Plain) {
+                Ok(credentials) => host.users.login(&scope, credentials).await,
+                Err(e) => Err(e),
+            };
+            Ok(match outcome {
+                Ok(user) => success(user_value(&lua, &user)?),
+                Err(e) => failure(&e),
+            })
+        },
+    )?;
+
+    users_op(lua, &native, "get", &host, |host, lua, params| async move {
+        let outcome = match input::user_id(&params) {
+            Ok(id) => host.users.get(scope(&host, &params), id).await,
+            Err(e) => Err(e),
+        };
+        Ok(match outcome {
+            Ok(user) => success(user_value(&lua, &user)?),
+            Err(e) => failure(&e),
+        })
+    })?;
+
+    users_op(
+        lua,
+        &native,
+        "update",
+        &host,
+        |host, lua, params| async move {
+            let parsed = input::user_id(&params).and_then(|id| {
+                Ok((
+                    id,
+                    UserPatch::parse(params.get("update"), PasswordForm::Plain)?,
+                ))
+            });
+            let outcome = match parsed {
+                Ok((id, patch)) => host.users.update(scope(&host, &params), id, patch).await,
+                Err(e) => Err(e),
+            };
+            Ok(match outcome {
+                Ok(user) => success(user_value(&lua, &user)?),
+                Err(e) => failure(&e),
+            })
+        },
+    )?;
+
+    users_op(
+        lua,
+        &native,
+        "delete",
+        &host,
+        |host, _lua, params| async move {
+            let outcome = match input::user_id(&params) {
+                Ok(id) => host.users.delete(scope(&host, &params), id).await,
+                Err(e) => Err(e),
+            };
+            Ok(match outcome {
+                Ok(count) => success(Value::Number(count as f64)),
+                Err(e) => failure(&e),
+            })
+        },
+    )?;
+
+    native.set(
+        "uuid",
+        lua.create_function(|_, ()| Ok(uuid::Uuid::new_v4().to_string()))?,
+    )?;
+    native.set(
+        "md5",
+        lua.create_function(|_, s: mlua::LuaString| Ok(password::md5_hex(&s.to_string_lossy())))?,
+    )?;
+    native.set(
+        "sleep",
+        lua.create_async_function(|_, seconds: f64| async move {
+            if seconds.is_finite() && seconds > 0.0 {
+                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+            }
+            Ok(())
+        })?,
+    )?;
+    native.set(
+        "log",
+        lua.create_function(|_, args: Variadic<Value>| {
+            let line = args
+                .iter()
+                .map(|v| v.to_string().unwrap_or_else(|_| v.type_name().to_owned()))
+                .collect::<Vec<_>>()
+                .join(" ");
+            tracing::info!(target: "lua", "{line}");
+            Ok(())
+        })?,
+    )?;
+    let output = host.output;
+    native.set(
+        "write",
+        lua.create_function(move |_, line: mlua::LuaString| {
+            let line = line.to_string_lossy();
+            match output {
+                Output::Stdout => {
+                    use std::io::Write as _;
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+                Output::Log => tracing::info!(target: "lua", "{line}"),
+            }
+            Ok(())
+        })?,
+    )?;
+    native.set(
+        "json_encode",
+        lua.create_function(|lua, value: Value| {
+            match convert::lua_to_json(lua, &value, Unencodable::Fail) {
+                Ok(json) => Ok((Some(json.to_string()), None)),
+                Err(e) => Ok((None, Some(e.to_string()))),
+            }
+        })?,
+    )?;
+    native.set(
+        "json_decode",
+        lua.create_function(|lua, text: mlua::LuaString| {
+            let mut out = MultiValue::new();
+            match serde_json::from_slice::<Json>(&text.as_bytes()) {
+                Ok(json) => out.push_back(convert::json_to_lua(lua, &json)?),
+                Err(e) => {
+                    out.push_back(Value::Nil);
+                    out.push_back(Value::String(
+                        lua.create_string(format!("invalid JSON: {e}"))?,
+                    ));
+                }
+            }
+            Ok(out)
+        })?,
+    )?;
+    Ok(native)
+}

@@ -1,0 +1,73 @@
+//! The one error type of the users domain. Every variant carries a Coronium status code, so the
+//! Lua and wire layers can answer `nil, message, status` without knowing the domain's internals.
+
+/// Coronium's message for an `extra` table holding something other than flat scalars.
+pub const EXTRA_TYPES_MESSAGE: &str =
+    "Extra table can only contain string, number, or boolean types.";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// 804: a required parameter is absent (or empty).
+    #[error("Missing required parameter: {0}")]
+    Missing(&'static str),
+    /// 801: a parameter has the wrong type, length or shape.
+    #[error("{0}")]
+    BadParameter(String),
+    /// 704: the email address is not valid.
+    #[error("Email address not found or invalid.")]
+    InvalidEmail,
+    /// 600: the username or email is already taken in this scope.
+    #[error("{0}")]
+    AlreadyExists(&'static str),
+    /// 603: unknown user or wrong password; deliberately the same answer for both.
+    #[error("Invalid username or password.")]
+    BadCredentials,
+    /// 604: no such user in this scope (malformed ids included).
+    #[error("User not found.")]
+    NotFound,
+    /// 810: something on our side failed; details go to the log, not to the caller.
+    #[error("Internal server error.")]
+    Internal(#[source] InternalError),
+}
+
+/// Failures that are never the caller's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum InternalError {
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("password hashing: {0}")]
+    Hashing(String),
+}
+
+impl UserError {
+    /// The Coronium status code of this error (compat spec §5).
+    pub fn status(&self) -> i64 {
+        match self {
+            UserError::Missing(_) => 804,
+            UserError::BadParameter(_) => 801,
+            UserError::InvalidEmail => 704,
+            UserError::AlreadyExists(_) => 600,
+            UserError::BadCredentials => 603,
+            UserError::NotFound => 604,
+            UserError::Internal(_) => 810,
+        }
+    }
+
+    pub(crate) fn bad(message: impl Into<String>) -> Self {
+        UserError::BadParameter(message.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for UserError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        UserError::Internal(e.into())
+    }
+}
+
+impl From<tokio_postgres::Error> for UserError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        UserError::Internal(e.into())
+    }
+}

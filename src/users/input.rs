@@ -1,0 +1,446 @@
+//! Parse, don't validate: caller parameters (a JSON object, whichever layer they came from) become
+//! typed requests here, or a Coronium error. Nothing reaches SQL without passing through this file.
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::error::{EXTRA_TYPES_MESSAGE, UserError};
+use super::password::Secret;
+
+pub type Params = Map<String, Value>;
+
+/// The string `core.users.NULL` / `core.NULL`: inside `update.extra`, deletes that key.
+pub const NULL_SENTINEL: &str = "_NULL";
+
+const MAX_USERNAME_CHARS: usize = 64;
+const MAX_EMAIL_CHARS: usize = 254;
+const MAX_GROUP_CHARS: usize = 64;
+const MAX_SCOPE_CHARS: usize = 64;
+const MAX_PASSWORD_BYTES: usize = 1024;
+const MAX_EXTRA_BYTES: usize = 16 * 1024;
+const MAX_EXTRA_KEY_CHARS: usize = 128;
+
+pub const DEFAULT_GROUP: &str = "default";
+
+/// How the caller's `password` field is to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordForm {
+    /// Typed in Lua: the host computes `md5_hex(plain)`.
+    Plain,
+    /// From the wire: already `md5_hex(plain)`.
+    Canonical,
+}
+
+fn secret(plain_or_canonical: &str, form: PasswordForm) -> Secret {
+    match form {
+        PasswordForm::Plain => Secret::from_plain(plain_or_canonical),
+        PasswordForm::Canonical => Secret::from_canonical(&plain_or_canonical.to_ascii_lowercase()),
+    }
+}
+
+/// A string field: absent or null is `None`; any other non-string is a type error.
+fn opt_str<'a>(params: &'a Params, key: &'static str) -> Result<Option<&'a str>, UserError> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(UserError::bad(format!(
+            "Parameter '{key}' must be a string."
+        ))),
+    }
+}
+
+/// A required, non-empty string field.
+fn required_str<'a>(params: &'a Params, key: &'static str) -> Result<&'a str, UserError> {
+    match opt_str(params, key)? {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(UserError::Missing(key)),
+    }
+}
+
+fn check_len(value: &str, key: &str, max: usize) -> Result<(), UserError> {
+    if value.chars().count() > max {
+        return Err(UserError::bad(format!(
+            "Parameter '{key}' is longer than {max} characters."
+        )));
+    }
+    Ok(())
+}
+
+/// A scope name (Coronium's `X-Scope`).
+pub fn scope(value: &str) -> Result<String, UserError> {
+    if value.is_empty() {
+        return Err(UserError::Missing("scope"));
+    }
+    check_len(value, "scope", MAX_SCOPE_CHARS)?;
+    Ok(value.to_owned())
+}
+
+fn username(value: &str) -> Result<String, UserError> {
+    check_len(value, "username", MAX_USERNAME_CHARS)?;
+    if value.trim() != value || value.chars().any(char::is_control) {
+        return Err(UserError::bad(
+            "Parameter 'username' must not have leading or trailing spaces or control characters.",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+pub(crate) fn email(value: &str) -> Result<String, UserError> {
+    if value.chars().count() > MAX_EMAIL_CHARS
+        || value.chars().any(char::is_whitespace)
+        || !email_address::EmailAddress::is_valid(value)
+    {
+        return Err(UserError::InvalidEmail);
+    }
+    Ok(value.to_owned())
+}
+
+fn group(value: &str) -> Result<String, UserError> {
+    if value.is_empty() {
+        return Err(UserError::bad("Parameter 'group' must not be empty."));
+    }
+    check_len(value, "group", MAX_GROUP_CHARS)?;
+    Ok(value.to_owned())
+}
+
+fn password(value: &str, form: PasswordForm) -> Result<Secret, UserError> {
+    if value.len() > MAX_PASSWORD_BYTES {
+        return Err(UserError::bad(format!(
+            "Parameter 'password' is longer than {MAX_PASSWORD_BYTES} bytes."
+        )));
+    }
+    Ok(secret(value, form))
+}
+
+/// A user id: anything that is not a UUID cannot name a user, so it is "not found".
+pub fn user_id(params: &Params) -> Result<Option<Uuid>, UserError> {
+    match params.get("user_id") {
+        None | Some(Value::Null) => Err(UserError::Missing("user_id")),
+        Some(Value::String(s)) if s.is_empty() => Err(UserError::Missing("user_id")),
+        Some(Value::String(s)) => Ok(Uuid::try_parse(s).ok()),
+        Some(_) => Err(UserError::bad("Parameter 'user_id' must be a string.")),
+    }
+}
+
+/// An `extra` table: flat, with string, number or boolean values (compat §2).
+/// `allow_null_sentinel` keeps `"_NULL"` values, which only `update` gives a meaning.
+fn extra(value: &Value, allow_null_sentinel: bool) -> Result<Map<String, Value>, UserError> {
+    let map = match value {
+        Value::Object(map) => map.clone(),
+        // An empty Lua table may arrive as `[]`.
+        Value::Array(items) if items.is_empty() => Map::new(),
+        _ => return Err(UserError::bad(EXTRA_TYPES_MESSAGE)),
+    };
+    for (key, value) in &map {
+        if !matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_)) {
+            return Err(UserError::bad(EXTRA_TYPES_MESSAGE));
+        }
+        check_len(key, "extra key", MAX_EXTRA_KEY_CHARS)?;
+    }
+    if serde_json::to_string(&map).map_or(usize::MAX, |s| s.len()) > MAX_EXTRA_BYTES {
+        return Err(UserError::bad(format!(
+            "Parameter 'extra' is larger than {MAX_EXTRA_BYTES} bytes."
+        )));
+    }
+    Ok(if allow_null_sentinel {
+        map
+    } else {
+        map.into_iter()
+            .filter(|(_, v)| v.as_str() != Some(NULL_SENTINEL))
+            .collect()
+    })
+}
+
+/// `confirmation` options of `create` (compat §2).
+#[derive(Debug, Clone)]
+pub struct ConfirmationRequest {
+    pub from_email: String,
+    pub subject: String,
+    pub email_tpl: Option<String>,
+    pub tpl_keys: Map<String, Value>,
+}
+
+fn confirmation(value: &Value) -> Result<ConfirmationRequest, UserError> {
+    let Value::Object(opts) = value else {
+        return Err(UserError::bad("Parameter 'confirmation' must be a table."));
+    };
+    if let Some(unknown) = opts.keys().find(|k| {
+        !matches!(
+            k.as_str(),
+            "from_email" | "subject" | "email_tpl" | "tpl_keys"
+        )
+    }) {
+        return Err(UserError::bad(format!(
+            "Unknown confirmation option '{unknown}'."
+        )));
+    }
+    let tpl_keys = match opts.get("tpl_keys") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(keys)) => keys.clone(),
+        Some(Value::Array(a)) if a.is_empty() => Map::new(),
+        Some(_) => {
+            return Err(UserError::bad(
+                "Confirmation option 'tpl_keys' must be a table.",
+            ));
+        }
+    };
+    Ok(ConfirmationRequest {
+        from_email: email(required_str(opts, "from_email")?)?,
+        subject: required_str(opts, "subject")?.to_owned(),
+        email_tpl: opt_str(opts, "email_tpl")?.map(str::to_owned),
+        tpl_keys,
+    })
+}
+
+/// A validated `create`.
+#[derive(Debug)]
+pub struct NewUser {
+    pub username: String,
+    pub secret: Secret,
+    pub email: Option<String>,
+    pub group: String,
+    pub extra: Map<String, Value>,
+    pub confirmation: Option<ConfirmationRequest>,
+}
+
+impl NewUser {
+    pub fn parse(params: &Params, form: PasswordForm) -> Result<Self, UserError> {
+        let username = username(required_str(params, "username")?)?;
+        let secret = password(required_str(params, "password")?, form)?;
+        let email = opt_str(params, "email")?
+            .filter(|e| !e.is_empty())
+            .map(email)
+            .transpose()?;
+        let group = opt_str(params, "group")?
+            .map(group)
+            .transpose()?
+            .unwrap_or_else(|| DEFAULT_GROUP.to_owned());
+        let extra = match params.get("extra") {
+            None | Some(Value::Null) => Map::new(),
+            Some(v) => extra(v, false)?,
+        };
+        let confirmation = match params.get("confirmation") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let request = confirmation(v)?;
+                if email.is_none() {
+                    return Err(UserError::Missing("email"));
+                }
+                Some(request)
+            }
+        };
+        Ok(NewUser {
+            username,
+            secret,
+            email,
+            group,
+            extra,
+            confirmation,
+        })
+    }
+}
+
+/// Who is logging in: by username, or by email when no username is given.
+#[derive(Debug)]
+pub enum Login {
+    Username(String),
+    Email(String),
+}
+
+#[derive(Debug)]
+pub struct Credentials {
+    pub login: Login,
+    pub secret: Secret,
+}
+
+impl Credentials {
+    pub fn parse(params: &Params, form: PasswordForm) -> Result<Self, UserError> {
+        let login = match (opt_str(params, "username")?, opt_str(params, "email")?) {
+            (Some(u), _) if !u.is_empty() => Login::Username(u.to_owned()),
+            (_, Some(e)) if !e.is_empty() => Login::Email(e.to_owned()),
+            _ => return Err(UserError::Missing("username")),
+        };
+        let secret = password(required_str(params, "password")?, form)?;
+        Ok(Credentials { login, secret })
+    }
+}
+
+/// A validated `update`: only the fields present change.
+#[derive(Debug, Default)]
+pub struct UserPatch {
+    pub username: Option<String>,
+    pub secret: Option<Secret>,
+    pub email: Option<String>,
+    pub group: Option<String>,
+    /// Keys to set (merged into the stored `extra`).
+    pub extra_set: Map<String, Value>,
+    /// Keys whose value was `"_NULL"`: removed from the stored `extra`.
+    pub extra_remove: Vec<String>,
+    pub active: Option<bool>,
+}
+
+impl UserPatch {
+    /// Parses the `update` table itself (the value of `params.update` in the seed's form).
+    pub fn parse(update: Option<&Value>, form: PasswordForm) -> Result<Self, UserError> {
+        let fields = match update {
+            None | Some(Value::Null) => return Err(UserError::Missing("update")),
+            Some(Value::Object(fields)) => fields,
+            Some(Value::Array(a)) if a.is_empty() => return Ok(UserPatch::default()),
+            Some(_) => return Err(UserError::bad("Parameter 'update' must be a table.")),
+        };
+        let mut patch = UserPatch::default();
+        for (key, value) in fields {
+            match key.as_str() {
+                "username" => {
+                    patch.username = Some(username(required_str(fields, "username")?)?);
+                }
+                "password" => {
+                    patch.secret = Some(password(required_str(fields, "password")?, form)?);
+                }
+                "email" => patch.email = Some(email(required_str(fields, "email")?)?),
+                "group" => patch.group = Some(group(required_str(fields, "group")?)?),
+                "extra" => {
+                    for (k, v) in extra(value, true)? {
+                        if v.as_str() == Some(NULL_SENTINEL) {
+                            patch.extra_remove.push(k);
+                        } else {
+                            patch.extra_set.insert(k, v);
+                        }
+                    }
+                }
+                "active" => match value {
+                    Value::Bool(b) => patch.active = Some(*b),
+                    _ => return Err(UserError::bad("Parameter 'active' must be a boolean.")),
+                },
+                other => {
+                    return Err(UserError::bad(format!(
+                        "Field '{other}' cannot be updated (allowed: username, password, email, group, extra, active)."
+                    )));
+                }
+            }
+        }
+        Ok(patch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn params(v: Value) -> Params {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn create_requires_username_and_password() {
+        let err =
+            NewUser::parse(&params(json!({"password": "x"})), PasswordForm::Plain).unwrap_err();
+        assert_eq!(
+            (err.status(), err.to_string().as_str()),
+            (804, "Missing required parameter: username")
+        );
+        let err =
+            NewUser::parse(&params(json!({"username": "a"})), PasswordForm::Plain).unwrap_err();
+        assert_eq!(err.status(), 804);
+        let err = NewUser::parse(
+            &params(json!({"username": "", "password": "x"})),
+            PasswordForm::Plain,
+        )
+        .unwrap_err();
+        assert_eq!(err.status(), 804);
+    }
+
+    #[test]
+    fn extra_must_be_flat() {
+        for bad in [
+            json!({"a": {"b": 1}}),
+            json!({"a": [1]}),
+            json!("str"),
+            json!([1, 2]),
+        ] {
+            let p = params(json!({"username": "a", "password": "b", "extra": bad}));
+            let err = NewUser::parse(&p, PasswordForm::Plain).unwrap_err();
+            assert_eq!(
+                (err.status(), err.to_string().as_str()),
+                (801, EXTRA_TYPES_MESSAGE)
+            );
+        }
+        let p = params(
+            json!({"username": "a", "password": "b", "extra": {"s": "x", "n": 1.5, "b": true}}),
+        );
+        assert_eq!(
+            NewUser::parse(&p, PasswordForm::Plain).unwrap().extra.len(),
+            3
+        );
+    }
+
+    #[test]
+    fn emails_are_checked() {
+        for bad in ["nope", "a b@c.d", "@x.y", "a@"] {
+            let p = params(json!({"username": "a", "password": "b", "email": bad}));
+            assert_eq!(
+                NewUser::parse(&p, PasswordForm::Plain)
+                    .unwrap_err()
+                    .status(),
+                704,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn confirmation_needs_sender_subject_and_email() {
+        let conf = json!({"from_email": "games@example.com", "subject": "Hi"});
+        let p = params(json!({"username": "a", "password": "b", "confirmation": conf}));
+        assert_eq!(
+            NewUser::parse(&p, PasswordForm::Plain)
+                .unwrap_err()
+                .to_string(),
+            "Missing required parameter: email"
+        );
+        let p = params(
+            json!({"username": "a", "password": "b", "email": "a@example.com",
+            "confirmation": {"subject": "Hi"}}),
+        );
+        assert_eq!(
+            NewUser::parse(&p, PasswordForm::Plain)
+                .unwrap_err()
+                .to_string(),
+            "Missing required parameter: from_email"
+        );
+    }
+
+    #[test]
+    fn update_splits_extra_into_set_and_remove() {
+        let patch = UserPatch::parse(
+            Some(&json!({"extra": {"color": "_NULL", "level": 3}, "active": false})),
+            PasswordForm::Plain,
+        )
+        .unwrap();
+        assert_eq!(patch.extra_remove, vec!["color".to_owned()]);
+        assert_eq!(patch.extra_set.get("level"), Some(&json!(3)));
+        assert_eq!(patch.active, Some(false));
+        assert_eq!(
+            UserPatch::parse(None, PasswordForm::Plain)
+                .unwrap_err()
+                .status(),
+            804
+        );
+        assert_eq!(
+            UserPatch::parse(Some(&json!({"login_count": 5})), PasswordForm::Plain)
+                .unwrap_err()
+                .status(),
+            801
+        );
+    }
+
+    #[test]
+    fn malformed_user_id_names_nobody() {
+        assert_eq!(
+            user_id(&params(json!({"user_id": "not-a-uuid"}))).unwrap(),
+            None
+        );
+        assert_eq!(user_id(&params(json!({}))).unwrap_err().status(), 804);
+    }
+}

@@ -1,0 +1,192 @@
+//! The users domain: create, login, get, update, delete, as the seed and compat spec §2–§3 say.
+//! It knows nothing of Lua or HTTP: callers hand it a scope and parsed parameters.
+
+mod error;
+pub mod input;
+pub mod password;
+mod store;
+
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+pub use error::{EXTRA_TYPES_MESSAGE, InternalError, UserError};
+pub use input::{Credentials, NewUser, Params, PasswordForm, UserPatch};
+pub use password::{HashParams, PasswordHasher};
+
+/// A user as callers see it (compat §2): never the password or its hash.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct User {
+    pub user_id: Uuid,
+    pub username: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    pub group: String,
+    pub extra: Map<String, Value>,
+    pub scope: String,
+    pub active: bool,
+    /// `"pending"` or `"failed"`; absent once confirmed or when never asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmation: Option<String>,
+    pub validated: bool,
+    /// Unix seconds.
+    pub created: i64,
+    pub updated: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_login: Option<i64>,
+    pub login_count: i64,
+}
+
+impl User {
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// The users service: one per database pool, sharing one password hasher process-wide.
+#[derive(Clone)]
+pub struct Users {
+    pool: Pool,
+    hasher: Arc<PasswordHasher>,
+    public_url: Arc<str>,
+}
+
+impl Users {
+    /// `public_url` is where confirmation links point (`<public_url>/_confirmation?code=...`).
+    pub fn new(pool: Pool, hasher: Arc<PasswordHasher>, public_url: &str) -> Self {
+        Users {
+            pool,
+            hasher,
+            public_url: public_url.trim_end_matches('/').into(),
+        }
+    }
+
+    /// Creates a user; with `confirmation`, the user starts inactive and pending.
+    pub async fn create(&self, scope: &str, new_user: NewUser) -> Result<User, UserError> {
+        let scope = input::scope(scope)?;
+        let password_hash = self
+            .hasher
+            .hash(&new_user.secret)
+            .await
+            .map_err(UserError::Internal)?;
+        let code = new_user
+            .confirmation
+            .as_ref()
+            .map(|_| Uuid::new_v4().simple().to_string());
+        let client = self.pool.get().await?;
+        let user =
+            store::insert(&client, &scope, &new_user, &password_hash, code.as_deref()).await?;
+        if let (Some(request), Some(code)) = (&new_user.confirmation, &code) {
+            // Mail delivery is not wired yet: say what would be sent.
+            tracing::info!(
+                to = user.email.as_deref().unwrap_or_default(),
+                from = %request.from_email,
+                subject = %request.subject,
+                template = request.email_tpl.as_deref().unwrap_or("(default)"),
+                link = %format!("{}/_confirmation?code={code}", self.public_url),
+                "confirmation mail not sent: no mail transport is configured"
+            );
+        }
+        Ok(user)
+    }
+
+    /// Logs a user in by username or email. Unknown users and wrong passwords are answered alike
+    /// (603) after the same amount of hashing work. Inactive or pending users get their record
+    /// (`active = false`, `validated = false`) and no login event.
+    pub async fn login(&self, scope: &str, credentials: Credentials) -> Result<User, UserError> {
+        let scope = input::scope(scope)?;
+        let client = self.pool.get().await?;
+        let candidate = store::find_for_login(&client, &scope, &credentials.login).await?;
+        // Don't hold a connection while hashing.
+        drop(client);
+        let verdict = self
+            .hasher
+            .verify(
+                &credentials.secret,
+                candidate.as_ref().map(|c| c.password_hash.as_str()),
+            )
+            .await
+            .map_err(UserError::Internal)?;
+        let Some(candidate) = candidate.filter(|_| verdict.matched) else {
+            return Err(UserError::BadCredentials);
+        };
+        let rehash = if verdict.needs_rehash {
+            Some(
+                self.hasher
+                    .hash(&credentials.secret)
+                    .await
+                    .map_err(UserError::Internal)?,
+            )
+        } else {
+            None
+        };
+        let client = self.pool.get().await?;
+        if candidate.records_login {
+            store::record_login(
+                &client,
+                candidate.user_id,
+                &candidate.password_hash,
+                rehash.as_deref(),
+            )
+            .await?
+            .ok_or(UserError::BadCredentials)
+        } else {
+            if let Some(new_hash) = &rehash {
+                store::replace_hash(
+                    &client,
+                    candidate.user_id,
+                    &candidate.password_hash,
+                    new_hash,
+                )
+                .await?;
+            }
+            store::get(&client, &scope, candidate.user_id)
+                .await?
+                .ok_or(UserError::BadCredentials)
+        }
+    }
+
+    /// A user's record; no login event. `None` (a malformed id) is simply not found.
+    pub async fn get(&self, scope: &str, user_id: Option<Uuid>) -> Result<User, UserError> {
+        let user_id = user_id.ok_or(UserError::NotFound)?;
+        let client = self.pool.get().await?;
+        store::get(&client, scope, user_id)
+            .await?
+            .ok_or(UserError::NotFound)
+    }
+
+    /// Applies `patch` and returns the updated record.
+    pub async fn update(
+        &self,
+        scope: &str,
+        user_id: Option<Uuid>,
+        patch: UserPatch,
+    ) -> Result<User, UserError> {
+        let user_id = user_id.ok_or(UserError::NotFound)?;
+        let password_hash = match &patch.secret {
+            Some(secret) => Some(
+                self.hasher
+                    .hash(secret)
+                    .await
+                    .map_err(UserError::Internal)?,
+            ),
+            None => None,
+        };
+        let client = self.pool.get().await?;
+        store::update(&client, scope, user_id, &patch, password_hash.as_deref())
+            .await?
+            .ok_or(UserError::NotFound)
+    }
+
+    /// Deletes a user; the number of records removed (0 when there was none).
+    pub async fn delete(&self, scope: &str, user_id: Option<Uuid>) -> Result<u64, UserError> {
+        let Some(user_id) = user_id else {
+            return Ok(0);
+        };
+        let client = self.pool.get().await?;
+        store::delete(&client, scope, user_id).await
+    }
+}

@@ -1,0 +1,277 @@
+//! Passwords: the canonical secret (`md5_hex(plain)`, compat §3), argon2id hashing off the async
+//! workers behind one process-wide semaphore, legacy md5 rows, and rehash decisions.
+
+use std::sync::{Arc, LazyLock};
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use tokio::sync::{OnceCell, Semaphore};
+
+use super::error::InternalError;
+
+/// One semaphore for the whole process: however many workers or services exist, at most this
+/// many hashes run at once, so hashing memory stays bounded by permits × m_cost.
+static HASH_PERMITS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Arc::new(Semaphore::new(cores))
+});
+
+/// `md5_hex(s)` in lower case, as the Coronium client computes it.
+pub fn md5_hex(s: &str) -> String {
+    hex::encode(Md5::digest(s.as_bytes()))
+}
+
+/// The canonical password secret: what clients send and what argon2 hashes.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// From a plain password typed in Lua: hash it the way the client plugin does.
+    pub fn from_plain(plain: &str) -> Self {
+        Secret(md5_hex(plain))
+    }
+
+    /// From a value that already is the canonical secret (wire calls).
+    pub fn from_canonical(secret: &str) -> Self {
+        Secret(secret.to_owned())
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// argon2id cost parameters (configurable; the defaults are OWASP's baseline).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HashParams {
+    /// Memory in KiB.
+    pub m_cost: u32,
+    /// Iterations.
+    pub t_cost: u32,
+    /// Lanes.
+    pub p_cost: u32,
+}
+
+impl Default for HashParams {
+    fn default() -> Self {
+        HashParams {
+            m_cost: 19_456,
+            t_cost: 2,
+            p_cost: 1,
+        }
+    }
+}
+
+/// What checking a password against a stored hash found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub matched: bool,
+    /// The stored hash is legacy md5 or uses other parameters than the configured ones.
+    pub needs_rehash: bool,
+}
+
+pub struct PasswordHasher {
+    params: Params,
+    /// A hash of a random secret with the current parameters, verified against when the user
+    /// does not exist so that the answer takes as long as for a real user.
+    dummy: OnceCell<String>,
+}
+
+impl PasswordHasher {
+    pub fn new(params: HashParams) -> Result<Self, InternalError> {
+        let params = Params::new(params.m_cost, params.t_cost, params.p_cost, None)
+            .map_err(|e| InternalError::Hashing(format!("invalid argon2 parameters: {e}")))?;
+        Ok(PasswordHasher {
+            params,
+            dummy: OnceCell::new(),
+        })
+    }
+
+    fn argon2(params: Params) -> Argon2<'static> {
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+    }
+
+    /// Runs CPU-heavy work on the blocking pool, one permit of the shared semaphore held.
+    async fn off_worker<T: Send + 'static>(
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, InternalError> {
+        let _permit = HASH_PERMITS
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| InternalError::Hashing(e.to_string()))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| InternalError::Hashing(e.to_string()))
+    }
+
+    /// The PHC string of argon2id(secret) with the configured parameters.
+    pub async fn hash(&self, secret: &Secret) -> Result<String, InternalError> {
+        let params = self.params.clone();
+        let secret = secret.clone();
+        Self::off_worker(move || {
+            Self::argon2(params)
+                .hash_password(secret.as_bytes())
+                .map(|h| h.to_string())
+        })
+        .await?
+        .map_err(|e| InternalError::Hashing(e.to_string()))
+    }
+
+    async fn dummy_hash(&self) -> Result<&str, InternalError> {
+        self.dummy
+            .get_or_try_init(|| async {
+                let random = Secret::from_canonical(&uuid::Uuid::new_v4().simple().to_string());
+                self.hash(&random).await
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    /// Checks `secret` against a stored hash; `None` (no such user) costs a full verification
+    /// all the same and never matches.
+    pub async fn verify(
+        &self,
+        secret: &Secret,
+        stored: Option<&str>,
+    ) -> Result<Verdict, InternalError> {
+        let (stored, exists) = match stored {
+            Some(s) => (s.to_owned(), true),
+            None => (self.dummy_hash().await?.to_owned(), false),
+        };
+        if is_legacy_md5(&stored) {
+            let matched: bool = stored
+                .to_ascii_lowercase()
+                .as_bytes()
+                .ct_eq(secret.as_bytes())
+                .into();
+            return Ok(Verdict {
+                matched,
+                needs_rehash: true,
+            });
+        }
+        let configured = self.params.clone();
+        let secret = secret.clone();
+        let verdict = Self::off_worker(move || {
+            let Ok(parsed) = PasswordHash::new(&stored) else {
+                tracing::warn!("stored password hash is neither argon2 nor md5; login refused");
+                return Verdict {
+                    matched: false,
+                    needs_rehash: false,
+                };
+            };
+            let matched = Self::argon2(configured.clone())
+                .verify_password(secret.as_bytes(), &parsed)
+                .is_ok();
+            let same_params = parsed.algorithm.as_str() == "argon2id"
+                && Params::try_from(&parsed).is_ok_and(|p| {
+                    p.m_cost() == configured.m_cost()
+                        && p.t_cost() == configured.t_cost()
+                        && p.p_cost() == configured.p_cost()
+                });
+            Verdict {
+                matched,
+                needs_rehash: !same_params,
+            }
+        })
+        .await?;
+        Ok(Verdict {
+            matched: verdict.matched && exists,
+            ..verdict
+        })
+    }
+}
+
+/// Coronium ≤ 2.6 stored the canonical secret itself: 32 hex digits.
+fn is_legacy_md5(stored: &str) -> bool {
+    stored.len() == 32 && stored.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cheap() -> PasswordHasher {
+        PasswordHasher::new(HashParams {
+            m_cost: 64,
+            t_cost: 1,
+            p_cost: 1,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn md5_hex_matches_the_client_plugin() {
+        assert_eq!(md5_hex("abcd1234"), "e19d5cd5af0378da05f63f891c7467af");
+    }
+
+    #[tokio::test]
+    async fn hash_then_verify_and_rehash_on_parameter_change() {
+        let hasher = cheap();
+        let secret = Secret::from_plain("abcd1234");
+        let stored = hasher.hash(&secret).await.unwrap();
+        assert!(stored.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
+        let ok = hasher.verify(&secret, Some(&stored)).await.unwrap();
+        assert_eq!(
+            ok,
+            Verdict {
+                matched: true,
+                needs_rehash: false
+            }
+        );
+        let wrong = hasher
+            .verify(&Secret::from_plain("nope"), Some(&stored))
+            .await
+            .unwrap();
+        assert!(!wrong.matched);
+        let stronger = PasswordHasher::new(HashParams {
+            m_cost: 128,
+            t_cost: 1,
+            p_cost: 1,
+        })
+        .unwrap();
+        let v = stronger.verify(&secret, Some(&stored)).await.unwrap();
+        assert_eq!(
+            v,
+            Verdict {
+                matched: true,
+                needs_rehash: true
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn legacy_md5_and_missing_user() {
+        let hasher = cheap();
+        let secret = Secret::from_plain("abcd1234");
+        let legacy = md5_hex("abcd1234").to_uppercase();
+        let v = hasher.verify(&secret, Some(&legacy)).await.unwrap();
+        assert_eq!(
+            v,
+            Verdict {
+                matched: true,
+                needs_rehash: true
+            }
+        );
+        assert!(
+            !hasher
+                .verify(&Secret::from_plain("x"), Some(&legacy))
+                .await
+                .unwrap()
+                .matched
+        );
+        let dummy_secret = Secret::from_canonical(hasher.dummy_hash().await.unwrap());
+        assert!(!hasher.verify(&dummy_secret, None).await.unwrap().matched);
+        assert!(!hasher.verify(&secret, None).await.unwrap().matched);
+    }
+}

@@ -1,0 +1,265 @@
+//! All SQL of the users domain. Each operation that must be consistent is one statement: the
+//! counters and statistics are bumped in the same statement as the row they count.
+
+use deadpool_postgres::GenericClient;
+use serde_json::{Map, Value};
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use super::User;
+use super::error::UserError;
+use super::input::{Login, NewUser, UserPatch};
+
+/// The columns every query returns to build a [`User`], in [`user_from_row`]'s order.
+macro_rules! user_columns {
+    () => {
+        r#"user_id, scope, username, email, "group", extra, active, confirmation,
+           extract(epoch from created)::bigint, extract(epoch from updated)::bigint,
+           extract(epoch from last_login)::bigint, login_count"#
+    };
+}
+
+/// Today in UTC: the day the statistics are filed under.
+macro_rules! today {
+    () => {
+        "(now() AT TIME ZONE 'UTC')::date"
+    };
+}
+
+fn user_from_row(row: &Row) -> User {
+    let active: bool = row.get(6);
+    let confirmation: Option<String> = row.get(7);
+    let extra = match row.get::<_, Value>(5) {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    User {
+        user_id: row.get(0),
+        scope: row.get(1),
+        username: row.get(2),
+        email: row.get(3),
+        group: row.get(4),
+        extra,
+        validated: active && confirmation.is_none(),
+        active,
+        confirmation,
+        created: row.get(8),
+        updated: row.get(9),
+        last_login: row.get(10),
+        login_count: row.get(11),
+    }
+}
+
+/// Maps a unique-index violation to Coronium's 600; other errors pass through.
+fn duplicate_to_600(e: tokio_postgres::Error) -> UserError {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        let constraint = e.as_db_error().and_then(|d| d.constraint()).unwrap_or("");
+        return UserError::AlreadyExists(if constraint.contains("email") {
+            "Email already exists."
+        } else {
+            "Username already exists."
+        });
+    }
+    e.into()
+}
+
+pub async fn insert(
+    client: &impl GenericClient,
+    scope: &str,
+    user: &NewUser,
+    password_hash: &str,
+    confirmation_code: Option<&str>,
+) -> Result<User, UserError> {
+    let stmt = client
+        .prepare_cached(concat!(
+            r#"WITH ins AS (
+                 INSERT INTO users (user_id, scope, username, email, "group", extra, password_hash,
+                                    active, confirmation, confirmation_code)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 RETURNING "#,
+            user_columns!(),
+            r#"), stat AS (
+                 INSERT INTO user_stats_daily AS s (scope, day, joins)
+                 SELECT $2, "#,
+            today!(),
+            r#", 1 FROM ins
+                 ON CONFLICT (scope, day) DO UPDATE SET joins = s.joins + 1)
+               SELECT * FROM ins"#
+        ))
+        .await?;
+    let pending = confirmation_code.map(|_| "pending");
+    let row = client
+        .query_one(
+            &stmt,
+            &[
+                &Uuid::now_v7(),
+                &scope,
+                &user.username,
+                &user.email,
+                &user.group,
+                &Value::Object(user.extra.clone()),
+                &password_hash,
+                &confirmation_code.is_none(),
+                &pending,
+                &confirmation_code,
+            ],
+        )
+        .await
+        .map_err(duplicate_to_600)?;
+    Ok(user_from_row(&row))
+}
+
+/// What login needs to decide: the id, the stored hash, and whether the user may record a login.
+pub struct LoginCandidate {
+    pub user_id: Uuid,
+    pub password_hash: String,
+    pub records_login: bool,
+}
+
+pub async fn find_for_login(
+    client: &impl GenericClient,
+    scope: &str,
+    login: &Login,
+) -> Result<Option<LoginCandidate>, UserError> {
+    let (sql, key) = match login {
+        Login::Username(u) => (
+            "SELECT user_id, password_hash, active AND confirmation IS NULL FROM users
+             WHERE scope = $1 AND lower(username) = lower($2)",
+            u,
+        ),
+        Login::Email(e) => (
+            "SELECT user_id, password_hash, active AND confirmation IS NULL FROM users
+             WHERE scope = $1 AND lower(email) = lower($2)",
+            e,
+        ),
+    };
+    let stmt = client.prepare_cached(sql).await?;
+    let row = client.query_opt(&stmt, &[&scope, key]).await?;
+    Ok(row.map(|row| LoginCandidate {
+        user_id: row.get(0),
+        password_hash: row.get(1),
+        records_login: row.get(2),
+    }))
+}
+
+/// Marks a login event: last_login, login_count and the day's statistics in one statement.
+/// `rehash` replaces the stored hash, but only if it is still the one that was verified.
+pub async fn record_login(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    verified_hash: &str,
+    rehash: Option<&str>,
+) -> Result<Option<User>, UserError> {
+    let stmt = client
+        .prepare_cached(concat!(
+            r#"WITH u AS (
+                 UPDATE users SET last_login = now(), login_count = login_count + 1,
+                   password_hash = CASE WHEN password_hash = $2
+                                        THEN COALESCE($3, password_hash) ELSE password_hash END
+                 WHERE user_id = $1
+                 RETURNING "#,
+            user_columns!(),
+            r#"), stat AS (
+                 INSERT INTO user_stats_daily AS s (scope, day, logins)
+                 SELECT scope, "#,
+            today!(),
+            r#", 1 FROM u
+                 ON CONFLICT (scope, day) DO UPDATE SET logins = s.logins + 1)
+               SELECT * FROM u"#
+        ))
+        .await?;
+    let row = client
+        .query_opt(&stmt, &[&user_id, &verified_hash, &rehash])
+        .await?;
+    Ok(row.as_ref().map(user_from_row))
+}
+
+/// Replaces a verified hash with a fresh one (a login that records no event still upgrades it).
+pub async fn replace_hash(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    verified_hash: &str,
+    new_hash: &str,
+) -> Result<(), UserError> {
+    let stmt = client
+        .prepare_cached(
+            "UPDATE users SET password_hash = $3 WHERE user_id = $1 AND password_hash = $2",
+        )
+        .await?;
+    client
+        .execute(&stmt, &[&user_id, &verified_hash, &new_hash])
+        .await?;
+    Ok(())
+}
+
+pub async fn get(
+    client: &impl GenericClient,
+    scope: &str,
+    user_id: Uuid,
+) -> Result<Option<User>, UserError> {
+    let stmt = client
+        .prepare_cached(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE user_id = $1 AND scope = $2"
+        ))
+        .await?;
+    let row = client.query_opt(&stmt, &[&user_id, &scope]).await?;
+    Ok(row.as_ref().map(user_from_row))
+}
+
+/// Applies a patch in one statement: `extra` is merged key by key (`||`) and removed keys are
+/// dropped (`-`), so concurrent updates of different keys never lose each other's writes.
+pub async fn update(
+    client: &impl GenericClient,
+    scope: &str,
+    user_id: Uuid,
+    patch: &UserPatch,
+    password_hash: Option<&str>,
+) -> Result<Option<User>, UserError> {
+    let stmt = client
+        .prepare_cached(concat!(
+            r#"UPDATE users SET
+                 username = COALESCE($3, username),
+                 email = COALESCE($4, email),
+                 "group" = COALESCE($5, "group"),
+                 extra = (extra || $6::jsonb) - $7::text[],
+                 password_hash = COALESCE($8, password_hash),
+                 active = COALESCE($9, active),
+                 updated = now()
+               WHERE user_id = $1 AND scope = $2
+               RETURNING "#,
+            user_columns!()
+        ))
+        .await?;
+    let row = client
+        .query_opt(
+            &stmt,
+            &[
+                &user_id,
+                &scope,
+                &patch.username,
+                &patch.email,
+                &patch.group,
+                &Value::Object(patch.extra_set.clone()),
+                &patch.extra_remove,
+                &password_hash,
+                &patch.active,
+            ],
+        )
+        .await
+        .map_err(duplicate_to_600)?;
+    Ok(row.as_ref().map(user_from_row))
+}
+
+pub async fn delete(
+    client: &impl GenericClient,
+    scope: &str,
+    user_id: Uuid,
+) -> Result<u64, UserError> {
+    let stmt = client
+        .prepare_cached("DELETE FROM users WHERE user_id = $1 AND scope = $2")
+        .await?;
+    Ok(client.execute(&stmt, &[&user_id, &scope]).await?)
+}
