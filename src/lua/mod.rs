@@ -99,8 +99,10 @@ impl Runtime {
         lua.globals().set("core", &core)?;
         lua.load(PRELUDE)
             .set_name("@lua/prelude.lua")
-            .call::<()>((core, native))?;
+            .call::<()>((&core, native))?;
         restrict_globals(&lua)?;
+        // The sandbox freezes only the globals' own tables; `core.users` and `core.json` too.
+        freeze(&core)?;
         // Libraries, metatables and globals become read-only; a script's global writes stay in
         // its own environment.
         lua.sandbox(true)?;
@@ -157,6 +159,19 @@ impl Runtime {
     pub fn used_memory(&self) -> usize {
         self.lua.used_memory()
     }
+}
+
+/// Makes a table and the tables it holds read-only.
+fn freeze(table: &Table) -> mlua::Result<()> {
+    table.set_readonly(true);
+    for pair in table.pairs::<Value, Value>() {
+        if let (_, Value::Table(inner)) = pair?
+            && !inner.is_readonly()
+        {
+            freeze(&inner)?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes what scripts must not reach: `require` (it reads files), and `debug` beyond

@@ -228,10 +228,15 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
     native.set(
         "json_encode",
         lua.create_function(|lua, value: Value| {
+            let mut out = MultiValue::new();
             match convert::lua_to_json(lua, &value, Unencodable::Fail) {
-                Ok(json) => Ok((Some(json.to_string()), None)),
-                Err(e) => Ok((None, Some(e.to_string()))),
+                Ok(json) => out.push_back(Value::String(lua.create_string(json.to_string())?)),
+                Err(e) => {
+                    out.push_back(Value::Nil);
+                    out.push_back(Value::String(lua.create_string(e.to_string())?));
+                }
             }
+            Ok(out)
         })?,
     )?;
     native.set(

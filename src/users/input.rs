@@ -221,13 +221,9 @@ impl NewUser {
         };
         let confirmation = match params.get("confirmation") {
             None | Some(Value::Null) => None,
-            Some(v) => {
-                let request = confirmation(v)?;
-                if email.is_none() {
-                    return Err(UserError::Missing("email"));
-                }
-                Some(request)
-            }
+            // The seed: "User email is required if using email confirmation."
+            Some(_) if email.is_none() => return Err(UserError::Missing("email")),
+            Some(v) => Some(confirmation(v)?),
         };
         Ok(NewUser {
             username,

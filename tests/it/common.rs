@@ -1,0 +1,246 @@
+//! Test support: one private PostgreSQL cluster per test process, a template database migrated
+//! once, and a fresh database per test made from that template. No mocks: every test talks to
+//! this real server, through the real `coronium` binary or the library.
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, OnceLock};
+
+use coronium::db::{Database, EmbeddedOptions, EmbeddedPostgres, Location, embedded, migrate};
+use coronium::lua::{Output as LuaOutput, Runtime, RuntimeOptions};
+use coronium::users::{HashParams, PasswordHasher, Users};
+use tokio_postgres::NoTls;
+
+const TEMPLATE: &str = "coronium_template";
+
+/// Cheap argon2 parameters so tests spend their time on behaviour, not hashing.
+pub const TEST_HASH: HashParams = HashParams {
+    m_cost: 256,
+    t_cost: 1,
+    p_cost: 1,
+};
+
+struct Cluster {
+    server: EmbeddedPostgres,
+}
+
+/// Removes clusters left in /tmp by earlier test processes that have exited.
+fn sweep_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name
+            .strip_prefix("coronium-test-")
+            .and_then(|p| p.parse::<u32>().ok())
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A scratch directory that the `postgres` user can traverse (tests run as root in CI).
+pub fn scratch_dir(label: &str) -> PathBuf {
+    let dir = PathBuf::from(format!("/tmp/coronium-test-{}", std::process::id()))
+        .join(format!("{label}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for ancestor in [dir.as_path(), dir.parent().unwrap()] {
+        std::fs::set_permissions(ancestor, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    // Set up on a thread of its own: the first caller may be inside a tokio runtime.
+    CLUSTER.get_or_init(|| std::thread::spawn(start_cluster).join().unwrap())
+}
+
+fn start_cluster() -> Cluster {
+    {
+        sweep_stale_dirs();
+        let server = EmbeddedPostgres::start(&EmbeddedOptions {
+            dir: scratch_dir("cluster").join("pg"),
+            durable: false,
+            bin_dir: None,
+        })
+        .expect("start the test PostgreSQL cluster");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut attempts = 0;
+            while let Err(e) = embedded::ensure_database(&server, TEMPLATE).await {
+                attempts += 1;
+                assert!(attempts < 3000, "test cluster did not come up: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            let (mut client, conn) = server
+                .connect_config(TEMPLATE)
+                .connect(NoTls)
+                .await
+                .unwrap();
+            let driver = tokio::spawn(conn);
+            migrate::run(&mut client).await.unwrap();
+            drop(client);
+            let _ = driver.await;
+        });
+        Cluster { server }
+    }
+}
+
+/// A database of its own for one test, already migrated.
+pub struct TestDb {
+    pub name: String,
+    config: tokio_postgres::Config,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        Self::create(Some(TEMPLATE)).await
+    }
+
+    /// An empty database (no schema), for migration tests.
+    pub async fn empty() -> TestDb {
+        Self::create(None).await
+    }
+
+    async fn create(template: Option<&str>) -> TestDb {
+        let cluster = cluster();
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = cluster.server.connect_config("postgres");
+        let (client, conn) = admin.connect(NoTls).await.unwrap();
+        let driver = tokio::spawn(conn);
+        let sql = match template {
+            Some(t) => format!("CREATE DATABASE {name} TEMPLATE {t}"),
+            None => format!("CREATE DATABASE {name} TEMPLATE template0"),
+        };
+        client.batch_execute(&sql).await.unwrap();
+        drop(client);
+        let _ = driver.await;
+        TestDb {
+            config: cluster.server.connect_config(&name),
+            name,
+        }
+    }
+
+    /// A libpq-style connection string for `DATABASE_URL`.
+    pub fn url(&self) -> String {
+        let host = cluster().server.socket_dir().display().to_string();
+        format!("host={host} port=5432 user=coronium dbname={}", self.name)
+    }
+
+    /// A plain client, for asserting on what was written.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = self.config.connect(NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
+    /// The library's own database handle on this test database.
+    pub async fn open(&self) -> Database {
+        Database::open(&Location::Url(self.url()), 8).await.unwrap()
+    }
+
+    /// A users service on this database with the given hashing parameters.
+    pub async fn users_with(&self, params: HashParams) -> Users {
+        Users::new(
+            self.open().await.pool().clone(),
+            Arc::new(PasswordHasher::new(params).unwrap()),
+            "http://localhost:10001",
+        )
+    }
+
+    /// A Lua runtime (scope "default", output to the log) on this database.
+    pub async fn runtime(&self) -> Runtime {
+        Runtime::new(
+            self.users_with(TEST_HASH).await,
+            RuntimeOptions {
+                scope: "default".into(),
+                memory_limit: 64 * 1024 * 1024,
+                output: LuaOutput::Log,
+            },
+        )
+        .unwrap()
+    }
+}
+
+/// The `coronium` binary with a clean environment pointing at `db`.
+pub fn coronium(db: Option<&TestDb>) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coronium"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CORONIUM_") || key == "DATABASE_URL" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("CORONIUM_ARGON2_M_COST", TEST_HASH.m_cost.to_string())
+        .env("CORONIUM_ARGON2_T_COST", TEST_HASH.t_cost.to_string())
+        .env("CORONIUM_LOG", "warn")
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if let Some(db) = db {
+        cmd.env("DATABASE_URL", db.url());
+    }
+    cmd
+}
+
+/// What a `coronium run` printed and how it exited.
+pub struct Run {
+    pub stdout: String,
+    pub stderr: String,
+    pub success: bool,
+}
+
+impl Run {
+    pub fn lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Run {
+        Run {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            success: out.status.success(),
+        }
+    }
+}
+
+/// Runs a file with `coronium run` against `db`.
+pub fn run_file(db: &TestDb, path: &Path) -> Run {
+    coronium(Some(db))
+        .arg("run")
+        .arg(path)
+        .output()
+        .expect("spawn coronium")
+        .into()
+}
+
+/// Runs Lua source (written to a temporary file named `name`) with `coronium run`.
+pub fn run_lua(db: &TestDb, name: &str, source: &str) -> Run {
+    let dir = scratch_dir("script");
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(source.as_bytes()))
+        .unwrap();
+    run_file(db, &path)
+}
+
+/// Asserts a run succeeded, showing its stderr when it did not.
+#[track_caller]
+pub fn assert_ok(run: &Run) {
+    assert!(
+        run.success,
+        "coronium run failed\nstdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+}
+
+pub fn is_uuid(s: &str) -> bool {
+    uuid::Uuid::try_parse(s).is_ok_and(|u| u.to_string() == s)
+}

@@ -1,0 +1,228 @@
+//! The embedded PostgreSQL through the real binary: first start, restart, a stale lock file,
+//! SIGTERM, missing binaries, and two processes migrating one database at once.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::common::{TestDb, coronium, scratch_dir};
+
+/// PIDs of postgres processes running on `data_dir`.
+fn postgres_on(data_dir: &Path) -> Vec<i32> {
+    let needle = data_dir.join("pg").join("data").display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|s| s.trim_start().starts_with('Z'));
+            !zombie
+                && String::from_utf8_lossy(&cmdline)
+                    .replace('\0', " ")
+                    .contains(&needle)
+        })
+        .collect()
+}
+
+fn write_script(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, source).unwrap();
+    path
+}
+
+#[test]
+fn embedded_cluster_lifecycle() {
+    let dir = scratch_dir("embedded");
+    let data = dir.join("data");
+    let script = write_script(
+        &dir,
+        "count.lua",
+        r#"core.users.create({username = "persist", password = "pw"})
+local u = core.users.login({username = "persist", password = "pw"})
+print(u.login_count)"#,
+    );
+    let run = |script: &Path| {
+        coronium(None)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("run")
+            .arg(script)
+            .output()
+            .unwrap()
+    };
+
+    // First start on an empty data dir: initdb, migrate, run.
+    let out = run(&script);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    assert!(data.join("pg/data/PG_VERSION").is_file());
+    assert_eq!(
+        postgres_on(&data),
+        Vec::<i32>::new(),
+        "stopped on normal exit"
+    );
+
+    // Restart on the existing cluster: the data persisted.
+    let started = Instant::now();
+    let out = run(&script);
+    let restart = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    eprintln!("restart on an existing data dir took {restart:?}");
+
+    // A stale postmaster.pid, as a crash leaves it (its pid long gone).
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    std::fs::write(
+        data.join("pg/data/postmaster.pid"),
+        format!("{dead_pid}\n{}\n0\n5432\n", data.join("pg/data").display()),
+    )
+    .unwrap();
+    let out = run(&script);
+    assert!(
+        out.status.success(),
+        "stale pid: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
+
+    // A script that fails still stops the database.
+    let failing = write_script(&dir, "fail.lua", "error('on purpose')");
+    let out = run(&failing);
+    assert!(!out.status.success());
+    assert_eq!(postgres_on(&data), Vec::<i32>::new());
+
+    // SIGTERM while a script waits: the script stops, PostgreSQL stops, nothing is left.
+    let sleeper = write_script(
+        &dir,
+        "sleep.lua",
+        "print('ready')\ncore.sleep(60)\nprint('not reached')",
+    );
+    let mut child = coronium(None)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("run")
+        .arg(&sleeper)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    assert_eq!(&first, b"ready\n");
+    assert_eq!(postgres_on(&data).len(), 1, "one postmaster while running");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        postgres_on(&data),
+        Vec::<i32>::new(),
+        "no postgres left after SIGTERM"
+    );
+
+    // SIGKILL leaves no orphan either: the kernel tells the postmaster its parent died.
+    let mut child = coronium(None)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("run")
+        .arg(&sleeper)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !postgres_on(&data).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "postgres outlived a SIGKILLed coronium"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = run(&script);
+    assert!(
+        out.status.success(),
+        "after SIGKILL: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4");
+}
+
+#[test]
+fn missing_postgres_binaries_say_what_to_install() {
+    let dir = scratch_dir("nobin");
+    let script = write_script(&dir, "x.lua", "print(1)");
+    let out = coronium(None)
+        .env("CORONIUM_PG_BIN_DIR", dir.join("no-such-dir"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("run")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("apt-get install postgresql"), "{stderr}");
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+    assert_eq!(out.stdout, b"");
+}
+
+#[tokio::test]
+async fn two_processes_migrating_at_once_both_start() {
+    let db = TestDb::empty().await;
+    let dir = scratch_dir("migrate");
+    let script = write_script(
+        &dir,
+        "x.lua",
+        "print(type(core.users.create({username = core.uuid(), password = 'p'})))",
+    );
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            coronium(Some(&db))
+                .arg("run")
+                .arg(&script)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "string");
+    }
+    let versions: Vec<i32> = db
+        .client()
+        .await
+        .query("SELECT version FROM schema_migrations", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [coronium::db::migrate::latest_version()]);
+}

@@ -1,0 +1,9 @@
+//! Integration tests: one binary, so one PostgreSQL cluster serves every test in it.
+
+mod common;
+mod concurrency;
+mod embedded;
+mod lua_core;
+mod passwords;
+mod seed;
+mod users;

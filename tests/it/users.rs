@@ -1,0 +1,286 @@
+//! The users functions through `coronium run`: statuses and messages, both calling conventions,
+//! extra merge and NULL, and that refused input writes nothing.
+
+use crate::common::{TestDb, assert_ok, coronium, run_lua, scratch_dir};
+
+async fn count_users(db: &TestDb) -> i64 {
+    db.client()
+        .await
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn bad_input_gets_coronium_statuses_and_writes_nothing() {
+    let db = TestDb::new().await;
+    let run = run_lua(
+        &db,
+        "bad.lua",
+        r#"
+local function show(...) print(select(2, ...)) end
+show(core.users.create({password = "x"}))
+show(core.users.create({username = "a"}))
+show(core.users.create({username = "", password = "x"}))
+show(core.users.create({username = 12, password = "x"}))
+show(core.users.create({username = "a", password = "x", extra = {deep = {x = 1}}}))
+show(core.users.create({username = "a", password = "x", extra = {f = print}}))
+show(core.users.create({username = "a", password = "x", email = "not-an-email"}))
+show(core.users.create({username = string.rep("n", 65), password = "x"}))
+show(core.users.create({username = "a", password = "x", confirmation = {subject = "hi"}}))
+show(core.users.create("tiny"))
+show(core.users.get({}))
+show(core.users.get({user_id = "not-a-uuid"}))
+show(core.users.get("289bc36e-0df7-44df-99b1-a6543c6f45eb"))
+show(core.users.update({user_id = "289bc36e-0df7-44df-99b1-a6543c6f45eb"}))
+show(core.users.update({update = {group = "x"}}))
+show(core.users.update("not-a-uuid", {group = "x"}))
+show(core.users.delete({}))
+print(core.users.delete({user_id = "not-a-uuid"}))
+"#,
+    );
+    assert_ok(&run);
+    assert_eq!(
+        run.lines(),
+        [
+            "Missing required parameter: username\t804",
+            "Missing required parameter: password\t804",
+            "Missing required parameter: username\t804",
+            "Parameter 'username' must be a string.\t801",
+            "Extra table can only contain string, number, or boolean types.\t801",
+            "Extra table can only contain string, number, or boolean types.\t801",
+            "Email address not found or invalid.\t704",
+            "Parameter 'username' is longer than 64 characters.\t801",
+            "Missing required parameter: email\t804",
+            "Parameters must be a table, not a string.\t801",
+            "Missing required parameter: user_id\t804",
+            "User not found.\t604",
+            "User not found.\t604",
+            "Missing required parameter: update\t804",
+            "Missing required parameter: user_id\t804",
+            "User not found.\t604",
+            "Missing required parameter: user_id\t804",
+            "0",
+        ]
+    );
+    assert_eq!(count_users(&db).await, 0);
+}
+
+#[tokio::test]
+async fn duplicates_are_600_case_insensitively_per_scope() {
+    let db = TestDb::new().await;
+    let run = run_lua(
+        &db,
+        "dup.lua",
+        r#"
+local id = core.users.create({username = "Tiny", password = "x", email = "Tiny@Example.com"})
+print(select(2, core.users.create({username = "tINY", password = "y"})))
+print(select(2, core.users.create({username = "other", password = "y", email = "tiny@example.COM"})))
+-- Another scope is another namespace.
+print(type(core.users.create({username = "tiny", password = "y", scope = "game2"})))
+-- Renaming onto a taken name is refused too, and changes nothing.
+local other = core.users.create({username = "other", password = "y"})
+print(select(2, core.users.update(other, {username = "TINY"})))
+print(core.users.get(other).username)
+"#,
+    );
+    assert_ok(&run);
+    assert_eq!(
+        run.lines(),
+        [
+            "Username already exists.\t600",
+            "Email already exists.\t600",
+            "string",
+            "Username already exists.\t600",
+            "other",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn both_calling_conventions_and_evt_shape() {
+    let db = TestDb::new().await;
+    let run = run_lua(
+        &db,
+        "conventions.lua",
+        r#"
+local order = {}
+-- Seed style: the listener runs once, before the call returns; evt has result xor error.
+local ret = core.users.create({username = "tiny", password = "abcd1234"}, function(evt)
+  order[#order + 1] = "listener"
+  print("evt", type(evt.result), evt.error, evt.status)
+end)
+order[#order + 1] = "after"
+print(table.concat(order, ","), ret)
+core.users.get({user_id = "289bc36e-0df7-44df-99b1-a6543c6f45eb"}, function(evt)
+  print("evt", evt.result, evt.error, evt.status)
+end)
+-- Return style: result, or nil, err, status.
+local user = core.users.login({username = "TINY", password = "abcd1234"})
+print(user.username, user.active, user.validated, user.login_count, user.password, user.password_hash)
+print(core.users.login({username = "tiny", password = "wrong"}))
+print(core.users.login({username = "nobody", password = "abcd1234"}))
+-- 2.x positional forms.
+local id = core.users.register("p2", "pw", nil, {email = "p2@example.com", extra = {a = 1}})
+print(#id, core.users.get(id).email, core.users.get(id).extra.a)
+local u = core.users.register("p3", "pw", nil, {login = true})
+print(u.username, u.login_count)
+print(core.users.update(id, {group = "vip"}).group)
+print(core.users.delete(id), core.users.delete(id))
+"#,
+    );
+    assert_ok(&run);
+    assert_eq!(
+        run.lines(),
+        [
+            "evt\tstring\tnil\tnil",
+            "listener,after\tnil",
+            "evt\tnil\tUser not found.\t604",
+            "tiny\ttrue\ttrue\t1\tnil\tnil",
+            "nil\tInvalid username or password.\t603",
+            "nil\tInvalid username or password.\t603",
+            "36\tp2@example.com\t1",
+            "p3\t1",
+            "vip",
+            "1\t0",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn extra_merges_key_by_key_and_null_deletes() {
+    let db = TestDb::new().await;
+    let run = run_lua(
+        &db,
+        "extra.lua",
+        r#"
+local id = core.users.create({username = "x", password = "p", extra = {color = "Red", n = 1, ok = true}})
+local u = core.users.update({user_id = id, update = {extra = {n = 2.5, shape = "round"}}})
+print(u.extra.color, u.extra.n, u.extra.ok, u.extra.shape)
+u = core.users.update(id, {extra = {color = core.NULL, ok = core.users.NULL}})
+print(u.extra.color, u.extra.n, u.extra.ok, u.extra.shape)
+-- A nested value is refused and nothing is written (the email change included).
+print(select(2, core.users.update(id, {email = "x@example.com", extra = {bad = {1, 2}}})))
+u = core.users.get(id)
+print(u.email, u.extra.n, u.extra.bad)
+print(select(2, core.users.update(id, {login_count = 99})))
+print(select(2, core.users.update(id, {active = "yes"})))
+u = core.users.update(id, {active = false, password = "new"})
+print(u.active, u.validated)
+print(core.users.login({username = "x", password = "new"}).active)
+"#,
+    );
+    assert_ok(&run);
+    assert_eq!(
+        run.lines(),
+        [
+            "Red\t2.5\ttrue\tround",
+            "nil\t2.5\tnil\tround",
+            "Extra table can only contain string, number, or boolean types.\t801",
+            "nil\t2.5\tnil",
+            "Field 'login_count' cannot be updated (allowed: username, password, email, group, extra, active).\t801",
+            "Parameter 'active' must be a boolean.\t801",
+            "false\tfalse",
+            "false",
+        ]
+    );
+    let client = db.client().await;
+    let row = client
+        .query_one("SELECT login_count, extra FROM users", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, i64>(0),
+        0,
+        "an inactive user's login records no event"
+    );
+    assert_eq!(
+        row.get::<_, serde_json::Value>(1),
+        serde_json::json!({"n": 2.5, "shape": "round"})
+    );
+}
+
+#[tokio::test]
+async fn confirmation_creates_a_pending_user_who_logs_in_inactive() {
+    let db = TestDb::new().await;
+    let dir = scratch_dir("confirm");
+    let script = dir.join("confirm.lua");
+    std::fs::write(
+        &script,
+        r#"
+local id = core.users.create({username = "c", password = "p", email = "c@example.com",
+  confirmation = {from_email = "games@example.com", subject = "Welcome", tpl_keys = {name = "C"}}})
+local u = core.users.get(id)
+print(u.active, u.confirmation, u.validated)
+u = core.users.login({email = "C@example.com", password = "p"})
+print(u.active, u.confirmation, u.validated, u.login_count, u.last_login)
+print(select(2, core.users.create({username = "d", password = "p", email = "d@example.com",
+  confirmation = {from_email = "games@example.com", subject = "Hi", colour = "x"}})))
+"#,
+    )
+    .unwrap();
+    let out = coronium(Some(&db))
+        .env("CORONIUM_LOG", "info")
+        .args(["run"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    let run = crate::common::Run::from(out);
+    assert_ok(&run);
+    assert_eq!(
+        run.lines(),
+        [
+            "false\tpending\tfalse",
+            "false\tpending\tfalse\t0\tnil",
+            "Unknown confirmation option 'colour'.\t801",
+        ]
+    );
+    let code: String = db
+        .client()
+        .await
+        .query_one(
+            "SELECT confirmation_code FROM users WHERE username = 'c'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        run.stderr
+            .contains(&format!("http://localhost:10001/_confirmation?code={code}")),
+        "the would-be mail is logged with its link: {}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_listener_error_fails_the_script_with_file_and_line() {
+    let db = TestDb::new().await;
+    let run = run_lua(
+        &db,
+        "listener_error.lua",
+        "core.users.get({user_id = \"x\"}, function(evt)\n  error(\"listener broke\")\nend)\nprint(\"not reached\")\n",
+    );
+    assert!(!run.success);
+    assert_eq!(run.stdout, "");
+    assert!(
+        run.stderr.contains("listener_error.lua:2: listener broke"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("stack traceback"), "{}", run.stderr);
+
+    let run = run_lua(&db, "syntax.lua", "print(\"a\"\nlocal = 1\n");
+    assert!(!run.success);
+    assert!(run.stderr.contains("syntax.lua:2"), "{}", run.stderr);
+
+    // pcall catches host errors and listener errors alike, and the script carries on.
+    let run = run_lua(
+        &db,
+        "pcall.lua",
+        "print(pcall(core.users.get, {user_id = \"x\"}, function() error(\"inner\", 0) end))\nprint(\"carried on\")\n",
+    );
+    assert_ok(&run);
+    assert_eq!(run.lines(), ["false\tinner", "carried on"]);
+}
