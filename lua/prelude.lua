@@ -177,6 +177,41 @@ function core.debug(value)
 end
 
 ------------------------------------------------------------------------------------------------
+-- Scripts' own coroutines may call core functions that wait for the host (a database call,
+-- core.sleep). Such a coroutine yields the host's "pending" marker; resume passes it up to the
+-- coroutine the host drives, and resumes the inner one once the host wakes us.
+------------------------------------------------------------------------------------------------
+local PENDING = native.pending
+local raw_resume, raw_yield, raw_create = coroutine.resume, coroutine.yield, coroutine.create
+
+local function settle(co, ...)
+  local ok, first = ...
+  if ok and first == PENDING and select("#", ...) == 2 then
+    raw_yield(PENDING)
+    return settle(co, raw_resume(co))
+  end
+  return ...
+end
+
+function coroutine.resume(co, ...)
+  return settle(co, raw_resume(co, ...))
+end
+
+local function unwrap(ok, ...)
+  if not ok then
+    error((...), 0)
+  end
+  return ...
+end
+
+function coroutine.wrap(f)
+  local co = raw_create(f)
+  return function(...)
+    return unwrap(settle(co, raw_resume(co, ...)))
+  end
+end
+
+------------------------------------------------------------------------------------------------
 -- Lua 5.1 names that Coronium-era code uses, where Luau lacks them.
 ------------------------------------------------------------------------------------------------
 unpack = unpack or table.unpack

@@ -59,6 +59,25 @@ fn user_value(lua: &Lua, user: &User) -> mlua::Result<Value> {
     convert::json_to_lua(lua, &user.to_json())
 }
 
+/// Why a users operation did not produce a result: the caller's problem (answered as
+/// `nil, err, status`) or a Lua failure (raised).
+enum OpError {
+    User(UserError),
+    Lua(mlua::Error),
+}
+
+impl From<UserError> for OpError {
+    fn from(e: UserError) -> Self {
+        OpError::User(e)
+    }
+}
+
+impl From<mlua::Error> for OpError {
+    fn from(e: mlua::Error) -> Self {
+        OpError::Lua(e)
+    }
+}
+
 /// Registers a users operation: parse the Lua argument, run the async domain call, and turn its
 /// outcome into `result, err, status`.
 fn users_op<F, Fut>(
@@ -70,7 +89,7 @@ fn users_op<F, Fut>(
 ) -> mlua::Result<()>
 where
     F: Fn(Rc<Host>, Lua, input::Params) -> Fut + 'static,
-    Fut: Future<Output = mlua::Result<Outcome>> + 'static,
+    Fut: Future<Output = Result<Value, OpError>> + 'static,
 {
     let host = host.clone();
     let op = Rc::new(op);
@@ -80,9 +99,14 @@ where
             let host = host.clone();
             let op = op.clone();
             async move {
-                match params(&lua, &arg) {
+                let outcome = match params(&lua, &arg) {
                     Ok(params) => op(host, lua, params).await,
-                    Err(e) => Ok(failure(&e)),
+                    Err(e) => Err(e.into()),
+                };
+                match outcome {
+                    Ok(value) => Ok(success(value)),
+                    Err(OpError::User(e)) => Ok(failure(&e)),
+                    Err(OpError::Lua(e)) => Err(e),
                 }
             }
         })?,
@@ -98,15 +122,9 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         "create",
         &host,
         |host, lua, params| async move {
-            let scope = scope(&host, &params).to_owned();
-            let outcome = match NewUser::parse(&params, PasswordForm::Plain) {
-                Ok(new_user) => host.users.create(&scope, new_user).await,
-                Err(e) => Err(e),
-            };
-            Ok(match outcome {
-                Ok(user) => success(Value::String(lua.create_string(user.user_id.to_string())?)),
-                Err(e) => failure(&e),
-            })
+            let new_user = NewUser::parse(&params, PasswordForm::Plain)?;
+            let user = host.users.create(scope(&host, &params), new_user).await?;
+            Ok(Value::String(lua.create_string(user.user_id.to_string())?))
         },
     )?;
 
@@ -116,27 +134,16 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         "login",
         &host,
         |host, lua, params| async move {
-            let scope = scope(&host, &params).to_owned();
-            let outcome = match Credentials::parse(&params, PasswordForm::Plain) {
-                Ok(credentials) => host.users.login(&scope, credentials).await,
-                Err(e) => Err(e),
-            };
-            Ok(match outcome {
-                Ok(user) => success(user_value(&lua, &user)?),
-                Err(e) => failure(&e),
-            })
+            let credentials = Credentials::parse(&params, PasswordForm::Plain)?;
+            let user = host.users.login(scope(&host, &params), credentials).await?;
+            Ok(user_value(&lua, &user)?)
         },
     )?;
 
     users_op(lua, &native, "get", &host, |host, lua, params| async move {
-        let outcome = match input::user_id(&params) {
-            Ok(id) => host.users.get(scope(&host, &params), id).await,
-            Err(e) => Err(e),
-        };
-        Ok(match outcome {
-            Ok(user) => success(user_value(&lua, &user)?),
-            Err(e) => failure(&e),
-        })
+        let user_id = input::user_id(&params)?;
+        let user = host.users.get(scope(&host, &params), user_id).await?;
+        Ok(user_value(&lua, &user)?)
     })?;
 
     users_op(
@@ -145,20 +152,13 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         "update",
         &host,
         |host, lua, params| async move {
-            let parsed = input::user_id(&params).and_then(|id| {
-                Ok((
-                    id,
-                    UserPatch::parse(params.get("update"), PasswordForm::Plain)?,
-                ))
-            });
-            let outcome = match parsed {
-                Ok((id, patch)) => host.users.update(scope(&host, &params), id, patch).await,
-                Err(e) => Err(e),
-            };
-            Ok(match outcome {
-                Ok(user) => success(user_value(&lua, &user)?),
-                Err(e) => failure(&e),
-            })
+            let user_id = input::user_id(&params)?;
+            let patch = UserPatch::parse(params.get("update"), PasswordForm::Plain)?;
+            let user = host
+                .users
+                .update(scope(&host, &params), user_id, patch)
+                .await?;
+            Ok(user_value(&lua, &user)?)
         },
     )?;
 
@@ -168,17 +168,15 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         "delete",
         &host,
         |host, _lua, params| async move {
-            let outcome = match input::user_id(&params) {
-                Ok(id) => host.users.delete(scope(&host, &params), id).await,
-                Err(e) => Err(e),
-            };
-            Ok(match outcome {
-                Ok(count) => success(Value::Number(count as f64)),
-                Err(e) => failure(&e),
-            })
+            let user_id = input::user_id(&params)?;
+            let count = host.users.delete(scope(&host, &params), user_id).await?;
+            Ok(Value::Number(count as f64))
         },
     )?;
 
+    // The value a coroutine yields while it waits for the host; the prelude lets scripts' own
+    // coroutines pass it up to the coroutine the host drives.
+    native.set("pending", Value::LightUserData(Lua::poll_pending()))?;
     native.set(
         "uuid",
         lua.create_function(|_, ()| Ok(uuid::Uuid::new_v4().to_string()))?,

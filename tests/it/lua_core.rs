@@ -182,3 +182,38 @@ print("still running")
     assert_ok(&run);
     assert_eq!(run.lines(), ["false\ttrue", "still running"]);
 }
+
+#[tokio::test]
+async fn scripts_own_coroutines_can_wait_on_the_database() {
+    let db = TestDb::new().await;
+    let run = run_lua(
+        &db,
+        "coroutines.lua",
+        r#"
+local id = core.users.create({username = "co", password = "p"})
+local fetch = coroutine.wrap(function()
+  local user = core.users.get(id)
+  coroutine.yield(user.username)
+  core.sleep(0.001)
+  return select(2, core.users.get("289bc36e-0df7-44df-99b1-a6543c6f45eb"))
+end)
+print(fetch())
+print(fetch())
+local co = coroutine.create(function(a) core.sleep(0.001) return a * 2 end)
+print(coroutine.resume(co, 21))
+print(coroutine.status(co))
+print(pcall(coroutine.wrap(function() core.sleep(0.001) error("inner", 0) end)))
+"#,
+    );
+    assert_ok(&run);
+    assert_eq!(
+        run.lines(),
+        [
+            "co",
+            "User not found.\t604",
+            "true\t42",
+            "dead",
+            "false\tinner"
+        ]
+    );
+}

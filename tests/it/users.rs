@@ -284,3 +284,47 @@ async fn a_listener_error_fails_the_script_with_file_and_line() {
     assert_ok(&run);
     assert_eq!(run.lines(), ["false\tinner", "carried on"]);
 }
+
+#[tokio::test]
+async fn a_dropped_database_connection_is_survived() {
+    use std::io::{BufRead as _, BufReader};
+    let db = TestDb::new().await;
+    let dir = scratch_dir("drop");
+    let script = dir.join("drop.lua");
+    std::fs::write(
+        &script,
+        r#"
+local id = core.users.create({username = "steady", password = "p"})
+print("ready")
+core.sleep(0.5)
+print(core.users.get(id).username)
+"#,
+    )
+    .unwrap();
+    let mut child = coronium(Some(&db))
+        .arg("run")
+        .arg(&script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let killed: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1, "the script's connection was cut");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(rest, "steady\n");
+}
