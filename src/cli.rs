@@ -39,6 +39,27 @@ pub enum Command {
         #[arg(long)]
         scope: Option<String>,
     },
+    /// Serve the Coronium wire protocol and API projects over HTTP.
+    Serve {
+        /// Port to listen on (default 10001; 0 picks a free port).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Address to listen on (default 0.0.0.0).
+        #[arg(long)]
+        host: Option<std::net::IpAddr>,
+        /// Directory of API projects (default ./projects).
+        #[arg(long, value_name = "DIR")]
+        projects: Option<PathBuf>,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Print the server key clients sign requests with (created on first use).
+    Key {
+        /// Replace the key with a new one (clients must be given the new key).
+        #[arg(long)]
+        regenerate: bool,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +72,10 @@ pub enum CliError {
     Setup(String),
     #[error("{0}")]
     Script(ScriptError),
+    #[error(transparent)]
+    Key(#[from] crate::wire::key::KeyError),
+    #[error(transparent)]
+    Server(#[from] crate::server::ServerError),
 }
 
 impl Cli {
@@ -74,7 +99,88 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
     let local = tokio::task::LocalSet::new();
     match cli.command {
         Command::Run { file, scope } => local.block_on(&runtime, run_script(config, &file, scope)),
+        Command::Serve {
+            port,
+            host,
+            projects,
+            workers,
+        } => {
+            let mut config = config;
+            let server = &mut config.server;
+            server.port = port.unwrap_or(server.port);
+            server.host = host.unwrap_or(server.host);
+            server.projects_dir = projects.unwrap_or(server.projects_dir.clone());
+            server.workers = workers.unwrap_or(server.workers);
+            local.block_on(&runtime, serve(config))
+        }
+        Command::Key { regenerate } => key(&config, regenerate),
     }
+}
+
+/// `coronium key [--regenerate]`.
+fn key(config: &Config, regenerate: bool) -> Result<ExitCode, CliError> {
+    if config.server.server_key.is_some() {
+        if regenerate {
+            return Err(CliError::Setup(
+                "the server key is set by the configuration (server_key or CORONIUM_SERVER_KEY); \
+                 change it there"
+                    .into(),
+            ));
+        }
+        println!(
+            "{}",
+            config.server.server_key.as_deref().unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let key = if regenerate {
+        crate::wire::key::write_new(&config.data_dir)?
+    } else {
+        crate::wire::key::load_or_create(&config.data_dir)?
+    };
+    println!("{key}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `coronium serve`: runs until SIGINT or SIGTERM, then drains in-flight requests and stops the
+/// embedded database last.
+async fn serve(config: Config) -> Result<ExitCode, CliError> {
+    use crate::server::{Server, Shared, default_workers};
+    let workers = match config.server.workers {
+        0 => default_workers(),
+        n => n,
+    };
+    let database = Database::open(&config.database_location(), 1).await?;
+    let server_key = match &config.server.server_key {
+        Some(key) => key.clone(),
+        None => crate::wire::key::load_or_create(&config.data_dir)?,
+    };
+    let per_worker = config.pool_size.div_ceil(workers).max(2);
+    let pools = (0..workers)
+        .map(|_| database.new_pool(per_worker))
+        .collect::<Result<Vec<_>, _>>()?;
+    let hasher = PasswordHasher::new(config.argon2).map_err(|e| CliError::Setup(e.to_string()))?;
+    let shared = Arc::new(Shared {
+        server_key,
+        public_url: config.public_url.clone(),
+        hasher: Arc::new(hasher),
+        connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
+        settings: config.server.clone(),
+    });
+    let server = Server::start(shared, pools)?;
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on http://{}", server.local_addr());
+        let _ = out.flush();
+    }
+    tracing::info!(addr = %server.local_addr(), workers, "coronium serving");
+    let signal = shutdown_signal().await;
+    tracing::info!(signal, "shutting down: draining in-flight requests");
+    let _ = tokio::task::spawn_blocking(move || server.shutdown()).await;
+    database.shutdown().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `coronium run FILE`: one script, `print` to stdout. SIGINT / SIGTERM stop the script, then the

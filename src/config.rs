@@ -49,6 +49,57 @@ pub struct Config {
     pub argon2: HashParams,
     pub lua: LuaSettings,
     pub postgres: PostgresSettings,
+    pub server: ServerSettings,
+}
+
+/// `coronium serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub host: std::net::IpAddr,
+    /// Port to listen on (Coronium's API port is 10001; 0 picks a free one).
+    pub port: u16,
+    /// Worker threads, each with its own Lua state; 0 means one per core.
+    pub workers: usize,
+    /// Where API projects live (`<projects_dir>/<Name>/main.lua`).
+    pub projects_dir: PathBuf,
+    /// The server key clients sign with; generated into the data directory when unset.
+    pub server_key: Option<String>,
+    /// Refuse requests whose `X-Request-Time` is further than this from our clock (seconds);
+    /// 0 turns the check off.
+    pub request_window_secs: u64,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Time a client has to send its request headers.
+    pub header_read_timeout_secs: u64,
+    /// Time a request may take from headers read to answer.
+    pub request_timeout_secs: u64,
+    /// Open connections accepted at once (process-wide); more are closed at once.
+    pub max_connections: usize,
+    /// Lua CPU time one request may use, in milliseconds.
+    pub cpu_budget_ms: u64,
+    /// On SIGTERM, how long in-flight requests get to finish.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            host: std::net::IpAddr::from([0, 0, 0, 0]),
+            port: 10001,
+            workers: 0,
+            projects_dir: PathBuf::from("./projects"),
+            server_key: None,
+            request_window_secs: 0,
+            max_body_bytes: 1024 * 1024,
+            header_read_timeout_secs: 10,
+            request_timeout_secs: 30,
+            max_connections: 10_000,
+            cpu_budget_ms: 1000,
+            shutdown_grace_secs: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +129,7 @@ impl Default for Config {
             argon2: HashParams::default(),
             lua: LuaSettings::default(),
             postgres: PostgresSettings::default(),
+            server: ServerSettings::default(),
         }
     }
 }
@@ -166,6 +218,33 @@ impl Config {
         }
         if let Some(v) = var("CORONIUM_PG_BIN_DIR") {
             self.postgres.bin_dir = Some(v.into());
+        }
+        if let Some(v) = var("CORONIUM_HOST") {
+            self.server.host = parsed("CORONIUM_HOST", v)?;
+        }
+        if let Some(v) = var("CORONIUM_PORT") {
+            self.server.port = parsed("CORONIUM_PORT", v)?;
+        }
+        if let Some(v) = var("CORONIUM_WORKERS") {
+            self.server.workers = parsed("CORONIUM_WORKERS", v)?;
+        }
+        if let Some(v) = var("CORONIUM_PROJECTS_DIR") {
+            self.server.projects_dir = v.into();
+        }
+        if let Some(v) = var("CORONIUM_SERVER_KEY") {
+            self.server.server_key = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = var("CORONIUM_REQUEST_WINDOW_SECS") {
+            self.server.request_window_secs = parsed("CORONIUM_REQUEST_WINDOW_SECS", v)?;
+        }
+        if let Some(v) = var("CORONIUM_MAX_BODY_BYTES") {
+            self.server.max_body_bytes = parsed("CORONIUM_MAX_BODY_BYTES", v)?;
+        }
+        if let Some(v) = var("CORONIUM_CPU_BUDGET_MS") {
+            self.server.cpu_budget_ms = parsed("CORONIUM_CPU_BUDGET_MS", v)?;
+        }
+        if let Some(v) = var("CORONIUM_REQUEST_TIMEOUT_SECS") {
+            self.server.request_timeout_secs = parsed("CORONIUM_REQUEST_TIMEOUT_SECS", v)?;
         }
         if let Some(v) = var("CORONIUM_PG_DURABLE") {
             self.postgres.durable = parsed("CORONIUM_PG_DURABLE", v)?;

@@ -5,10 +5,14 @@
 //! - [`db`]: the pool, migrations, and the embedded PostgreSQL cluster.
 //! - [`users`]: the users domain (validation, passwords, SQL); no Lua or HTTP in it.
 //! - [`lua`]: the Luau runtime, the only module that touches mlua.
+//! - [`wire`]: the Coronium wire protocol (signature, envelopes, `api.users`, a client).
+//! - [`server`]: `coronium serve`: workers, listeners, HTTP.
 //! - [`cli`]: the `coronium` command line and its subcommands.
 
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod lua;
+pub mod server;
 pub mod users;
+pub mod wire;

@@ -25,6 +25,9 @@ pub enum UserError {
     /// 604: no such user in this scope (malformed ids included).
     #[error("User not found.")]
     NotFound,
+    /// 614: no user in this scope is waiting for confirmation under that id.
+    #[error("Pending user not found.")]
+    PendingNotFound,
     /// 810: something on our side failed; details go to the log, not to the caller.
     #[error("Internal server error.")]
     Internal(#[source] InternalError),
@@ -51,6 +54,7 @@ impl UserError {
             UserError::AlreadyExists(_) => 600,
             UserError::BadCredentials => 603,
             UserError::NotFound => 604,
+            UserError::PendingNotFound => 614,
             UserError::Internal(_) => 810,
         }
     }

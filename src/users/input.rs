@@ -160,7 +160,7 @@ pub struct ConfirmationRequest {
     pub tpl_keys: Map<String, Value>,
 }
 
-fn confirmation(value: &Value) -> Result<ConfirmationRequest, UserError> {
+pub fn confirmation(value: &Value) -> Result<ConfirmationRequest, UserError> {
     let Value::Object(opts) = value else {
         return Err(UserError::bad("Parameter 'confirmation' must be a table."));
     };

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 pub use error::{EXTRA_TYPES_MESSAGE, InternalError, UserError};
-pub use input::{Credentials, NewUser, Params, PasswordForm, UserPatch};
+pub use input::{ConfirmationRequest, Credentials, NewUser, Params, PasswordForm, UserPatch};
 pub use password::{HashParams, PasswordHasher};
 
 /// A user as callers see it (compat §2): never the password or its hash.
@@ -80,16 +80,37 @@ impl Users {
         let user =
             store::insert(&client, &scope, &new_user, &password_hash, code.as_deref()).await?;
         if let (Some(request), Some(code)) = (&new_user.confirmation, &code) {
-            // Mail delivery is not wired yet: say what would be sent.
-            tracing::info!(
-                to = user.email.as_deref().unwrap_or_default(),
-                from = %request.from_email,
-                subject = %request.subject,
-                template = request.email_tpl.as_deref().unwrap_or("(default)"),
-                link = %format!("{}/_confirmation?code={code}", self.public_url),
-                "confirmation mail not sent: no mail transport is configured"
-            );
+            self.send_confirmation(&user, Some(request), code);
         }
+        Ok(user)
+    }
+
+    /// Mail delivery is not wired yet: say what would be sent.
+    fn send_confirmation(&self, user: &User, request: Option<&ConfirmationRequest>, code: &str) {
+        tracing::info!(
+            to = user.email.as_deref().unwrap_or_default(),
+            from = request.map_or("(not given)", |r| r.from_email.as_str()),
+            subject = request.map_or("(not given)", |r| r.subject.as_str()),
+            template = request.and_then(|r| r.email_tpl.as_deref()).unwrap_or("(default)"),
+            link = %format!("{}/_confirmation?code={code}", self.public_url),
+            "confirmation mail not sent: no mail transport is configured"
+        );
+    }
+
+    /// Sends a pending user a fresh confirmation link (the old one stops working).
+    pub async fn resend_confirmation(
+        &self,
+        scope: &str,
+        user_id: Option<Uuid>,
+        request: Option<ConfirmationRequest>,
+    ) -> Result<User, UserError> {
+        let user_id = user_id.ok_or(UserError::PendingNotFound)?;
+        let code = Uuid::new_v4().simple().to_string();
+        let client = self.pool.get().await?;
+        let user = store::renew_confirmation(&client, scope, user_id, &code)
+            .await?
+            .ok_or(UserError::PendingNotFound)?;
+        self.send_confirmation(&user, request.as_ref(), &code);
         Ok(user)
     }
 

@@ -263,3 +263,23 @@ pub async fn delete(
         .await?;
     Ok(client.execute(&stmt, &[&user_id, &scope]).await?)
 }
+
+/// Gives a pending (or failed) user a fresh confirmation code; `None` when the user is not
+/// waiting for confirmation.
+pub async fn renew_confirmation(
+    client: &impl GenericClient,
+    scope: &str,
+    user_id: Uuid,
+    code: &str,
+) -> Result<Option<User>, UserError> {
+    let stmt = client
+        .prepare_cached(concat!(
+            "UPDATE users SET confirmation = 'pending', confirmation_code = $3, updated = now()
+             WHERE user_id = $1 AND scope = $2 AND confirmation IS NOT NULL
+             RETURNING ",
+            user_columns!()
+        ))
+        .await?;
+    let row = client.query_opt(&stmt, &[&user_id, &scope, &code]).await?;
+    Ok(row.as_ref().map(user_from_row))
+}

@@ -244,3 +244,92 @@ pub fn assert_ok(run: &Run) {
 pub fn is_uuid(s: &str) -> bool {
     uuid::Uuid::try_parse(s).is_ok_and(|u| u.to_string() == s)
 }
+
+/// A `coronium serve` child process on an ephemeral port, against a test database.
+pub struct TestServer {
+    child: std::process::Child,
+    pub addr: String,
+    pub key: String,
+}
+
+pub const TEST_SERVER_KEY: &str = "03624656-ca90-11e7-b8d4-fb59abeb4c03";
+
+impl TestServer {
+    /// Starts a server with 2 workers; `configure` may add arguments or environment.
+    pub fn start(db: &TestDb, configure: impl FnOnce(&mut Command)) -> TestServer {
+        use std::io::BufRead as _;
+        let mut cmd = coronium(Some(db));
+        cmd.env("CORONIUM_SERVER_KEY", TEST_SERVER_KEY)
+            .args([
+                "serve",
+                "--port",
+                "0",
+                "--host",
+                "127.0.0.1",
+                "--workers",
+                "2",
+            ])
+            .arg("--data-dir")
+            .arg(scratch_dir("serve"))
+            .stdout(std::process::Stdio::piped());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn coronium serve");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        TestServer {
+            child,
+            addr,
+            key: TEST_SERVER_KEY.to_owned(),
+        }
+    }
+
+    /// A signed call in `scope`; the whole answer.
+    pub async fn call_in(
+        &self,
+        scope: &str,
+        project: &str,
+        action: &str,
+        params: serde_json::Value,
+    ) -> serde_json::Value {
+        coronium::wire::client::call(&self.addr, &self.key, project, action, scope, &params)
+            .await
+            .unwrap()
+    }
+
+    pub async fn call(
+        &self,
+        project: &str,
+        action: &str,
+        params: serde_json::Value,
+    ) -> serde_json::Value {
+        self.call_in("default", project, action, params).await
+    }
+
+    /// A raw POST: any headers, any body.
+    pub async fn post(&self, headers: &[(&str, String)], body: &[u8]) -> (u16, serde_json::Value) {
+        coronium::wire::client::post(&self.addr, headers, body.to_vec())
+            .await
+            .unwrap()
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -6,4 +6,5 @@ mod embedded;
 mod lua_core;
 mod passwords;
 mod seed;
+mod serve;
 mod users;

@@ -1,0 +1,261 @@
+//! One worker: its accept loop, its HTTP connections, and request routing.
+
+use std::convert::Infallible;
+use std::net::TcpListener as StdListener;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::{Shared, secs};
+use crate::users::Users;
+use crate::wire::{self, WireError};
+
+/// Runs spawned futures on the worker's `LocalSet`, so connection tasks need not be `Send`.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, future: F) {
+        tokio::task::spawn_local(future);
+    }
+}
+
+/// A worker's own state; never leaves its thread.
+struct Worker {
+    shared: Arc<Shared>,
+    users: Users,
+    pool: Pool,
+}
+
+pub(super) fn run_worker(
+    index: usize,
+    listener: StdListener,
+    pool: Pool,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = index, error = %e, "cannot start worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(worker = index, error = %e, "cannot use listener");
+                return;
+            }
+        };
+        let settings = &shared.settings;
+        let mut builder = auto::Builder::new(LocalExec);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(secs(settings.header_read_timeout_secs))
+            .max_buf_size(64 * 1024)
+            .max_headers(100);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(128)
+            .max_header_list_size(64 * 1024);
+        let grace = secs(settings.shutdown_grace_secs);
+        let worker = Rc::new(Worker {
+            users: Users::new(pool.clone(), shared.hasher.clone(), &shared.public_url),
+            pool,
+            shared: shared.clone(),
+        });
+        let graceful = GracefulShutdown::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let stream = match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off, keep serving.
+                            tracing::warn!(worker = index, error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let Ok(permit) = worker.shared.connections.clone().try_acquire_owned() else {
+                        tracing::warn!("connection limit reached; closing a new connection");
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let for_service = worker.clone();
+                    let service = service_fn(move |req| handle(for_service.clone(), req));
+                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::task::spawn_local(async move {
+                        let _ = conn.await;
+                        drop(permit);
+                    });
+                }
+                _ = stopped.changed() => break,
+            }
+        }
+        drop(listener);
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                worker = index,
+                "grace period over; closing remaining connections"
+            );
+        }
+    });
+}
+
+fn json_response(status: u16, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+async fn handle(
+    worker: Rc<Worker>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let response = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/healthz") => health(&worker).await,
+        (&Method::POST, "/") => match wire_request(&worker, request).await {
+            Ok(result) => json_response(200, &wire::envelope(result)),
+            Err(Answer::Refused(e)) => json_response(e.http, &e.envelope()),
+            Err(Answer::Failed { message, status }) => {
+                json_response(200, &wire::error_envelope(&message, status))
+            }
+        },
+        _ => json_response(404, &json!({ "error": "Not found." })),
+    };
+    Ok(response)
+}
+
+async fn health(worker: &Worker) -> Response<Full<Bytes>> {
+    let check = async {
+        let client = worker.pool.get().await.map_err(|e| e.to_string())?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), check).await {
+        Ok(Ok(_)) => json_response(200, &json!({ "status": "ok" })),
+        Ok(Err(e)) => json_response(503, &json!({ "status": "unavailable", "error": e })),
+        Err(_) => json_response(503, &json!({ "status": "unavailable", "error": "timeout" })),
+    }
+}
+
+/// How a wire request ended without a result.
+enum Answer {
+    /// Refused before anything ran (headers, signature, body).
+    Refused(WireError),
+    /// The call ran and failed with a Coronium status.
+    Failed { message: String, status: i64 },
+}
+
+impl From<WireError> for Answer {
+    fn from(e: WireError) -> Self {
+        Answer::Refused(e)
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+async fn wire_request(worker: &Worker, request: Request<Incoming>) -> Result<Value, Answer> {
+    let settings = &worker.shared.settings;
+    let (parts, body) = request.into_parts();
+    let header = |name: &'static str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let required = |name: &'static str| header(name).ok_or_else(|| WireError::missing_header(name));
+    let project = required("X-Project-Id")?;
+    let action = required("X-Action")?;
+    let time = required("X-Request-Time")?;
+    let auth = required("X-Request-Auth")?;
+    let scope = header("X-Scope").unwrap_or(wire::DEFAULT_SCOPE);
+    if !wire::signature_matches(&worker.shared.server_key, project, action, time, auth) {
+        return Err(WireError::bad_signature().into());
+    }
+    if settings.request_window_secs > 0 {
+        let sent: i64 = time
+            .parse()
+            .map_err(|_| WireError::stale(settings.request_window_secs))?;
+        if now_secs().abs_diff(sent) > settings.request_window_secs {
+            return Err(WireError::stale(settings.request_window_secs).into());
+        }
+    }
+    let limit = settings.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(WireError::too_large(limit).into());
+    }
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(WireError::too_large(limit).into());
+        }
+        Err(e) => {
+            return Err(
+                WireError::new(810, 400, format!("Cannot read the request body: {e}")).into(),
+            );
+        }
+    };
+    let params = wire::parse_params(&body)?;
+    let timeout = secs(settings.request_timeout_secs);
+    let call = async {
+        if project == wire::USERS_PROJECT {
+            let action = wire::users::Action::parse(action)
+                .ok_or_else(|| WireError::unknown_action(project, action))?;
+            wire::users::execute(&worker.users, scope, action, params)
+                .await
+                .map_err(|e| Answer::Failed {
+                    message: e.to_string(),
+                    status: e.status(),
+                })
+        } else {
+            Err(WireError::unknown_project(project).into())
+        }
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(WireError::new(810, 504, "The request timed out.").into()),
+    }
+}

@@ -1,0 +1,115 @@
+//! `coronium serve`: N worker threads, each a current-thread tokio runtime with a `LocalSet`, its
+//! own database pool and (for API projects) its own Lua state. Every worker has its own
+//! `SO_REUSEPORT` listener on the same address, so the kernel spreads connections over them.
+
+mod http;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::ServerSettings;
+use crate::users::PasswordHasher;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start worker thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// What every worker shares: settings, the server key, process-wide limits.
+pub struct Shared {
+    pub settings: ServerSettings,
+    pub server_key: String,
+    pub public_url: String,
+    pub hasher: Arc<PasswordHasher>,
+    /// One permit per open connection (`max_connections`).
+    pub connections: Arc<Semaphore>,
+}
+
+/// A running server. Dropping it does not stop it: call [`shutdown`](Self::shutdown).
+pub struct Server {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// One listener per worker on the same address (the first picks the port when it is 0).
+fn listeners(addr: SocketAddr, count: usize) -> Result<Vec<TcpListener>, ServerError> {
+    let mut bound = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count {
+        let listen_err = |source| ServerError::Listen { addr, source };
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(listen_err)?;
+        socket.set_reuse_address(true).map_err(listen_err)?;
+        socket.set_reuse_port(true).map_err(listen_err)?;
+        socket.set_nonblocking(true).map_err(listen_err)?;
+        socket.bind(&addr.into()).map_err(listen_err)?;
+        socket.listen(1024).map_err(listen_err)?;
+        let listener: TcpListener = socket.into();
+        addr = listener.local_addr().map_err(listen_err)?;
+        bound.push(listener);
+    }
+    Ok(bound)
+}
+
+impl Server {
+    /// Binds the listeners and starts one worker per pool. Returns once every worker listens.
+    pub fn start(shared: Arc<Shared>, pools: Vec<Pool>) -> Result<Server, ServerError> {
+        let addr = SocketAddr::new(shared.settings.host, shared.settings.port);
+        let listeners = listeners(addr, pools.len())?;
+        let local_addr = listeners[0]
+            .local_addr()
+            .map_err(|source| ServerError::Listen { addr, source })?;
+        let (stop, stopped) = watch::channel(false);
+        let mut workers = Vec::new();
+        for (index, (listener, pool)) in listeners.into_iter().zip(pools).enumerate() {
+            let shared = shared.clone();
+            let stopped = stopped.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("worker-{index}"))
+                .spawn(move || http::run_worker(index, listener, pool, shared, stopped))
+                .map_err(ServerError::Thread)?;
+            workers.push(handle);
+        }
+        Ok(Server {
+            local_addr,
+            stop,
+            workers,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the grace period, and waits for
+    /// the workers to exit. Blocking.
+    pub fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for worker in self.workers {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// How many workers `workers = 0` means.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+pub(crate) fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}

@@ -1,0 +1,72 @@
+//! `api.users` over the wire: the v2 and v1 action names, with the client's md5 passwords and
+//! the request's scope, answering in Coronium 2.x result shapes.
+
+use serde_json::{Value, json};
+
+use crate::users::input::{self, Params};
+use crate::users::{Credentials, NewUser, PasswordForm, UserError, UserPatch, Users};
+
+/// An `api.users` action (compat §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Login,
+    Get,
+    Create,
+    Update,
+    Delete,
+    ResendConfirmation,
+}
+
+impl Action {
+    /// Parses an `X-Action`: v2 names and their v1 equivalents.
+    pub fn parse(name: &str) -> Option<Action> {
+        Some(match name {
+            "login" | "loginUser" => Action::Login,
+            "get" | "getUsers" | "getUser" => Action::Get,
+            "create" | "createUser" => Action::Create,
+            "update" | "updateUser" => Action::Update,
+            "delete" | "deleteUser" => Action::Delete,
+            "resendConfirmation" => Action::ResendConfirmation,
+            _ => return None,
+        })
+    }
+}
+
+/// Runs one action in `scope` (from `X-Scope`). A `scope` in the body is ignored: a client acts
+/// only in the scope its headers name.
+pub async fn execute(
+    users: &Users,
+    scope: &str,
+    action: Action,
+    mut params: Params,
+) -> Result<Value, UserError> {
+    params.remove("scope");
+    Ok(match action {
+        Action::Login => {
+            let credentials = Credentials::parse(&params, PasswordForm::Canonical)?;
+            users.login(scope, credentials).await?.to_json()
+        }
+        Action::Get => users.get(scope, input::user_id(&params)?).await?.to_json(),
+        Action::Create => {
+            let new_user = NewUser::parse(&params, PasswordForm::Canonical)?;
+            let user = users.create(scope, new_user).await?;
+            json!({ "user_id": user.user_id, "confirmation": user.confirmation })
+        }
+        Action::Update => {
+            let user_id = input::user_id(&params)?;
+            let patch = UserPatch::parse(params.get("update"), PasswordForm::Canonical)?;
+            users.update(scope, user_id, patch).await?.to_json()
+        }
+        Action::Delete => json!(users.delete(scope, input::user_id(&params)?).await?),
+        Action::ResendConfirmation => {
+            let request = match params.get("confirmation") {
+                None | Some(Value::Null) => None,
+                Some(options) => Some(input::confirmation(options)?),
+            };
+            let user = users
+                .resend_confirmation(scope, input::user_id(&params)?, request)
+                .await?;
+            json!({ "user_id": user.user_id, "confirmation": user.confirmation })
+        }
+    })
+}

@@ -1,0 +1,260 @@
+//! `coronium serve` over real sockets: the wire protocol, `api.users`, refusals, shutdown.
+
+use coronium::users::password::md5_hex;
+use coronium::wire::client::{signed_headers, unix_now};
+use serde_json::{Value, json};
+
+use crate::common::{TestDb, TestServer};
+
+fn error(message: &str, status: i64) -> Value {
+    json!({"result": {"error": message, "status": status}})
+}
+
+#[tokio::test]
+async fn users_actions_under_both_name_sets() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {});
+    let secret = md5_hex("abcd1234");
+    for (create, login, get, update, delete) in [
+        ("create", "login", "get", "update", "delete"),
+        (
+            "createUser",
+            "loginUser",
+            "getUsers",
+            "updateUser",
+            "deleteUser",
+        ),
+    ] {
+        let name = format!("wire_{create}");
+        let created = server
+            .call("api.users", create, json!({"username": name, "password": secret, "email": format!("{name}@example.com")}))
+            .await;
+        let user_id = created["result"]["user_id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            created,
+            json!({"result": {"user_id": user_id, "confirmation": null}})
+        );
+
+        let user = server
+            .call(
+                "api.users",
+                login,
+                json!({"username": name, "password": secret}),
+            )
+            .await["result"]
+            .clone();
+        assert_eq!(user["user_id"], json!(user_id));
+        assert_eq!(
+            (user["login_count"].clone(), user["validated"].clone()),
+            (json!(1), json!(true))
+        );
+        assert!(user.get("password_hash").is_none() && user.get("password").is_none());
+
+        let got = server
+            .call("api.users", get, json!({"user_id": user_id}))
+            .await;
+        assert_eq!(got["result"]["email"], json!(format!("{name}@example.com")));
+
+        let updated = server
+            .call(
+                "api.users",
+                update,
+                json!({"user_id": user_id, "update": {"extra": {"level": 3}}}),
+            )
+            .await;
+        assert_eq!(updated["result"]["extra"], json!({"level": 3}));
+
+        assert_eq!(
+            server
+                .call("api.users", delete, json!({"user_id": user_id}))
+                .await,
+            json!({"result": 1})
+        );
+        assert_eq!(
+            server
+                .call("api.users", delete, json!({"user_id": user_id}))
+                .await,
+            json!({"result": 0})
+        );
+        assert_eq!(
+            server
+                .call("api.users", get, json!({"user_id": user_id}))
+                .await,
+            error("User not found.", 604)
+        );
+    }
+    // The same users answer from Lua: the wire's md5 password is Lua's plain one.
+    let created = server
+        .call(
+            "api.users",
+            "create",
+            json!({"username": "both", "password": secret}),
+        )
+        .await;
+    assert!(created["result"]["user_id"].is_string());
+    let lua = crate::common::run_lua(
+        &db,
+        "both.lua",
+        "print(core.users.login({username = 'both', password = 'abcd1234'}).username)",
+    );
+    assert_eq!(lua.stdout.trim(), "both");
+}
+
+#[tokio::test]
+async fn the_scope_comes_from_the_header_only() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {});
+    let secret = md5_hex("pw");
+    let created = server
+        .call_in(
+            "game1",
+            "api.users",
+            "create",
+            json!({"username": "s", "password": secret, "scope": "game2"}),
+        )
+        .await;
+    let user_id = created["result"]["user_id"].clone();
+    let user = server
+        .call_in("game1", "api.users", "get", json!({"user_id": user_id}))
+        .await;
+    assert_eq!(user["result"]["scope"], json!("game1"));
+    // Naming another scope in the body reaches nothing there.
+    let other = server
+        .call_in(
+            "game2",
+            "api.users",
+            "get",
+            json!({"user_id": user_id, "scope": "game1"}),
+        )
+        .await;
+    assert_eq!(other, error("User not found.", 604));
+    let login = server
+        .call_in(
+            "game2",
+            "api.users",
+            "login",
+            json!({"username": "s", "password": secret, "scope": "game1"}),
+        )
+        .await;
+    assert_eq!(login, error("Invalid username or password.", 603));
+}
+
+#[tokio::test]
+async fn refusals_get_envelopes_write_nothing_and_the_server_carries_on() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |cmd| {
+        cmd.env("CORONIUM_REQUEST_WINDOW_SECS", "300")
+            .env("CORONIUM_MAX_BODY_BYTES", "1024");
+    });
+    let body = json!({"username": "x", "password": md5_hex("p")}).to_string();
+    let signed = |project: &str, action: &str, time: i64| {
+        signed_headers(&server.key, project, action, "default", time)
+    };
+    let now = unix_now();
+
+    // (headers, body, expected HTTP status, expected answer)
+    type Case<'a> = (Vec<(&'a str, String)>, Vec<u8>, u16, Value);
+    let cases: Vec<Case> = vec![
+        (
+            vec![],
+            body.clone().into_bytes(),
+            400,
+            error("Missing required header: X-Project-Id", 804),
+        ),
+        (
+            signed_headers("not-the-key", "api.users", "create", "default", now),
+            body.clone().into_bytes(),
+            401,
+            error("Request signature is invalid.", 810),
+        ),
+        (
+            signed("api.users", "create", now - 3600),
+            body.clone().into_bytes(),
+            401,
+            error(
+                "Request time is more than 300 seconds away from the server's clock.",
+                810,
+            ),
+        ),
+        (
+            signed("api.users", "create", now),
+            b"{\"username\": ".to_vec(),
+            400,
+            json!({"result": {"error": "JSON decode failed: EOF while parsing a value at line 1 column 13", "status": 830}}),
+        ),
+        (
+            signed("api.users", "create", now),
+            format!(
+                "{{\"username\": \"{}\", \"password\": \"p\"}}",
+                "x".repeat(2000)
+            )
+            .into_bytes(),
+            413,
+            error("Request body is larger than 1024 bytes.", 810),
+        ),
+        (
+            signed("nosuch", "thing", now),
+            body.clone().into_bytes(),
+            404,
+            error("Unknown project 'nosuch'.", 810),
+        ),
+        (
+            signed("api.users", "fly", now),
+            body.clone().into_bytes(),
+            404,
+            error("Unknown action 'fly' in project 'api.users'.", 810),
+        ),
+        (
+            signed("api.users", "create", now),
+            b"[]".to_vec(),
+            200,
+            error("Missing required parameter: username", 804),
+        ),
+    ];
+    for (headers, body, http, answer) in cases {
+        let (status, got) = server.post(&headers, &body).await;
+        assert_eq!((status, &got), (http, &answer));
+    }
+    let count: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0, "no refusal wrote anything");
+    let created = server
+        .call("api.users", "create", serde_json::from_str(&body).unwrap())
+        .await;
+    assert!(created["result"]["user_id"].is_string(), "{created}");
+}
+
+#[tokio::test]
+async fn health_and_clean_shutdown() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {});
+    let stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    drop(stream);
+    let health = {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(
+                tokio::net::TcpStream::connect(&server.addr).await.unwrap(),
+            ))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let response = sender
+            .send_request(
+                hyper::Request::get("/healthz")
+                    .header("Host", &server.addr)
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        response.status().as_u16()
+    };
+    assert_eq!(health, 200);
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
+}
