@@ -27,15 +27,30 @@ local function deliver(listener, result, err, status)
   return result
 end
 
+------------------------------------------------------------------------------------------------
+-- Request contexts: each request's coroutine (and the coroutines it creates) maps to a context
+-- holding its scope and its own globals. Weak keys: a finished request leaves nothing behind.
+------------------------------------------------------------------------------------------------
+local contexts = setmetatable({}, { __mode = "k" })
+
+local function context()
+  return contexts[coroutine.running()]
+end
+
+local function scope()
+  local ctx = contexts[coroutine.running()]
+  return ctx and ctx.scope
+end
+
 local users = { NULL = NULL }
 core.users = users
 
 function users.create(params, listener)
-  return deliver(listener, native.create(params))
+  return deliver(listener, native.create(params, scope()))
 end
 
 function users.login(params, listener)
-  return deliver(listener, native.login(params))
+  return deliver(listener, native.login(params, scope()))
 end
 
 -- get({user_id = id}, listener) | get({user_id = id}) | get(id)
@@ -43,7 +58,7 @@ function users.get(params, listener)
   if type(params) == "string" then
     params = { user_id = params }
   end
-  return deliver(listener, native.get(params))
+  return deliver(listener, native.get(params, scope()))
 end
 
 -- update({user_id = id, update = {...}}, listener) | update(id, {...})
@@ -53,7 +68,7 @@ function users.update(params, update, listener)
   else
     listener = update
   end
-  return deliver(listener, native.update(params))
+  return deliver(listener, native.update(params, scope()))
 end
 
 -- delete({user_id = id}, listener) | delete(id)
@@ -61,29 +76,29 @@ function users.delete(params, listener)
   if type(params) == "string" then
     params = { user_id = params }
   end
-  return deliver(listener, native.delete(params))
+  return deliver(listener, native.delete(params, scope()))
 end
 
 -- Coronium 2.x: register(username, password, scope, meta) -> user_id
 -- meta = { email, group, extra, login }; with meta.login the new user is logged in and returned.
-function users.register(username, password, scope, meta, listener)
+function users.register(username, password, in_scope, meta, listener)
   if type(meta) == "function" then
     meta, listener = nil, meta
-  elseif type(scope) == "function" then
-    scope, listener = nil, scope
+  elseif type(in_scope) == "function" then
+    in_scope, listener = nil, in_scope
   end
   meta = type(meta) == "table" and meta or {}
   local params = {
     username = username,
     password = password,
-    scope = scope,
+    scope = in_scope,
     email = meta.email,
     group = meta.group,
     extra = meta.extra,
   }
-  local user_id, err, status = native.create(params)
+  local user_id, err, status = native.create(params, scope())
   if err == nil and meta.login then
-    return deliver(listener, native.login({ username = username, password = password, scope = scope }))
+    return deliver(listener, native.login({ username = username, password = password, scope = params.scope }, scope()))
   end
   return deliver(listener, user_id, err, status)
 end
@@ -193,6 +208,12 @@ local function settle(co, ...)
   return ...
 end
 
+function coroutine.create(f)
+  local co = raw_create(f)
+  contexts[co] = contexts[coroutine.running()]
+  return co
+end
+
 function coroutine.resume(co, ...)
   return settle(co, raw_resume(co, ...))
 end
@@ -205,10 +226,126 @@ local function unwrap(ok, ...)
 end
 
 function coroutine.wrap(f)
-  local co = raw_create(f)
+  local co = coroutine.create(f)
   return function(...)
     return unwrap(settle(co, raw_resume(co, ...)))
   end
+end
+
+------------------------------------------------------------------------------------------------
+-- API projects (compat §4): `local api = core.api()` ... `return api`; handlers run as
+-- api[method](input, scope) in a coroutine of their own.
+------------------------------------------------------------------------------------------------
+local ERROR_MT = { __tostring = function(e) return tostring(e.error) end }
+
+function core.api()
+  return {}
+end
+
+-- core.error(msg, code): return it from a handler to answer with an error.
+function core.error(message, status)
+  return setmetatable({ error = message, status = tonumber(status) or -1 }, ERROR_MT)
+end
+
+-- Turns what a handler returned into result, err, status.
+local function outcome(result, err, status)
+  if type(result) == "table" and getmetatable(result) == ERROR_MT then
+    return nil, tostring(result.error), result.status
+  end
+  if result == nil then
+    if err ~= nil then
+      return nil, tostring(err), tonumber(status) or -1
+    end
+    return nil, "Result was not valid", 800
+  end
+  return result
+end
+
+-- Status 0 means the api has no such method (the caller words the error).
+local function invoke(api, method, input, in_scope)
+  local handler = type(api) == "table" and rawget(api, method)
+  if type(handler) ~= "function" then
+    return nil, "unknown action", 0
+  end
+  return outcome(handler(input, in_scope))
+end
+
+-- The globals a project's files see: this request's own globals first, then what the project's
+-- files defined at load time, then the sandboxed standard globals. Writes during a request stay
+-- in that request.
+local function project_env(shared_globals)
+  return setmetatable({}, {
+    __index = function(_, key)
+      local ctx = contexts[coroutine.running()]
+      if ctx then
+        local value = ctx.globals[key]
+        if value ~= nil then
+          return value
+        end
+      end
+      local value = shared_globals[key]
+      if value ~= nil then
+        return value
+      end
+      return _G[key]
+    end,
+    __newindex = function(_, key, value)
+      local ctx = contexts[coroutine.running()]
+      if ctx then
+        ctx.globals[key] = value
+      else
+        rawset(shared_globals, key, value)
+      end
+    end,
+  })
+end
+
+function core.callApi(project, method, params)
+  local api = native.project_api(project)
+  if api == nil then
+    return nil, "Unknown project '" .. tostring(project) .. "'.", 810
+  end
+  local result, err, status = invoke(api, method, params or {}, scope())
+  if status == 0 then
+    return nil, "Unknown action '" .. tostring(method) .. "' in project '" .. tostring(project) .. "'.", 810
+  end
+  return result, err, status
+end
+
+-- For the host: the entry point of a request, and the environment maker for projects.
+local host = {}
+
+function host.request(api, method, input, in_scope)
+  contexts[coroutine.running()] = { scope = in_scope, globals = {} }
+  return invoke(api, method, input, in_scope)
+end
+
+-- A fresh environment for a project's files, with a `require` that loads
+-- "<Project>.<file>" from the projects directory into this environment, once.
+function host.new_project(name)
+  local shared = {}
+  local env = project_env(shared)
+  local modules = {}
+  shared.require = function(module_name)
+    module_name = tostring(module_name)
+    local cached = modules[module_name]
+    if cached ~= nil then
+      return cached
+    end
+    local source, chunkname = native.read_module(name, module_name)
+    local chunk, err = loadstring(source, chunkname)
+    if not chunk then
+      error(err, 2)
+    end
+    setfenv(chunk, env)
+    local value = chunk(module_name)
+    if value == nil then
+      value = true
+    end
+    modules[module_name] = value
+    return value
+  end
+  return env
 end
 
 ------------------------------------------------------------------------------------------------
@@ -228,3 +365,5 @@ table.maxn = table.maxn or function(t)
   return max
 end
 string.gfind = string.gfind or string.gmatch
+
+return host

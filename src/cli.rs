@@ -165,6 +165,7 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
         public_url: config.public_url.clone(),
         hasher: Arc::new(hasher),
         connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
+        lua_memory_limit: config.lua.memory_limit_mb.saturating_mul(1024 * 1024),
         settings: config.server.clone(),
     });
     let server = Server::start(shared, pools)?;
@@ -203,6 +204,8 @@ async fn run_script(
             scope: scope.unwrap_or(config.scope.clone()),
             memory_limit: config.lua.memory_limit_mb.saturating_mul(1024 * 1024),
             output: Output::Stdout,
+            projects_dir: None,
+            cpu_budget: None,
         },
     ) {
         Ok(lua) => {

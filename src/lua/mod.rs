@@ -1,13 +1,16 @@
 //! Everything that touches mlua: the sandboxed Luau state, the `core` table, conversions.
 //! A [`Runtime`] is one Luau state; it is `!Send` and never leaves the thread that made it.
 
+mod budget;
 mod convert;
 mod natives;
+mod projects;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::Duration;
 
-use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value};
+use mlua::{Function, Lua, LuaOptions, MultiValue, StdLib, Table, Value};
 
 pub use convert::MAX_DEPTH;
 
@@ -30,6 +33,24 @@ pub struct RuntimeOptions {
     /// Memory limit of the state, in bytes.
     pub memory_limit: usize,
     pub output: Output,
+    /// Where API projects live (servers only).
+    pub projects_dir: Option<PathBuf>,
+    /// Lua CPU time one request may use; `None` for no limit (scripts).
+    pub cpu_budget: Option<Duration>,
+}
+
+/// How an API project request ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HandlerOutcome {
+    /// The handler's result, for `{"result": ...}`.
+    Result(serde_json::Value),
+    /// `core.error(...)`, `return nil, err`, no result, or a failure: message and status.
+    Error {
+        message: String,
+        status: i64,
+    },
+    UnknownProject,
+    UnknownAction,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,11 +98,17 @@ pub(crate) struct Host {
     pub users: Users,
     pub scope: String,
     pub output: Output,
+    pub projects: projects::Projects,
 }
 
 /// One sandboxed Luau state with `core` installed.
 pub struct Runtime {
     lua: Lua,
+    host: Rc<Host>,
+    /// The prelude's `host.request`: runs one API request in the calling coroutine.
+    request: Function,
+    meter: Rc<budget::Meter>,
+    cpu_budget: Option<Duration>,
 }
 
 impl Runtime {
@@ -93,20 +120,113 @@ impl Runtime {
             users,
             scope: options.scope,
             output: options.output,
+            projects: projects::Projects::new(options.projects_dir),
         });
         let core = lua.create_table()?;
-        let native = natives::install(&lua, host)?;
+        let native = natives::install(&lua, host.clone())?;
         lua.globals().set("core", &core)?;
-        lua.load(PRELUDE)
+        let prelude: Table = lua
+            .load(PRELUDE)
             .set_name("@lua/prelude.lua")
-            .call::<()>((&core, native))?;
+            .call((&core, native))?;
+        host.projects.set_new_project(prelude.get("new_project")?);
+        let request: Function = prelude.get("request")?;
+        let meter = Rc::new(budget::Meter::default());
+        if options.cpu_budget.is_some() {
+            meter.install(&lua);
+        }
         restrict_globals(&lua)?;
         // The sandbox freezes only the globals' own tables; `core.users` and `core.json` too.
         freeze(&core)?;
         // Libraries, metatables and globals become read-only; a script's global writes stay in
         // its own environment.
         lua.sandbox(true)?;
-        Ok(Runtime { lua })
+        Ok(Runtime {
+            lua,
+            host,
+            request,
+            meter,
+            cpu_budget: options.cpu_budget,
+        })
+    }
+
+    /// Runs `project`'s `action` with `input` in `scope`, in a coroutine (and global
+    /// environment) of its own, under the CPU budget.
+    pub async fn handle(
+        &self,
+        project: &str,
+        action: &str,
+        input: &serde_json::Value,
+        scope: &str,
+    ) -> HandlerOutcome {
+        let api = match self.host.projects.api(&self.lua, project).await {
+            Ok(Some(api)) => api,
+            Ok(None) => return HandlerOutcome::UnknownProject,
+            Err(e) => {
+                tracing::error!(project, "{e}");
+                return HandlerOutcome::Error {
+                    message: e.to_string(),
+                    status: 810,
+                };
+            }
+        };
+        match self.run_request(api, action, input, scope).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let text = describe(&e);
+                tracing::error!(project, action, "handler failed: {text}");
+                HandlerOutcome::Error {
+                    message: text.lines().next().unwrap_or("handler failed").to_owned(),
+                    status: 810,
+                }
+            }
+        }
+    }
+
+    async fn run_request(
+        &self,
+        api: Table,
+        action: &str,
+        input: &serde_json::Value,
+        scope: &str,
+    ) -> mlua::Result<HandlerOutcome> {
+        let input = convert::json_to_lua(&self.lua, input)?;
+        let thread = self.lua.create_thread(self.request.clone())?;
+        let running = thread.clone();
+        let call = thread.into_async::<MultiValue>((api, action, input, scope))?;
+        let results = match self.cpu_budget {
+            Some(budget) => {
+                budget::Metered::new(call, self.meter.clone(), &running, budget).await?
+            }
+            None => call.await?,
+        };
+        let mut results = results.into_iter();
+        let result = results.next().unwrap_or(Value::Nil);
+        let message = results.next().unwrap_or(Value::Nil);
+        let status = results.next().unwrap_or(Value::Nil);
+        if let Value::Nil = result {
+            let status = match status {
+                Value::Integer(i) => i,
+                Value::Number(n) => n as i64,
+                _ => -1,
+            };
+            if status == 0 {
+                return Ok(HandlerOutcome::UnknownAction);
+            }
+            return Ok(HandlerOutcome::Error {
+                message: message.to_string().unwrap_or_default(),
+                status,
+            });
+        }
+        Ok(
+            match convert::lua_to_json(&self.lua, &result, convert::Unencodable::Fail) {
+                Ok(json) => HandlerOutcome::Result(json),
+                Err(e) => HandlerOutcome::Error {
+                    message: format!("JSON encode failed: {e}"),
+                    status: 831,
+                },
+            },
+        )
     }
 
     /// Loads and runs a script file; `print` output goes to the runtime's output.

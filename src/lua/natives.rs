@@ -47,12 +47,14 @@ fn params(lua: &Lua, value: &Value) -> Result<input::Params, UserError> {
 }
 
 /// The scope a call acts in: its own `scope` parameter (server-side code is trusted), else the
-/// host's.
-fn scope<'a>(host: &'a Host, params: &'a input::Params) -> &'a str {
+/// request's, else the host's.
+fn scope(host: &Host, params: &input::Params, request_scope: Option<String>) -> String {
     params
         .get("scope")
         .and_then(Json::as_str)
-        .unwrap_or(&host.scope)
+        .map(str::to_owned)
+        .or(request_scope)
+        .unwrap_or_else(|| host.scope.clone())
 }
 
 fn user_value(lua: &Lua, user: &User) -> mlua::Result<Value> {
@@ -88,19 +90,22 @@ fn users_op<F, Fut>(
     op: F,
 ) -> mlua::Result<()>
 where
-    F: Fn(Rc<Host>, Lua, input::Params) -> Fut + 'static,
+    F: Fn(Rc<Host>, Lua, input::Params, String) -> Fut + 'static,
     Fut: Future<Output = Result<Value, OpError>> + 'static,
 {
     let host = host.clone();
     let op = Rc::new(op);
     native.set(
         name,
-        lua.create_async_function(move |lua, arg: Value| {
+        lua.create_async_function(move |lua, (arg, request_scope): (Value, Option<String>)| {
             let host = host.clone();
             let op = op.clone();
             async move {
                 let outcome = match params(&lua, &arg) {
-                    Ok(params) => op(host, lua, params).await,
+                    Ok(params) => {
+                        let scope = scope(&host, &params, request_scope);
+                        op(host, lua, params, scope).await
+                    }
                     Err(e) => Err(e.into()),
                 };
                 match outcome {
@@ -121,9 +126,9 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         &native,
         "create",
         &host,
-        |host, lua, params| async move {
+        |host, lua, params, scope| async move {
             let new_user = NewUser::parse(&params, PasswordForm::Plain)?;
-            let user = host.users.create(scope(&host, &params), new_user).await?;
+            let user = host.users.create(&scope, new_user).await?;
             Ok(Value::String(lua.create_string(user.user_id.to_string())?))
         },
     )?;
@@ -133,31 +138,34 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         &native,
         "login",
         &host,
-        |host, lua, params| async move {
+        |host, lua, params, scope| async move {
             let credentials = Credentials::parse(&params, PasswordForm::Plain)?;
-            let user = host.users.login(scope(&host, &params), credentials).await?;
+            let user = host.users.login(&scope, credentials).await?;
             Ok(user_value(&lua, &user)?)
         },
     )?;
 
-    users_op(lua, &native, "get", &host, |host, lua, params| async move {
-        let user_id = input::user_id(&params)?;
-        let user = host.users.get(scope(&host, &params), user_id).await?;
-        Ok(user_value(&lua, &user)?)
-    })?;
+    users_op(
+        lua,
+        &native,
+        "get",
+        &host,
+        |host, lua, params, scope| async move {
+            let user_id = input::user_id(&params)?;
+            let user = host.users.get(&scope, user_id).await?;
+            Ok(user_value(&lua, &user)?)
+        },
+    )?;
 
     users_op(
         lua,
         &native,
         "update",
         &host,
-        |host, lua, params| async move {
+        |host, lua, params, scope| async move {
             let user_id = input::user_id(&params)?;
             let patch = UserPatch::parse(params.get("update"), PasswordForm::Plain)?;
-            let user = host
-                .users
-                .update(scope(&host, &params), user_id, patch)
-                .await?;
+            let user = host.users.update(&scope, user_id, patch).await?;
             Ok(user_value(&lua, &user)?)
         },
     )?;
@@ -167,13 +175,36 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         &native,
         "delete",
         &host,
-        |host, _lua, params| async move {
+        |host, _lua, params, scope| async move {
             let user_id = input::user_id(&params)?;
-            let count = host.users.delete(scope(&host, &params), user_id).await?;
+            let count = host.users.delete(&scope, user_id).await?;
             Ok(Value::Number(count as f64))
         },
     )?;
 
+    let projects_host = host.clone();
+    native.set(
+        "project_api",
+        lua.create_async_function(move |lua, name: String| {
+            let host = projects_host.clone();
+            async move {
+                match host.projects.api(&lua, &name).await {
+                    Ok(api) => Ok(api),
+                    Err(e) => Err(mlua::Error::runtime(e.to_string())),
+                }
+            }
+        })?,
+    )?;
+    let modules_host = host.clone();
+    native.set(
+        "read_module",
+        lua.create_function(move |_, (project, module): (String, String)| {
+            modules_host
+                .projects
+                .read_module(&project, &module)
+                .map_err(|e| mlua::Error::runtime(e.to_string()))
+        })?,
+    )?;
     // The value a coroutine yields while it waits for the host; the prelude lets scripts' own
     // coroutines pass it up to the coroutine the host drives.
     native.set("pending", Value::LightUserData(Lua::poll_pending()))?;

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{Shared, secs};
+use crate::lua::{HandlerOutcome, Output, Runtime, RuntimeOptions};
 use crate::users::Users;
 use crate::wire::{self, WireError};
 
@@ -38,6 +39,7 @@ struct Worker {
     shared: Arc<Shared>,
     users: Users,
     pool: Pool,
+    lua: Runtime,
 }
 
 pub(super) fn run_worker(
@@ -80,9 +82,27 @@ pub(super) fn run_worker(
             .max_concurrent_streams(128)
             .max_header_list_size(64 * 1024);
         let grace = secs(settings.shutdown_grace_secs);
+        let users = Users::new(pool.clone(), shared.hasher.clone(), &shared.public_url);
+        let lua = match Runtime::new(
+            users.clone(),
+            RuntimeOptions {
+                scope: wire::DEFAULT_SCOPE.to_owned(),
+                memory_limit: shared.lua_memory_limit,
+                output: Output::Log,
+                projects_dir: Some(settings.projects_dir.clone()),
+                cpu_budget: Some(Duration::from_millis(settings.cpu_budget_ms.max(1))),
+            },
+        ) {
+            Ok(lua) => lua,
+            Err(e) => {
+                tracing::error!(worker = index, error = %e, "cannot create the Lua state");
+                return;
+            }
+        };
         let worker = Rc::new(Worker {
-            users: Users::new(pool.clone(), shared.hasher.clone(), &shared.public_url),
+            users,
             pool,
+            lua,
             shared: shared.clone(),
         });
         let graceful = GracefulShutdown::new();
@@ -251,7 +271,20 @@ async fn wire_request(worker: &Worker, request: Request<Incoming>) -> Result<Val
                     status: e.status(),
                 })
         } else {
-            Err(WireError::unknown_project(project).into())
+            match worker
+                .lua
+                .handle(project, action, &Value::Object(params), scope)
+                .await
+            {
+                HandlerOutcome::Result(value) => Ok(value),
+                HandlerOutcome::Error { message, status } => {
+                    Err(Answer::Failed { message, status })
+                }
+                HandlerOutcome::UnknownProject => Err(WireError::unknown_project(project).into()),
+                HandlerOutcome::UnknownAction => {
+                    Err(WireError::unknown_action(project, action).into())
+                }
+            }
         }
     };
     match tokio::time::timeout(timeout, call).await {

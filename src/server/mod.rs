@@ -36,6 +36,8 @@ pub struct Shared {
     pub hasher: Arc<PasswordHasher>,
     /// One permit per open connection (`max_connections`).
     pub connections: Arc<Semaphore>,
+    /// Memory limit of each worker's Lua state, in bytes.
+    pub lua_memory_limit: usize,
 }
 
 /// A running server. Dropping it does not stop it: call [`shutdown`](Self::shutdown).

@@ -164,6 +164,8 @@ impl TestDb {
                 scope: "default".into(),
                 memory_limit: 64 * 1024 * 1024,
                 output: LuaOutput::Log,
+                projects_dir: None,
+                cpu_budget: None,
             },
         )
         .unwrap()

@@ -5,6 +5,7 @@ mod concurrency;
 mod embedded;
 mod lua_core;
 mod passwords;
+mod projects;
 mod seed;
 mod serve;
 mod users;

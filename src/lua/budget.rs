@@ -1,0 +1,106 @@
+//! The per-request CPU budget, enforced through Luau's interrupt.
+//!
+//! Only one coroutine runs at a time on a state, so the meter knows which request is running:
+//! every poll of a request's coroutine opens a slice. The interrupt fails the request once its
+//! slices add up to more than the budget, and yields it (so other requests on the worker get
+//! their turn) when one slice runs long.
+
+use std::cell::Cell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use mlua::{Lua, VmState};
+
+/// A slice longer than this yields the request's coroutine at the next safe point.
+const SLICE: Duration = Duration::from_millis(5);
+/// Check the clock once per this many interrupts (they come at every loop edge and call).
+const CHECK_EVERY: u32 = 64;
+
+#[derive(Clone, Copy)]
+struct Slice {
+    /// The request's own coroutine: only it is yielded (a script's inner coroutine is not ours
+    /// to suspend).
+    thread: *const std::ffi::c_void,
+    yield_at: Instant,
+    fail_at: Instant,
+}
+
+#[derive(Default)]
+pub(crate) struct Meter {
+    current: Cell<Option<Slice>>,
+    ticks: Cell<u32>,
+    budget_ms: Cell<u64>,
+}
+
+impl Meter {
+    /// Installs the interrupt on `lua`.
+    pub fn install(self: &Rc<Self>, lua: &Lua) {
+        let meter = self.clone();
+        lua.set_interrupt(move |lua| {
+            let Some(slice) = meter.current.get() else {
+                return Ok(VmState::Continue);
+            };
+            let ticks = meter.ticks.get().wrapping_add(1);
+            meter.ticks.set(ticks);
+            if !ticks.is_multiple_of(CHECK_EVERY) {
+                return Ok(VmState::Continue);
+            }
+            let now = Instant::now();
+            if now >= slice.fail_at {
+                return Err(mlua::Error::runtime(format!(
+                    "the request used more than its CPU budget of {} ms",
+                    meter.budget_ms.get()
+                )));
+            }
+            if now >= slice.yield_at && lua.current_thread().to_pointer() == slice.thread {
+                // Yielding ends this slice; the next poll opens a new one.
+                meter.current.set(None);
+                return Ok(VmState::Yield);
+            }
+            Ok(VmState::Continue)
+        });
+    }
+}
+
+/// A request's coroutine, polled under the meter.
+pub(crate) struct Metered<F> {
+    inner: Pin<Box<F>>,
+    meter: Rc<Meter>,
+    thread: *const std::ffi::c_void,
+    budget: Duration,
+    used: Duration,
+}
+
+impl<F> Metered<F> {
+    pub fn new(inner: F, meter: Rc<Meter>, thread: &mlua::Thread, budget: Duration) -> Self {
+        meter.budget_ms.set(budget.as_millis() as u64);
+        Metered {
+            inner: Box::pin(inner),
+            meter,
+            thread: thread.to_pointer(),
+            budget,
+            used: Duration::ZERO,
+        }
+    }
+}
+
+impl<F: Future> Future for Metered<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let start = Instant::now();
+        let remaining = self.budget.saturating_sub(self.used);
+        self.meter.budget_ms.set(self.budget.as_millis() as u64);
+        self.meter.current.set(Some(Slice {
+            thread: self.thread,
+            yield_at: start + SLICE,
+            fail_at: start + remaining,
+        }));
+        let polled = self.inner.as_mut().poll(cx);
+        self.meter.current.set(None);
+        self.used += start.elapsed();
+        polled
+    }
+}

@@ -1,0 +1,175 @@
+//! API projects: `<projects_dir>/<Name>/main.lua` loaded into an environment of its own per
+//! project, `require("<Project>.<file>")`, and reloading when a project's files change.
+//!
+//! Rust keeps only each project's api table and the files it was built from; the environment,
+//! the module cache and `require` live in Lua (see `host.new_project` in the prelude), so a
+//! reloaded project's old tables are garbage once its last request ends.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use mlua::{Function, Lua, Table, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    #[error("project '{project}' failed to load: {message}")]
+    Load { project: String, message: String },
+    #[error("cannot require '{module}': {message}")]
+    Module { module: String, message: String },
+}
+
+struct Entry {
+    api: Table,
+    files: Vec<(PathBuf, Stamp)>,
+}
+
+pub(crate) struct Projects {
+    dir: Option<PathBuf>,
+    /// The prelude's `host.new_project`, set once the prelude has run.
+    new_project: RefCell<Option<Function>>,
+    entries: RefCell<HashMap<String, Entry>>,
+    /// Files read while a project loads, before its entry exists.
+    loading: RefCell<HashMap<String, Vec<(PathBuf, Stamp)>>>,
+}
+
+/// A name segment: letters, digits, `_` and `-` (no dots, slashes or `..`).
+fn valid_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// What tells a file changed: its mtime and size (mtimes can be coarser than an edit).
+type Stamp = Option<(SystemTime, u64)>;
+
+fn modified(path: &Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+impl Projects {
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Projects {
+            dir,
+            new_project: RefCell::new(None),
+            entries: RefCell::new(HashMap::new()),
+            loading: RefCell::new(HashMap::new()),
+        }
+    }
+
+    pub fn set_new_project(&self, f: Function) {
+        *self.new_project.borrow_mut() = Some(f);
+    }
+
+    fn record(&self, project: &str, path: PathBuf) {
+        let stamp = (path.clone(), modified(&path));
+        if let Some(entry) = self.entries.borrow_mut().get_mut(project) {
+            entry.files.push(stamp.clone());
+        }
+        self.loading
+            .borrow_mut()
+            .entry(project.to_owned())
+            .or_default()
+            .push(stamp);
+    }
+
+    /// The api table of `name`, loading or reloading it as needed; `None` when there is no such
+    /// project.
+    pub async fn api(&self, lua: &Lua, name: &str) -> Result<Option<Table>, ProjectError> {
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        if !valid_segment(name) {
+            return Ok(None);
+        }
+        if let Some(entry) = self.entries.borrow().get(name)
+            && entry
+                .files
+                .iter()
+                .all(|(path, stamp)| modified(path) == *stamp)
+        {
+            return Ok(Some(entry.api.clone()));
+        }
+        let main = dir.join(name).join("main.lua");
+        if !main.is_file() {
+            self.entries.borrow_mut().remove(name);
+            return Ok(None);
+        }
+        let load_err = |message: String| ProjectError::Load {
+            project: name.to_owned(),
+            message,
+        };
+        let source = std::fs::read_to_string(&main).map_err(|e| load_err(e.to_string()))?;
+        self.loading
+            .borrow_mut()
+            .insert(name.to_owned(), Vec::new());
+        self.record(name, main.clone());
+        let new_project = self
+            .new_project
+            .borrow()
+            .clone()
+            .ok_or_else(|| load_err("the runtime is not ready".into()))?;
+        let loaded = async {
+            let env: Table = new_project.call(name)?;
+            let chunk = lua
+                .load(source)
+                .set_name(format!("@{}", main.display()))
+                .set_environment(env)
+                .into_function()?;
+            chunk.call_async::<Value>(()).await
+        }
+        .await;
+        let files = self.loading.borrow_mut().remove(name).unwrap_or_default();
+        let api = match loaded {
+            Ok(Value::Table(api)) => api,
+            Ok(other) => {
+                return Err(load_err(format!(
+                    "main.lua must return the table made by core.api(), not a {}",
+                    other.type_name()
+                )));
+            }
+            Err(e) => return Err(load_err(super::describe(&e))),
+        };
+        self.entries.borrow_mut().insert(
+            name.to_owned(),
+            Entry {
+                api: api.clone(),
+                files,
+            },
+        );
+        tracing::info!(project = name, "loaded API project");
+        Ok(Some(api))
+    }
+
+    /// Reads the file of `require("<Project>.<file>")` for `project`; returns the source and
+    /// its chunk name.
+    pub fn read_module(
+        &self,
+        project: &str,
+        module: &str,
+    ) -> Result<(String, String), ProjectError> {
+        let fail = |message: &str| ProjectError::Module {
+            module: module.to_owned(),
+            message: message.to_owned(),
+        };
+        let dir = self
+            .dir
+            .as_ref()
+            .ok_or_else(|| fail("no projects directory"))?;
+        let segments: Vec<&str> = module.split('.').collect();
+        if segments.len() < 2 || !segments.iter().all(|s| valid_segment(s)) {
+            return Err(fail("module names look like \"<Project>.<file>\""));
+        }
+        let mut path = dir.clone();
+        for segment in &segments {
+            path.push(segment);
+        }
+        path.set_extension("lua");
+        let source = std::fs::read_to_string(&path)
+            .map_err(|e| fail(&format!("{}: {e}", path.display())))?;
+        self.record(project, path.clone());
+        Ok((source, format!("@{}", path.display())))
+    }
+}
