@@ -25,8 +25,23 @@ pub struct Cli {
     /// Data directory: holds the embedded PostgreSQL cluster (default ./coronium-data).
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "CORONIUM_LOG_FORMAT",
+        default_value = "human"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +68,22 @@ pub enum Command {
         /// Worker threads (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
+    },
+    /// Call a running server the way a Coronium client does (signed), and print the answer.
+    Call {
+        /// Project (`api.users` for the users module).
+        project: String,
+        /// Action (method) name.
+        action: String,
+        /// Parameters as a JSON object (default `{}`).
+        #[arg(default_value = "{}")]
+        params: String,
+        /// The server's address (default 127.0.0.1:<configured port>).
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: Option<String>,
+        /// The scope to act in (X-Scope).
+        #[arg(long, default_value = "default")]
+        scope: String,
     },
     /// Print the server key clients sign requests with (created on first use).
     Key {
@@ -114,7 +145,47 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             local.block_on(&runtime, serve(config))
         }
         Command::Key { regenerate } => key(&config, regenerate),
+        Command::Call {
+            project,
+            action,
+            params,
+            addr,
+            scope,
+        } => {
+            let addr = addr.unwrap_or_else(|| format!("127.0.0.1:{}", config.server.port));
+            runtime.block_on(call(&config, &addr, &project, &action, &params, &scope))
+        }
     }
+}
+
+/// `coronium call`: exits 0 on a result, 1 on an error answer.
+async fn call(
+    config: &Config,
+    addr: &str,
+    project: &str,
+    action: &str,
+    params: &str,
+    scope: &str,
+) -> Result<ExitCode, CliError> {
+    let params: serde_json::Value = serde_json::from_str(params)
+        .map_err(|e| CliError::Setup(format!("the parameters are not JSON: {e}")))?;
+    let key = match &config.server.server_key {
+        Some(key) => key.clone(),
+        None => crate::wire::key::load_or_create(&config.data_dir)?,
+    };
+    let answer = crate::wire::client::call(addr, &key, project, action, scope, &params)
+        .await
+        .map_err(|e| CliError::Setup(e.to_string()))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&answer).unwrap_or_else(|_| answer.to_string())
+    );
+    let failed = answer["result"].get("error").is_some() || answer.get("result").is_none();
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `coronium key [--regenerate]`.
@@ -166,6 +237,7 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
         hasher: Arc::new(hasher),
         connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
         lua_memory_limit: config.lua.memory_limit_mb.saturating_mul(1024 * 1024),
+        metrics: crate::server::install_metrics(),
         settings: config.server.clone(),
     });
     let server = Server::start(shared, pools)?;

@@ -105,6 +105,7 @@ pub(super) fn run_worker(
             lua,
             shared: shared.clone(),
         });
+        tokio::task::spawn_local(report_pool(index, worker.clone()));
         let graceful = GracefulShutdown::new();
         loop {
             tokio::select! {
@@ -148,6 +149,28 @@ pub(super) fn run_worker(
     });
 }
 
+/// Publishes this worker's pool usage every second (and, on worker 0, keeps the metrics
+/// recorder's histograms trimmed).
+async fn report_pool(index: usize, worker: Rc<Worker>) {
+    let label = [("worker", index.to_string())];
+    let size = metrics::gauge!("coronium_db_pool_connections", &label);
+    let idle = metrics::gauge!("coronium_db_pool_idle_connections", &label);
+    let waiting = metrics::gauge!("coronium_db_pool_waiting", &label);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let status = worker.pool.status();
+        size.set(status.size as f64);
+        idle.set(status.available as f64);
+        waiting.set(status.waiting as f64);
+        if index == 0
+            && let Some(handle) = &worker.shared.metrics
+        {
+            handle.run_upkeep();
+        }
+    }
+}
+
 fn json_response(status: u16, body: &Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -163,16 +186,67 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => health(&worker).await,
-        (&Method::POST, "/") => match wire_request(&worker, request).await {
-            Ok(result) => json_response(200, &wire::envelope(result)),
-            Err(Answer::Refused(e)) => json_response(e.http, &e.envelope()),
-            Err(Answer::Failed { message, status }) => {
-                json_response(200, &wire::error_envelope(&message, status))
+        (&Method::GET, "/metrics") => match &worker.shared.metrics {
+            Some(handle) => {
+                let mut response = Response::new(Full::new(Bytes::from(handle.render())));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                response
             }
+            None => json_response(404, &json!({ "error": "Metrics are off." })),
         },
+        (&Method::POST, "/") => wire_call(&worker, request).await,
         _ => json_response(404, &json!({ "error": "Not found." })),
     };
     Ok(response)
+}
+
+/// Labels of a wire request for metrics and the access log. Names a client made up are not
+/// labels (they would let anyone grow the metrics without bound): only routed requests get them.
+#[derive(Default)]
+struct Route {
+    project: Option<String>,
+    action: Option<String>,
+}
+
+/// One wire request, measured and logged.
+async fn wire_call(worker: &Worker, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = std::time::Instant::now();
+    let in_flight = metrics::gauge!("coronium_requests_in_flight");
+    in_flight.increment(1.0);
+    let mut route = Route::default();
+    let (http, status, outcome, body) = match wire_request(worker, request, &mut route).await {
+        Ok(result) => (200, 0, "ok", wire::envelope(result)),
+        Err(Answer::Refused(e)) => (e.http, e.status, "refused", e.envelope()),
+        Err(Answer::Failed { message, status }) => {
+            (200, status, "error", wire::error_envelope(&message, status))
+        }
+    };
+    in_flight.decrement(1.0);
+    let elapsed = started.elapsed();
+    let project = route.project.as_deref().unwrap_or("-");
+    let action = route.action.as_deref().unwrap_or("-");
+    let labels = [
+        ("project", project.to_owned()),
+        ("action", action.to_owned()),
+        ("outcome", outcome.to_owned()),
+    ];
+    metrics::counter!("coronium_requests_total", &labels).increment(1);
+    metrics::histogram!("coronium_request_duration_seconds", &labels[..2])
+        .record(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "coronium::access",
+        project,
+        action,
+        http,
+        status,
+        outcome,
+        ms = elapsed.as_secs_f64() * 1000.0,
+        "POST /"
+    );
+    json_response(http, &body)
 }
 
 async fn health(worker: &Worker) -> Response<Full<Bytes>> {
@@ -210,7 +284,11 @@ fn now_secs() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-async fn wire_request(worker: &Worker, request: Request<Incoming>) -> Result<Value, Answer> {
+async fn wire_request(
+    worker: &Worker,
+    request: Request<Incoming>,
+    route: &mut Route,
+) -> Result<Value, Answer> {
     let settings = &worker.shared.settings;
     let (parts, body) = request.into_parts();
     let header = |name: &'static str| {
@@ -262,20 +340,33 @@ async fn wire_request(worker: &Worker, request: Request<Incoming>) -> Result<Val
     let timeout = secs(settings.request_timeout_secs);
     let call = async {
         if project == wire::USERS_PROJECT {
-            let action = wire::users::Action::parse(action)
+            let users_action = wire::users::Action::parse(action)
                 .ok_or_else(|| WireError::unknown_action(project, action))?;
-            wire::users::execute(&worker.users, scope, action, params)
+            *route = Route {
+                project: Some(project.to_owned()),
+                action: Some(action.to_owned()),
+            };
+            wire::users::execute(&worker.users, scope, users_action, params)
                 .await
                 .map_err(|e| Answer::Failed {
                     message: e.to_string(),
                     status: e.status(),
                 })
         } else {
-            match worker
+            let outcome = worker
                 .lua
                 .handle(project, action, &Value::Object(params), scope)
-                .await
-            {
+                .await;
+            if !matches!(
+                outcome,
+                HandlerOutcome::UnknownProject | HandlerOutcome::UnknownAction
+            ) {
+                *route = Route {
+                    project: Some(project.to_owned()),
+                    action: Some(action.to_owned()),
+                };
+            }
+            match outcome {
                 HandlerOutcome::Result(value) => Ok(value),
                 HandlerOutcome::Error { message, status } => {
                     Err(Answer::Failed { message, status })

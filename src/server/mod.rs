@@ -38,6 +38,29 @@ pub struct Shared {
     pub connections: Arc<Semaphore>,
     /// Memory limit of each worker's Lua state, in bytes.
     pub lua_memory_limit: usize,
+    /// Renders `/metrics`; `None` serves no metrics.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+/// Installs the process-wide Prometheus recorder (once per process) and returns its handle.
+pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    const LATENCY_BUCKETS: &[f64] = &[
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("coronium_request_duration_seconds".into()),
+            LATENCY_BUCKETS,
+        )
+        .ok()?;
+    match builder.install_recorder() {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics are off");
+            None
+        }
+    }
 }
 
 /// A running server. Dropping it does not stop it: call [`shutdown`](Self::shutdown).

@@ -105,14 +105,22 @@ impl PasswordHasher {
     async fn off_worker<T: Send + 'static>(
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, InternalError> {
-        let _permit = HASH_PERMITS
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| InternalError::Hashing(e.to_string()))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| InternalError::Hashing(e.to_string()))
+        // Hashes waiting for a permit or running: the password-hash queue an operator watches.
+        let queue = metrics::gauge!("coronium_password_hash_queue");
+        queue.increment(1.0);
+        let done = async {
+            let _permit = HASH_PERMITS
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| InternalError::Hashing(e.to_string()))?;
+            tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| InternalError::Hashing(e.to_string()))
+        }
+        .await;
+        queue.decrement(1.0);
+        done
     }
 
     /// The PHC string of argon2id(secret) with the configured parameters.

@@ -259,21 +259,33 @@ pub const TEST_SERVER_KEY: &str = "03624656-ca90-11e7-b8d4-fb59abeb4c03";
 impl TestServer {
     /// Starts a server with 2 workers; `configure` may add arguments or environment.
     pub fn start(db: &TestDb, configure: impl FnOnce(&mut Command)) -> TestServer {
+        Self::start_with_key(db, &scratch_dir("serve"), Some(TEST_SERVER_KEY), configure)
+    }
+
+    /// Starts a server on `data_dir`; with `key: None` it uses (or makes) the key file there.
+    pub fn start_with_key(
+        db: &TestDb,
+        data_dir: &Path,
+        key: Option<&str>,
+        configure: impl FnOnce(&mut Command),
+    ) -> TestServer {
         use std::io::BufRead as _;
         let mut cmd = coronium(Some(db));
-        cmd.env("CORONIUM_SERVER_KEY", TEST_SERVER_KEY)
-            .args([
-                "serve",
-                "--port",
-                "0",
-                "--host",
-                "127.0.0.1",
-                "--workers",
-                "2",
-            ])
-            .arg("--data-dir")
-            .arg(scratch_dir("serve"))
-            .stdout(std::process::Stdio::piped());
+        if let Some(key) = key {
+            cmd.env("CORONIUM_SERVER_KEY", key);
+        }
+        cmd.args([
+            "serve",
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--workers",
+            "2",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(std::process::Stdio::piped());
         configure(&mut cmd);
         let mut child = cmd.spawn().expect("spawn coronium serve");
         let mut line = String::new();
@@ -285,11 +297,14 @@ impl TestServer {
             .strip_prefix("listening on http://")
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .to_owned();
-        TestServer {
-            child,
-            addr,
-            key: TEST_SERVER_KEY.to_owned(),
-        }
+        let key = match key {
+            Some(key) => key.to_owned(),
+            None => std::fs::read_to_string(data_dir.join("server.key"))
+                .unwrap()
+                .trim()
+                .to_owned(),
+        };
+        TestServer { child, addr, key }
     }
 
     /// A signed call in `scope`; the whole answer.
@@ -334,4 +349,27 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// GET `path` from a server; the HTTP status and the body.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use http_body_util::BodyExt as _;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(
+            hyper::Request::get(path)
+                .header("Host", addr)
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }

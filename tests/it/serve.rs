@@ -230,31 +230,145 @@ async fn refusals_get_envelopes_write_nothing_and_the_server_carries_on() {
 }
 
 #[tokio::test]
-async fn health_and_clean_shutdown() {
+async fn health_metrics_and_clean_shutdown() {
     let db = TestDb::new().await;
     let server = TestServer::start(&db, |_| {});
-    let stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
-    drop(stream);
-    let health = {
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(
-                tokio::net::TcpStream::connect(&server.addr).await.unwrap(),
-            ))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let response = sender
-            .send_request(
-                hyper::Request::get("/healthz")
-                    .header("Host", &server.addr)
-                    .body(http_body_util::Empty::<bytes::Bytes>::new())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        response.status().as_u16()
+    let (status, body) = crate::common::http_get(&server.addr, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    server
+        .call("api.users", "get", json!({"user_id": "x"}))
+        .await;
+    server
+        .call("api.users", "get", json!({"user_id": "x"}))
+        .await;
+    server.call("made-up", "thing", json!({})).await;
+    let (status, metrics) = crate::common::http_get(&server.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let line = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+            .to_owned()
     };
-    assert_eq!(health, 200);
+    // Requests by project, action and outcome; requests spread over two workers, so sum them up.
+    let total = |labels: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("coronium_requests_total{{{labels}}}")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        total(r#"project="api.users",action="get",outcome="error""#),
+        2.0
+    );
+    assert_eq!(total(r#"project="-",action="-",outcome="refused""#), 1.0);
+    line(
+        "coronium_request_duration_seconds_bucket{project=\"api.users\",action=\"get\",le=\"0.005\"}",
+    );
+    line("coronium_requests_in_flight");
+    line("coronium_db_pool_connections{worker=");
+    assert!(
+        !metrics.contains("made-up"),
+        "client-chosen names are not labels"
+    );
+    let (status, _) = crate::common::http_get(&server.addr, "/nope").await;
+    assert_eq!(status, 404);
     let status = server.stop();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn json_logs_on_request() {
+    let db = TestDb::new().await;
+    let dir = crate::common::scratch_dir("jsonlog");
+    let script = dir.join("log.lua");
+    std::fs::write(&script, "core.log('hello', 42)").unwrap();
+    let out = crate::common::coronium(Some(&db))
+        .env("CORONIUM_LOG", "info")
+        .args(["--log-format", "json", "run"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let entry: Value = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["target"] == "lua")
+        .unwrap_or_else(|| panic!("no JSON log line from lua in {stderr}"));
+    assert_eq!(entry["fields"]["message"], "hello 42");
+    assert_eq!(entry["level"], "INFO");
+}
+
+#[tokio::test]
+async fn key_file_and_the_call_command() {
+    let db = TestDb::new().await;
+    let data = crate::common::scratch_dir("keys");
+    let key_cmd = |regenerate: bool| {
+        let mut cmd = crate::common::coronium(None);
+        cmd.arg("--data-dir").arg(&data).arg("key");
+        if regenerate {
+            cmd.arg("--regenerate");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let first = key_cmd(false);
+    assert!(uuid::Uuid::try_parse(&first).is_ok(), "{first}");
+    assert_eq!(key_cmd(false), first, "the key is kept");
+    let second = key_cmd(true);
+    assert_ne!(second, first);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(data.join("server.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    let server = TestServer::start_with_key(&db, &data, None, |_| {});
+    assert_eq!(server.key, second);
+    // A client signing with the old key is refused.
+    let stale = coronium::wire::client::call(
+        &server.addr,
+        &first,
+        "api.users",
+        "get",
+        "default",
+        &json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stale, error("Request signature is invalid.", 810));
+
+    let call = |args: &[&str]| {
+        let out = crate::common::coronium(None)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("call")
+            .args(args)
+            .args(["--addr", &server.addr])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        )
+    };
+    let (ok, created) = call(&[
+        "api.users",
+        "create",
+        &json!({"username": "cli", "password": md5_hex("pw")}).to_string(),
+    ]);
+    assert!(ok, "{created}");
+    assert!(created["result"]["user_id"].is_string());
+    let (ok, refused) = call(&["api.users", "get", "{}"]);
+    assert!(!ok);
+    assert_eq!(refused, error("Missing required parameter: user_id", 804));
 }
