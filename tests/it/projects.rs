@@ -333,7 +333,15 @@ return api"#,
             })
         })
         .collect();
-    // Meanwhile, an edit to another project mid-load loses no request.
+    // Meanwhile, editing the project under load loses no request: requests already running
+    // finish on the code they started with, later ones get the new code.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let edited = std::fs::read_to_string(root.join("Load/main.lua")).unwrap();
+    std::fs::write(
+        root.join("Load/main.lua"),
+        format!("-- edited under load\n{edited}"),
+    )
+    .unwrap();
     std::fs::write(
         root.join("Proj/helper.lua"),
         HELPER.replace("n * 2", "n * 4"),
@@ -386,4 +394,27 @@ async fn sigterm_drains_in_flight_requests() {
     }
     // And the listener is gone.
     assert!(tokio::net::TcpStream::connect(&addr).await.is_err());
+}
+
+#[tokio::test]
+async fn a_request_over_its_time_limit_is_answered_and_the_worker_carries_on() {
+    let db = TestDb::new().await;
+    let root = projects();
+    let server = serve(&db, &root, "1", &[("CORONIUM_REQUEST_TIMEOUT_SECS", "1")]);
+    let headers = coronium::wire::client::signed_headers(
+        &server.key,
+        "Proj",
+        "sleep",
+        "default",
+        coronium::wire::client::unix_now(),
+    );
+    let (status, answer) = server.post(&headers, br#"{"s": 5}"#).await;
+    assert_eq!(
+        (status, answer),
+        (504, error("The request timed out.", 810))
+    );
+    assert_eq!(
+        server.call("Proj", "helper", json!({"n": 4})).await,
+        json!({"result": 8})
+    );
 }

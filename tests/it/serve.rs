@@ -372,3 +372,60 @@ async fn key_file_and_the_call_command() {
     assert!(!ok);
     assert_eq!(refused, error("Missing required parameter: user_id", 804));
 }
+
+#[tokio::test]
+async fn resend_confirmation_renews_a_pending_users_code() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {});
+    let created = server
+        .call(
+            "api.users",
+            "create",
+            json!({"username": "pend", "password": md5_hex("pw"), "email": "pend@example.com",
+                   "confirmation": {"from_email": "games@example.com", "subject": "Confirm"}}),
+        )
+        .await;
+    let user_id = created["result"]["user_id"].as_str().unwrap().to_owned();
+    assert_eq!(created["result"]["confirmation"], json!("pending"));
+    let client = db.client().await;
+    let code_sql = "SELECT confirmation_code FROM users WHERE user_id = $1::text::uuid";
+    let before: String = client
+        .query_one(code_sql, &[&user_id])
+        .await
+        .unwrap()
+        .get(0);
+    let resent = server
+        .call(
+            "api.users",
+            "resendConfirmation",
+            json!({"user_id": user_id}),
+        )
+        .await;
+    assert_eq!(
+        resent,
+        json!({"result": {"user_id": user_id, "confirmation": "pending"}})
+    );
+    let after: String = client
+        .query_one(code_sql, &[&user_id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(after, before, "a fresh code replaces the old one");
+
+    // A confirmed (or never asked) user, or an unknown id, is not pending.
+    let plain = server
+        .call(
+            "api.users",
+            "create",
+            json!({"username": "plain", "password": md5_hex("pw")}),
+        )
+        .await;
+    for id in [plain["result"]["user_id"].clone(), json!("not-a-uuid")] {
+        assert_eq!(
+            server
+                .call("api.users", "resendConfirmation", json!({"user_id": id}))
+                .await,
+            error("Pending user not found.", 614)
+        );
+    }
+}
