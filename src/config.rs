@@ -243,6 +243,15 @@ impl Config {
         if let Some(v) = var("CORONIUM_CPU_BUDGET_MS") {
             self.server.cpu_budget_ms = parsed("CORONIUM_CPU_BUDGET_MS", v)?;
         }
+        if let Some(v) = var("CORONIUM_HEADER_READ_TIMEOUT_SECS") {
+            self.server.header_read_timeout_secs = parsed("CORONIUM_HEADER_READ_TIMEOUT_SECS", v)?;
+        }
+        if let Some(v) = var("CORONIUM_MAX_CONNECTIONS") {
+            self.server.max_connections = parsed("CORONIUM_MAX_CONNECTIONS", v)?;
+        }
+        if let Some(v) = var("CORONIUM_SHUTDOWN_GRACE_SECS") {
+            self.server.shutdown_grace_secs = parsed("CORONIUM_SHUTDOWN_GRACE_SECS", v)?;
+        }
         if let Some(v) = var("CORONIUM_REQUEST_TIMEOUT_SECS") {
             self.server.request_timeout_secs = parsed("CORONIUM_REQUEST_TIMEOUT_SECS", v)?;
         }

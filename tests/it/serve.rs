@@ -429,3 +429,92 @@ async fn resend_confirmation_renews_a_pending_users_code() {
         );
     }
 }
+
+#[tokio::test]
+async fn h2c_with_prior_knowledge() {
+    use http_body_util::BodyExt as _;
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {});
+    let stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let headers = signed_headers(&server.key, "api.users", "get", "default", unix_now());
+    let mut request = hyper::Request::post(format!("http://{}/", server.addr));
+    for (name, value) in &headers {
+        request = request.header(*name, value);
+    }
+    let response = sender
+        .send_request(
+            request
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer, error("Missing required parameter: user_id", 804));
+}
+
+/// Reads from `stream` until the server closes it or `wait` passes; true when it closed.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, wait: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_headers_and_too_many_connections_are_cut_off() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt as _;
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |cmd| {
+        cmd.env("CORONIUM_HEADER_READ_TIMEOUT_SECS", "1")
+            .env("CORONIUM_MAX_CONNECTIONS", "2");
+    });
+    // A client that never finishes its headers is disconnected.
+    let mut slow = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_by_server(&mut slow, Duration::from_secs(5)).await,
+        "slow headers were cut off"
+    );
+    drop(slow);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Two connections are open; a third is closed at once; when one goes, room is made again.
+    let mut first = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let second = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    assert!(
+        closed_by_server(&mut third, Duration::from_millis(900)).await,
+        "over the cap"
+    );
+    assert!(
+        !closed_by_server(&mut first, Duration::from_millis(200)).await,
+        "within the cap"
+    );
+    drop(first);
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        server.call("api.users", "get", json!({})).await,
+        error("Missing required parameter: user_id", 804)
+    );
+}
