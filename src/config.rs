@@ -189,74 +189,44 @@ impl Config {
                 reason: e.to_string(),
             })
         }
-        if let Some(v) = var("CORONIUM_DATA_DIR") {
-            self.data_dir = v.into();
+        // Each variable parses into its field; a value that does not parse names the variable.
+        macro_rules! overrides {
+            ($($name:literal => $field:expr),* $(,)?) => {
+                $(if let Some(v) = var($name) {
+                    $field = parsed($name, v)?;
+                })*
+            };
+        }
+        overrides! {
+            "CORONIUM_DATA_DIR" => self.data_dir,
+            "CORONIUM_SCOPE" => self.scope,
+            "CORONIUM_PUBLIC_URL" => self.public_url,
+            "CORONIUM_POOL_SIZE" => self.pool_size,
+            "CORONIUM_ARGON2_M_COST" => self.argon2.m_cost,
+            "CORONIUM_ARGON2_T_COST" => self.argon2.t_cost,
+            "CORONIUM_ARGON2_P_COST" => self.argon2.p_cost,
+            "CORONIUM_LUA_MEMORY_LIMIT_MB" => self.lua.memory_limit_mb,
+            "CORONIUM_PG_DURABLE" => self.postgres.durable,
+            "CORONIUM_HOST" => self.server.host,
+            "CORONIUM_PORT" => self.server.port,
+            "CORONIUM_WORKERS" => self.server.workers,
+            "CORONIUM_PROJECTS_DIR" => self.server.projects_dir,
+            "CORONIUM_REQUEST_WINDOW_SECS" => self.server.request_window_secs,
+            "CORONIUM_MAX_BODY_BYTES" => self.server.max_body_bytes,
+            "CORONIUM_HEADER_READ_TIMEOUT_SECS" => self.server.header_read_timeout_secs,
+            "CORONIUM_REQUEST_TIMEOUT_SECS" => self.server.request_timeout_secs,
+            "CORONIUM_MAX_CONNECTIONS" => self.server.max_connections,
+            "CORONIUM_CPU_BUDGET_MS" => self.server.cpu_budget_ms,
+            "CORONIUM_SHUTDOWN_GRACE_SECS" => self.server.shutdown_grace_secs,
         }
         if let Some(v) = var("CORONIUM_DATABASE_URL").or_else(|| var("DATABASE_URL")) {
             self.database_url = Some(v).filter(|v| !v.is_empty());
         }
-        if let Some(v) = var("CORONIUM_SCOPE") {
-            self.scope = v;
-        }
-        if let Some(v) = var("CORONIUM_PUBLIC_URL") {
-            self.public_url = v;
-        }
-        if let Some(v) = var("CORONIUM_POOL_SIZE") {
-            self.pool_size = parsed("CORONIUM_POOL_SIZE", v)?;
-        }
-        if let Some(v) = var("CORONIUM_ARGON2_M_COST") {
-            self.argon2.m_cost = parsed("CORONIUM_ARGON2_M_COST", v)?;
-        }
-        if let Some(v) = var("CORONIUM_ARGON2_T_COST") {
-            self.argon2.t_cost = parsed("CORONIUM_ARGON2_T_COST", v)?;
-        }
-        if let Some(v) = var("CORONIUM_ARGON2_P_COST") {
-            self.argon2.p_cost = parsed("CORONIUM_ARGON2_P_COST", v)?;
-        }
-        if let Some(v) = var("CORONIUM_LUA_MEMORY_LIMIT_MB") {
-            self.lua.memory_limit_mb = parsed("CORONIUM_LUA_MEMORY_LIMIT_MB", v)?;
-        }
-        if let Some(v) = var("CORONIUM_PG_BIN_DIR") {
-            self.postgres.bin_dir = Some(v.into());
-        }
-        if let Some(v) = var("CORONIUM_HOST") {
-            self.server.host = parsed("CORONIUM_HOST", v)?;
-        }
-        if let Some(v) = var("CORONIUM_PORT") {
-            self.server.port = parsed("CORONIUM_PORT", v)?;
-        }
-        if let Some(v) = var("CORONIUM_WORKERS") {
-            self.server.workers = parsed("CORONIUM_WORKERS", v)?;
-        }
-        if let Some(v) = var("CORONIUM_PROJECTS_DIR") {
-            self.server.projects_dir = v.into();
-        }
         if let Some(v) = var("CORONIUM_SERVER_KEY") {
             self.server.server_key = Some(v).filter(|v| !v.is_empty());
         }
-        if let Some(v) = var("CORONIUM_REQUEST_WINDOW_SECS") {
-            self.server.request_window_secs = parsed("CORONIUM_REQUEST_WINDOW_SECS", v)?;
-        }
-        if let Some(v) = var("CORONIUM_MAX_BODY_BYTES") {
-            self.server.max_body_bytes = parsed("CORONIUM_MAX_BODY_BYTES", v)?;
-        }
-        if let Some(v) = var("CORONIUM_CPU_BUDGET_MS") {
-            self.server.cpu_budget_ms = parsed("CORONIUM_CPU_BUDGET_MS", v)?;
-        }
-        if let Some(v) = var("CORONIUM_HEADER_READ_TIMEOUT_SECS") {
-            self.server.header_read_timeout_secs = parsed("CORONIUM_HEADER_READ_TIMEOUT_SECS", v)?;
-        }
-        if let Some(v) = var("CORONIUM_MAX_CONNECTIONS") {
-            self.server.max_connections = parsed("CORONIUM_MAX_CONNECTIONS", v)?;
-        }
-        if let Some(v) = var("CORONIUM_SHUTDOWN_GRACE_SECS") {
-            self.server.shutdown_grace_secs = parsed("CORONIUM_SHUTDOWN_GRACE_SECS", v)?;
-        }
-        if let Some(v) = var("CORONIUM_REQUEST_TIMEOUT_SECS") {
-            self.server.request_timeout_secs = parsed("CORONIUM_REQUEST_TIMEOUT_SECS", v)?;
-        }
-        if let Some(v) = var("CORONIUM_PG_DURABLE") {
-            self.postgres.durable = parsed("CORONIUM_PG_DURABLE", v)?;
+        if let Some(v) = var("CORONIUM_PG_BIN_DIR") {
+            self.postgres.bin_dir = Some(v.into());
         }
         Ok(())
     }

@@ -257,32 +257,40 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
     native.set(
         "json_encode",
         lua.create_function(|lua, value: Value| {
-            let mut out = MultiValue::new();
-            match convert::lua_to_json(lua, &value, Unencodable::Fail) {
-                Ok(json) => out.push_back(Value::String(lua.create_string(json.to_string())?)),
-                Err(e) => {
-                    out.push_back(Value::Nil);
-                    out.push_back(Value::String(lua.create_string(e.to_string())?));
-                }
-            }
-            Ok(out)
+            value_or_error(
+                lua,
+                convert::lua_to_json(lua, &value, Unencodable::Fail)
+                    .map(|json| json.to_string())
+                    .map_err(|e| e.to_string()),
+            )
         })?,
     )?;
     native.set(
         "json_decode",
         lua.create_function(|lua, text: mlua::LuaString| {
-            let mut out = MultiValue::new();
-            match serde_json::from_slice::<Json>(&text.as_bytes()) {
-                Ok(json) => out.push_back(convert::json_to_lua(lua, &json)?),
-                Err(e) => {
-                    out.push_back(Value::Nil);
-                    out.push_back(Value::String(
-                        lua.create_string(format!("invalid JSON: {e}"))?,
-                    ));
-                }
-            }
-            Ok(out)
+            value_or_error(
+                lua,
+                serde_json::from_slice::<Json>(&text.as_bytes())
+                    .map_err(|e| format!("invalid JSON: {e}"))
+                    .and_then(|json| convert::json_to_lua(lua, &json).map_err(|e| e.to_string())),
+            )
         })?,
     )?;
     Ok(native)
+}
+
+/// `value`, or `nil, message`: how `core.json` reports failures.
+fn value_or_error(
+    lua: &Lua,
+    outcome: Result<impl mlua::IntoLua, String>,
+) -> mlua::Result<MultiValue> {
+    let mut out = MultiValue::new();
+    match outcome {
+        Ok(value) => out.push_back(value.into_lua(lua)?),
+        Err(message) => {
+            out.push_back(Value::Nil);
+            out.push_back(Value::String(lua.create_string(message)?));
+        }
+    }
+    Ok(out)
 }

@@ -35,6 +35,22 @@ fn write_script(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
     path
 }
 
+/// Starts `coronium run sleeper` on `data` and returns once the script printed "ready".
+fn start_sleeper(data: &Path, sleeper: &Path) -> std::process::Child {
+    let mut child = coronium(None)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("run")
+        .arg(sleeper)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    assert_eq!(&first, b"ready\n");
+    child
+}
+
 #[test]
 fn embedded_cluster_lifecycle() {
     let dir = scratch_dir("embedded");
@@ -112,18 +128,7 @@ print(u.login_count)"#,
         "sleep.lua",
         "print('ready')\ncore.sleep(60)\nprint('not reached')",
     );
-    let mut child = coronium(None)
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("run")
-        .arg(&sleeper)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut first = [0u8; 6];
-    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
-    assert_eq!(&first, b"ready\n");
+    let mut child = start_sleeper(&data, &sleeper);
     assert_eq!(postgres_on(&data).len(), 1, "one postmaster while running");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -138,16 +143,7 @@ print(u.login_count)"#,
     );
 
     // SIGKILL leaves no orphan either: the kernel tells the postmaster its parent died.
-    let mut child = coronium(None)
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("run")
-        .arg(&sleeper)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    let mut child = start_sleeper(&data, &sleeper);
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
