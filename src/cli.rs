@@ -85,6 +85,21 @@ pub enum Command {
         #[arg(long, default_value = "default")]
         scope: String,
     },
+    /// Print the signing headers of one request (for load generators and shell clients).
+    #[command(hide = true)]
+    Sign {
+        project: String,
+        action: String,
+        /// Unix time to sign (default: now).
+        #[arg(long)]
+        time: Option<i64>,
+    },
+    /// Time one password hash with the configured argon2 parameters (median of N, in ms).
+    #[command(hide = true)]
+    HashTime {
+        #[arg(long, default_value_t = 15)]
+        samples: usize,
+    },
     /// Print the server key clients sign requests with (created on first use).
     Key {
         /// Replace the key with a new one (clients must be given the new key).
@@ -145,6 +160,23 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             local.block_on(&runtime, serve(config))
         }
         Command::Key { regenerate } => key(&config, regenerate),
+        Command::Sign {
+            project,
+            action,
+            time,
+        } => {
+            let key = server_key(&config)?;
+            let time = time.unwrap_or_else(crate::wire::client::unix_now);
+            for (name, value) in
+                crate::wire::client::signed_headers(&key, &project, &action, "default", time)
+            {
+                if name.starts_with("X-Request") {
+                    println!("{name}: {value}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::HashTime { samples } => runtime.block_on(hash_time(&config, samples)),
         Command::Call {
             project,
             action,
@@ -158,6 +190,32 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
     }
 }
 
+/// The configured server key, else the data directory's (made on first use).
+fn server_key(config: &Config) -> Result<String, CliError> {
+    Ok(match &config.server.server_key {
+        Some(key) => key.clone(),
+        None => crate::wire::key::load_or_create(&config.data_dir)?,
+    })
+}
+
+/// `coronium hash-time`: the cost of one password hash, for the benchmark's hashing ceiling.
+async fn hash_time(config: &Config, samples: usize) -> Result<ExitCode, CliError> {
+    let hasher = PasswordHasher::new(config.argon2).map_err(|e| CliError::Setup(e.to_string()))?;
+    let secret = crate::users::password::Secret::from_plain("benchmark");
+    let mut times = Vec::with_capacity(samples.max(1));
+    for _ in 0..samples.max(1) {
+        let started = std::time::Instant::now();
+        hasher
+            .hash(&secret)
+            .await
+            .map_err(|e| CliError::Setup(e.to_string()))?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    println!("{:.3}", times[times.len() / 2]);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `coronium call`: exits 0 on a result, 1 on an error answer.
 async fn call(
     config: &Config,
@@ -169,10 +227,7 @@ async fn call(
 ) -> Result<ExitCode, CliError> {
     let params: serde_json::Value = serde_json::from_str(params)
         .map_err(|e| CliError::Setup(format!("the parameters are not JSON: {e}")))?;
-    let key = match &config.server.server_key {
-        Some(key) => key.clone(),
-        None => crate::wire::key::load_or_create(&config.data_dir)?,
-    };
+    let key = server_key(config)?;
     let answer = crate::wire::client::call(addr, &key, project, action, scope, &params)
         .await
         .map_err(|e| CliError::Setup(e.to_string()))?;
@@ -222,10 +277,7 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
         n => n,
     };
     let database = Database::open(&config.database_location(), 1).await?;
-    let server_key = match &config.server.server_key {
-        Some(key) => key.clone(),
-        None => crate::wire::key::load_or_create(&config.data_dir)?,
-    };
+    let server_key = server_key(&config)?;
     let per_worker = config.pool_size.div_ceil(workers).max(2);
     let pools = (0..workers)
         .map(|_| database.new_pool(per_worker))

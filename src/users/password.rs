@@ -1,22 +1,29 @@
 //! Passwords: the canonical secret (`md5_hex(plain)`, compat §3), argon2id hashing off the async
 //! workers behind one process-wide semaphore, legacy md5 rows, and rehash decisions.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::OnceCell;
 
 use super::error::InternalError;
 
-/// One semaphore for the whole process: however many workers or services exist, at most this
-/// many hashes run at once, so hashing memory stays bounded by permits × m_cost.
-static HASH_PERMITS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| {
+/// One pool of hashing threads for the whole process (one per core): however many workers or
+/// services exist, at most this many hashes run at once, off the async workers, and hashing memory
+/// stays bounded by threads × m_cost (each thread's allocator reuses its own freed blocks).
+static HASH_POOL: LazyLock<rayon::ThreadPool> = LazyLock::new(|| {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    Arc::new(Semaphore::new(cores))
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(cores)
+        .thread_name(|i| format!("password-hash-{i}"))
+        // A panicking job fails its caller (its channel closes); it must not abort the process.
+        .panic_handler(|_| tracing::error!("a password hashing job panicked"))
+        .build()
+        .expect("start the password hashing threads")
 });
 
 /// `md5_hex(s)` in lower case, as the Coronium client computes it.
@@ -101,26 +108,23 @@ impl PasswordHasher {
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
     }
 
-    /// Runs CPU-heavy work on the blocking pool, one permit of the shared semaphore held.
+    /// Runs CPU-heavy work on the hashing pool and waits for it without blocking the caller's
+    /// thread.
     async fn off_worker<T: Send + 'static>(
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, InternalError> {
-        // Hashes waiting for a permit or running: the password-hash queue an operator watches.
+        // Hashes queued or running: the password-hash queue an operator watches.
         let queue = metrics::gauge!("coronium_password_hash_queue");
         queue.increment(1.0);
-        let done = async {
-            let _permit = HASH_PERMITS
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|e| InternalError::Hashing(e.to_string()))?;
-            tokio::task::spawn_blocking(work)
-                .await
-                .map_err(|e| InternalError::Hashing(e.to_string()))
-        }
-        .await;
+        let (done, result) = tokio::sync::oneshot::channel();
+        HASH_POOL.spawn(move || {
+            let _ = done.send(work());
+        });
+        let result = result
+            .await
+            .map_err(|_| InternalError::Hashing("the hashing thread failed".into()));
         queue.decrement(1.0);
-        done
+        result
     }
 
     /// The PHC string of argon2id(secret) with the configured parameters.
