@@ -202,6 +202,13 @@ fn server_key(config: &Config) -> Result<String, CliError> {
 async fn hash_time(config: &Config, samples: usize) -> Result<ExitCode, CliError> {
     let hasher = PasswordHasher::new(config.argon2).map_err(|e| CliError::Setup(e.to_string()))?;
     let secret = crate::users::password::Secret::from_plain("benchmark");
+    // Warm up first: the first hashes of a thread pay for faulting in m_cost of fresh memory.
+    for _ in 0..3 {
+        hasher
+            .hash(&secret)
+            .await
+            .map_err(|e| CliError::Setup(e.to_string()))?;
+    }
     let mut times = Vec::with_capacity(samples.max(1));
     for _ in 0..samples.max(1) {
         let started = std::time::Instant::now();
