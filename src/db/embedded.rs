@@ -286,11 +286,6 @@ impl EmbeddedPostgres {
         self.socket_dir.join(format!(".s.PGSQL.{SOCKET_PORT}"))
     }
 
-    /// The postmaster's process id.
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
     /// Connection settings for `dbname` on this cluster.
     pub fn connect_config(&self, dbname: &str) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();

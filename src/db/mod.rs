@@ -96,11 +96,6 @@ impl Database {
         new_pool(&self.config, size)
     }
 
-    /// The embedded cluster, when that is where the database is.
-    pub fn embedded(&self) -> Option<&EmbeddedPostgres> {
-        self.embedded.as_ref()
-    }
-
     /// Closes the pool, then stops the embedded cluster (if any) and waits for it to exit.
     pub async fn shutdown(mut self) {
         self.pool.close();

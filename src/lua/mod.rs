@@ -274,11 +274,6 @@ impl Runtime {
             .set_name(format!("@{name}"))
             .into_function()?)
     }
-
-    /// Bytes the state currently uses.
-    pub fn used_memory(&self) -> usize {
-        self.lua.used_memory()
-    }
 }
 
 /// Makes a table and the tables it holds read-only.
