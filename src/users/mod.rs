@@ -5,6 +5,7 @@ mod error;
 pub mod input;
 pub mod password;
 mod store;
+mod throttle;
 
 use std::sync::Arc;
 
@@ -119,6 +120,12 @@ impl Users {
     /// (`active = false`, `validated = false`) and no login event.
     pub async fn login(&self, scope: &str, credentials: Credentials) -> Result<User, UserError> {
         let scope = input::scope(scope)?;
+        let name = match &credentials.login {
+            input::Login::Username(name) | input::Login::Email(name) => name.as_str(),
+        };
+        if !throttle::allowed(&scope, name) {
+            return Err(UserError::TooManyAttempts);
+        }
         let client = self.pool.get().await?;
         let candidate = store::find_for_login(&client, &scope, &credentials.login).await?;
         // Don't hold a connection while hashing.
@@ -132,8 +139,10 @@ impl Users {
             .await
             .map_err(UserError::Internal)?;
         let Some(candidate) = candidate.filter(|_| verdict.matched) else {
+            throttle::failed(&scope, name);
             return Err(UserError::BadCredentials);
         };
+        throttle::succeeded(&scope, name);
         let rehash = if verdict.needs_rehash {
             Some(
                 self.hasher
