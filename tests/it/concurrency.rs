@@ -6,38 +6,44 @@ use serde_json::json;
 
 use crate::common::TestDb;
 
-/// Runs `count` concurrent calls of a global Lua function on one runtime and collects the results.
+/// Loads `setup` into a fresh runtime on `db`, then runs `count` concurrent calls of the global
+/// Lua `function` on that one state and collects their results.
 async fn concurrently(
-    runtime: Rc<coronium::lua::Runtime>,
+    db: &TestDb,
+    setup: &str,
     function: &'static str,
     count: usize,
     args: Vec<serde_json::Value>,
 ) -> Vec<Vec<serde_json::Value>> {
-    let tasks: Vec<_> = (0..count)
-        .map(|_| {
-            let runtime = runtime.clone();
-            let args = args.clone();
-            tokio::task::spawn_local(async move { runtime.call(function, &args).await.unwrap() })
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let runtime = Rc::new(db.runtime().await);
+            runtime.run_source("setup.lua", setup).await.unwrap();
+            let tasks: Vec<_> = (0..count)
+                .map(|_| {
+                    let runtime = runtime.clone();
+                    let args = args.clone();
+                    tokio::task::spawn_local(
+                        async move { runtime.call(function, &args).await.unwrap() },
+                    )
+                })
+                .collect();
+            let mut results = Vec::new();
+            for task in tasks {
+                results.push(task.await.unwrap());
+            }
+            results
         })
-        .collect();
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(task.await.unwrap());
-    }
-    results
+        .await
 }
 
 #[tokio::test]
 async fn twenty_concurrent_creates_of_one_username_one_wins() {
     let db = TestDb::new().await;
-    let local = tokio::task::LocalSet::new();
-    local
-        .run_until(async {
-            let runtime = Rc::new(db.runtime().await);
-            runtime
-                .run_source(
-                    "signup.lua",
-                    r#"
+    let results = concurrently(
+        &db,
+        r#"
 function signup(name)
   local outcome
   core.users.create({username = name, password = "pw"}, function(evt)
@@ -45,15 +51,14 @@ function signup(name)
   end)
   return outcome
 end"#,
-                )
-                .await
-                .unwrap();
-            let results = concurrently(runtime, "signup", 20, vec![json!("Racer")]).await;
-            let wins = results.iter().filter(|r| r[0] == json!("ok")).count();
-            let dups = results.iter().filter(|r| r[0] == json!(600)).count();
-            assert_eq!((wins, dups), (1, 19), "{results:?}");
-        })
-        .await;
+        "signup",
+        20,
+        vec![json!("Racer")],
+    )
+    .await;
+    let wins = results.iter().filter(|r| r[0] == json!("ok")).count();
+    let dups = results.iter().filter(|r| r[0] == json!(600)).count();
+    assert_eq!((wins, dups), (1, 19), "{results:?}");
     let client = db.client().await;
     let row = client
         .query_one("SELECT (SELECT count(*) FROM users), (SELECT sum(joins)::bigint FROM user_stats_daily)", &[])
@@ -65,30 +70,24 @@ end"#,
 #[tokio::test]
 async fn two_hundred_concurrent_logins_count_exactly() {
     let db = TestDb::new().await;
-    let local = tokio::task::LocalSet::new();
-    local
-        .run_until(async {
-            let runtime = Rc::new(db.runtime().await);
-            runtime
-                .run_source(
-                    "login.lua",
-                    r#"
+    let results = concurrently(
+        &db,
+        r#"
 assert(core.users.create({username = "busy", password = "pw"}))
 function login()
   local user, err = core.users.login({username = "busy", password = "pw"})
   return user and user.user_id or err
 end"#,
-                )
-                .await
-                .unwrap();
-            let results = concurrently(runtime, "login", 200, vec![]).await;
-            let first = results[0][0].clone();
-            assert!(
-                results.iter().all(|r| r[0] == first),
-                "every login succeeds as the same user"
-            );
-        })
-        .await;
+        "login",
+        200,
+        vec![],
+    )
+    .await;
+    let first = results[0][0].clone();
+    assert!(
+        results.iter().all(|r| r[0] == first),
+        "every login succeeds as the same user"
+    );
     let client = db.client().await;
     let row = client
         .query_one(
