@@ -410,7 +410,7 @@ fn clear_stale_lock(data: &Path) -> Result<(), EmbeddedError> {
             return Err(EmbeddedError::InUse(format!(
                 "the data directory {} is in use by another coronium process (pid {parent}); \
                  stop it first, or use another --data-dir",
-                data.parent().unwrap_or(data).display()
+                data.ancestors().nth(2).unwrap_or(data).display()
             )));
         }
     }

@@ -130,6 +130,17 @@ print(u.login_count)"#,
     );
     let mut child = start_sleeper(&data, &sleeper);
     assert_eq!(postgres_on(&data).len(), 1, "one postmaster while running");
+    // Meanwhile a second process on the same data directory is refused, clearly.
+    let out = run(&script);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "the data directory {} is in use by another coronium process",
+            data.display()
+        )),
+        "{stderr}"
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let started = Instant::now();
