@@ -252,24 +252,16 @@ async fn call(
 
 /// `coronium key [--regenerate]`.
 fn key(config: &Config, regenerate: bool) -> Result<ExitCode, CliError> {
-    if config.server.server_key.is_some() {
-        if regenerate {
+    let key = match (regenerate, config.server.server_key.is_some()) {
+        (true, true) => {
             return Err(CliError::Setup(
                 "the server key is set by the configuration (server_key or CORONIUM_SERVER_KEY); \
                  change it there"
                     .into(),
             ));
         }
-        println!(
-            "{}",
-            config.server.server_key.as_deref().unwrap_or_default()
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let key = if regenerate {
-        crate::wire::key::write_new(&config.data_dir)?
-    } else {
-        crate::wire::key::load_or_create(&config.data_dir)?
+        (true, false) => crate::wire::key::write_new(&config.data_dir)?,
+        (false, _) => server_key(config)?,
     };
     println!("{key}");
     Ok(ExitCode::SUCCESS)

@@ -25,13 +25,14 @@ struct Slice {
     thread: *const std::ffi::c_void,
     yield_at: Instant,
     fail_at: Instant,
+    /// The budget, for the error message.
+    budget_ms: u64,
 }
 
 #[derive(Default)]
 pub(crate) struct Meter {
     current: Cell<Option<Slice>>,
     ticks: Cell<u32>,
-    budget_ms: Cell<u64>,
 }
 
 impl Meter {
@@ -51,7 +52,7 @@ impl Meter {
             if now >= slice.fail_at {
                 return Err(mlua::Error::runtime(format!(
                     "the request used more than its CPU budget of {} ms",
-                    meter.budget_ms.get()
+                    slice.budget_ms
                 )));
             }
             if now >= slice.yield_at && lua.current_thread().to_pointer() == slice.thread {
@@ -75,7 +76,6 @@ pub(crate) struct Metered<F> {
 
 impl<F> Metered<F> {
     pub fn new(inner: F, meter: Rc<Meter>, thread: &mlua::Thread, budget: Duration) -> Self {
-        meter.budget_ms.set(budget.as_millis() as u64);
         Metered {
             inner: Box::pin(inner),
             meter,
@@ -92,11 +92,11 @@ impl<F: Future> Future for Metered<F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let start = Instant::now();
         let remaining = self.budget.saturating_sub(self.used);
-        self.meter.budget_ms.set(self.budget.as_millis() as u64);
         self.meter.current.set(Some(Slice {
             thread: self.thread,
             yield_at: start + SLICE,
             fail_at: start + remaining,
+            budget_ms: self.budget.as_millis() as u64,
         }));
         let polled = self.inner.as_mut().poll(cx);
         self.meter.current.set(None);

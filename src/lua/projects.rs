@@ -63,16 +63,15 @@ impl Projects {
         *self.new_project.borrow_mut() = Some(f);
     }
 
+    /// Remembers a file `project` was built from: into the load under way, or (for a module
+    /// first required by a request) into the loaded project's entry.
     fn record(&self, project: &str, path: PathBuf) {
         let stamp = (path.clone(), modified(&path));
-        if let Some(entry) = self.entries.borrow_mut().get_mut(project) {
-            entry.files.push(stamp.clone());
+        if let Some(files) = self.loading.borrow_mut().get_mut(project) {
+            files.push(stamp);
+        } else if let Some(entry) = self.entries.borrow_mut().get_mut(project) {
+            entry.files.push(stamp);
         }
-        self.loading
-            .borrow_mut()
-            .entry(project.to_owned())
-            .or_default()
-            .push(stamp);
     }
 
     /// The api table of `name`, loading or reloading it as needed; `None` when there is no such

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::net::TcpListener as StdListener;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use deadpool_postgres::Pool;
@@ -278,12 +278,6 @@ impl From<WireError> for Answer {
     }
 }
 
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 async fn wire_request(
     worker: &Worker,
     request: Request<Incoming>,
@@ -312,7 +306,7 @@ async fn wire_request(
         let sent: i64 = time
             .parse()
             .map_err(|_| WireError::stale(settings.request_window_secs))?;
-        if now_secs().abs_diff(sent) > settings.request_window_secs {
+        if wire::client::unix_now().abs_diff(sent) > settings.request_window_secs {
             return Err(WireError::stale(settings.request_window_secs).into());
         }
     }
