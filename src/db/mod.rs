@@ -3,6 +3,7 @@
 
 pub mod embedded;
 pub mod migrate;
+pub mod shared;
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,8 @@ pub use embedded::{EmbeddedOptions, EmbeddedPostgres};
 
 /// The database the server uses on the embedded cluster.
 pub const EMBEDDED_DATABASE: &str = "coronium";
+/// One connection is shared by reads (see [`shared`]), so a pool needs a second one for writes.
+const MIN_POOL_SIZE: usize = 2;
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +117,7 @@ fn new_pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool, DbErro
         },
     );
     Pool::builder(manager)
-        .max_size(size.max(1))
+        .max_size(size.max(MIN_POOL_SIZE))
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(10)))
         .runtime(deadpool_postgres::Runtime::Tokio1)

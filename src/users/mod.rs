@@ -9,7 +9,9 @@ mod throttle;
 
 use std::sync::Arc;
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Object, Pool};
+
+use crate::db::shared::SharedConnections;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -47,10 +49,17 @@ impl User {
     }
 }
 
+/// Connections of the pool that reads share (pipelined); writes take the rest one at a time, so
+/// concurrent commits can share a WAL flush. Measured with `bench/run` on 2 cores: one shared
+/// connection per worker served ~1.5x the gets of exclusive checkouts; more shared connections
+/// served fewer (PostgreSQL then ran more backends for the same work).
+const READ_CONNECTIONS: usize = 1;
+
 /// The users service: one per database pool, sharing one password hasher process-wide.
 #[derive(Clone)]
 pub struct Users {
     pool: Pool,
+    reads: Arc<SharedConnections>,
     hasher: Arc<PasswordHasher>,
     public_url: Arc<str>,
 }
@@ -59,6 +68,7 @@ impl Users {
     /// `public_url` is where confirmation links point (`<public_url>/_confirmation?code=...`).
     pub fn new(pool: Pool, hasher: Arc<PasswordHasher>, public_url: &str) -> Self {
         Users {
+            reads: Arc::new(SharedConnections::new(pool.clone(), READ_CONNECTIONS)),
             pool,
             hasher,
             public_url: public_url.trim_end_matches('/').into(),
@@ -126,10 +136,10 @@ impl Users {
         if !throttle::allowed(&scope, name) {
             return Err(UserError::TooManyAttempts);
         }
-        let client = self.pool.get().await?;
-        let candidate = store::find_for_login(&client, &scope, &credentials.login).await?;
-        // Don't hold a connection while hashing.
-        drop(client);
+        let (scope_ref, login) = (scope.as_str(), &credentials.login);
+        let candidate = self
+            .read(|client| async move { store::find_for_login(&*client, scope_ref, login).await })
+            .await?;
         let verdict = self
             .hasher
             .verify(
@@ -182,10 +192,25 @@ impl Users {
     /// A user's record; no login event. `None` (a malformed id) is simply not found.
     pub async fn get(&self, scope: &str, user_id: Option<Uuid>) -> Result<User, UserError> {
         let user_id = user_id.ok_or(UserError::NotFound)?;
-        let client = self.pool.get().await?;
-        store::get(&client, scope, user_id)
+        self.read(|client| async move { store::get(&*client, scope, user_id).await })
             .await?
             .ok_or(UserError::NotFound)
+    }
+
+    /// Runs a read on a shared connection. A read is safe to repeat, so one that found its
+    /// connection closed (the database restarted, an admin ended the backend) is retried once on a
+    /// fresh connection instead of failing the request.
+    async fn read<T, F, Fut>(&self, statement: F) -> Result<T, UserError>
+    where
+        F: Fn(Arc<Object>) -> Fut,
+        Fut: Future<Output = Result<T, UserError>>,
+    {
+        match statement(self.reads.get().await?).await {
+            Err(UserError::Internal(InternalError::Postgres(e))) if e.is_closed() => {
+                statement(self.reads.get().await?).await
+            }
+            done => done,
+        }
     }
 
     /// Applies `patch` and returns the updated record.

@@ -562,3 +562,68 @@ async fn repeated_failed_logins_are_throttled_per_name() {
         json!("bystander")
     );
 }
+
+/// Reads share a pipelined connection per worker: many at once must each get their own answer,
+/// and a connection the database dropped must not fail the next requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_reads_answer_each_request_and_survive_a_dropped_connection() {
+    let db = TestDb::new().await;
+    let server = std::sync::Arc::new(TestServer::start(&db, |_| {}));
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        let created = server
+            .call(
+                "api.users",
+                "create",
+                json!({"username": format!("reader{n}"), "password": md5_hex("pw")}),
+            )
+            .await;
+        ids.push(created["result"]["user_id"].as_str().unwrap().to_owned());
+    }
+    let get_all = |round: usize| {
+        let tasks: Vec<_> = (0..240)
+            .map(|i| {
+                let n = (i * 7 + round) % ids.len();
+                let (server, id) = (server.clone(), ids[n].clone());
+                tokio::spawn(async move {
+                    let got = server
+                        .call("api.users", "get", json!({"user_id": id}))
+                        .await;
+                    (n, got)
+                })
+            })
+            .collect();
+        async move {
+            for task in tasks {
+                let (n, got) = task.await.unwrap();
+                assert_eq!(
+                    got["result"]["username"],
+                    json!(format!("reader{n}")),
+                    "{got}"
+                );
+            }
+        }
+    };
+    get_all(0).await;
+    let killed: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 2, "both workers' read connections were cut");
+    get_all(1).await;
+    let login = server
+        .call(
+            "api.users",
+            "login",
+            json!({"username": "reader3", "password": md5_hex("pw")}),
+        )
+        .await;
+    assert_eq!(login["result"]["login_count"], json!(1), "{login}");
+}
