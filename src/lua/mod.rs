@@ -190,10 +190,13 @@ impl Runtime {
         input: &serde_json::Value,
         scope: &str,
     ) -> mlua::Result<HandlerOutcome> {
-        let input = convert::json_to_lua(&self.lua, input)?;
-        let thread = self.lua.create_thread(self.request.clone())?;
-        let running = thread.clone();
-        let call = thread.into_async::<MultiValue>((api, action, input, scope))?;
+        let (call, running) = convert::host_sized(&self.lua, || -> mlua::Result<_> {
+            let input = convert::json_to_lua(&self.lua, input)?;
+            let thread = self.lua.create_thread(self.request.clone())?;
+            let running = thread.clone();
+            let call = thread.into_async::<MultiValue>((api, action, input, scope))?;
+            Ok((call, running))
+        })?;
         let results = match self.cpu_budget {
             Some(budget) => {
                 budget::Metered::new(call, self.meter.clone(), &running, budget).await?
@@ -218,15 +221,16 @@ impl Runtime {
                 status,
             });
         }
-        Ok(
-            match convert::lua_to_json(&self.lua, &result, convert::Unencodable::Fail) {
-                Ok(json) => HandlerOutcome::Result(json),
-                Err(e) => HandlerOutcome::Error {
-                    message: format!("JSON encode failed: {e}"),
-                    status: 831,
-                },
+        let json = convert::host_sized(&self.lua, || {
+            convert::lua_to_json(&self.lua, &result, convert::Unencodable::Fail)
+        });
+        Ok(match json {
+            Ok(json) => HandlerOutcome::Result(json),
+            Err(e) => HandlerOutcome::Error {
+                message: format!("JSON encode failed: {e}"),
+                status: 831,
             },
-        )
+        })
     }
 
     /// Loads and runs a script file; `print` output goes to the runtime's output.

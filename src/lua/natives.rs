@@ -31,14 +31,16 @@ fn failure(error: &UserError) -> Outcome {
 fn params(lua: &Lua, value: &Value) -> Result<input::Params, UserError> {
     match value {
         Value::Nil => Ok(Map::new()),
-        Value::Table(_) => match convert::lua_to_json(lua, value, Unencodable::Mark) {
-            Ok(Json::Object(map)) => Ok(map),
-            Ok(Json::Array(items)) if items.is_empty() => Ok(Map::new()),
-            Ok(_) => Err(UserError::BadParameter(
-                "Parameters must be a table of named fields.".into(),
-            )),
-            Err(e) => Err(UserError::BadParameter(format!("Bad parameters: {e}."))),
-        },
+        Value::Table(_) => {
+            match convert::host_sized(lua, || convert::lua_to_json(lua, value, Unencodable::Mark)) {
+                Ok(Json::Object(map)) => Ok(map),
+                Ok(Json::Array(items)) if items.is_empty() => Ok(Map::new()),
+                Ok(_) => Err(UserError::BadParameter(
+                    "Parameters must be a table of named fields.".into(),
+                )),
+                Err(e) => Err(UserError::BadParameter(format!("Bad parameters: {e}."))),
+            }
+        }
         other => Err(UserError::BadParameter(format!(
             "Parameters must be a table, not a {}.",
             other.type_name()
@@ -57,8 +59,31 @@ fn scope(host: &Host, params: &input::Params, request_scope: Option<String>) -> 
         .unwrap_or_else(|| host.scope.clone())
 }
 
+/// The user as a Lua table: the fields of [`User`]'s JSON form, built directly (no JSON tree in
+/// between; this runs on every `core.users` call that returns a user).
 fn user_value(lua: &Lua, user: &User) -> mlua::Result<Value> {
-    convert::json_to_lua(lua, &user.to_json())
+    convert::host_sized(lua, || {
+        let table = lua.create_table_with_capacity(0, 13)?;
+        table.raw_set("user_id", user.user_id.to_string())?;
+        table.raw_set("username", user.username.as_str())?;
+        table.raw_set("email", user.email.as_deref())?;
+        table.raw_set("group", user.group.as_str())?;
+        let extra = lua.create_table_with_capacity(0, user.extra.len())?;
+        for (key, value) in &user.extra {
+            extra.raw_set(key.as_str(), convert::json_to_lua(lua, value)?)?;
+        }
+        table.raw_set("extra", extra)?;
+        table.raw_set("scope", user.scope.as_str())?;
+        table.raw_set("active", user.active)?;
+        table.raw_set("confirmation", user.confirmation.as_deref())?;
+        table.raw_set("validated", user.validated)?;
+        // Luau numbers are doubles; timestamps and counts fit exactly.
+        table.raw_set("created", user.created as f64)?;
+        table.raw_set("updated", user.updated as f64)?;
+        table.raw_set("last_login", user.last_login.map(|t| t as f64))?;
+        table.raw_set("login_count", user.login_count as f64)?;
+        Ok(Value::Table(table))
+    })
 }
 
 /// Why a users operation did not produce a result: the caller's problem (answered as

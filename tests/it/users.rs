@@ -328,3 +328,35 @@ print(core.users.get(id).username)
     assert!(child.wait().unwrap().success());
     assert_eq!(rest, "steady\n");
 }
+
+/// Lua gets exactly the record the wire protocol sends: same fields, same values, absent fields
+/// absent (the Lua table is built directly, not through JSON).
+#[tokio::test]
+async fn lua_sees_the_same_user_record_as_the_wire() {
+    let db = TestDb::new().await;
+    let run = run_lua(
+        &db,
+        "record.lua",
+        r#"
+local full = core.users.create({username = "Full", password = "p", email = "full@example.com",
+  group = "vip", extra = {level = 3, ratio = 0.5, name = "x", on = true}})
+core.users.login({username = "full", password = "p"})
+local bare = core.users.create({username = "bare", password = "p"})
+print(full)
+print(core.json.encode(core.users.get(full)))
+print(bare)
+print(core.json.encode(core.users.get(bare)))
+"#,
+    );
+    assert_ok(&run);
+    let lines = run.lines();
+    let users = db.users_with(crate::common::TEST_HASH).await;
+    for pair in lines.chunks(2) {
+        let id = uuid::Uuid::parse_str(pair[0]).unwrap();
+        let from_lua: serde_json::Value = serde_json::from_str(pair[1]).unwrap();
+        let from_wire = users.get("default", Some(id)).await.unwrap().to_json();
+        assert_eq!(from_lua, from_wire);
+    }
+    assert!(lines[1].contains("\"last_login\"") && !lines[3].contains("\"last_login\""));
+    assert!(!lines[3].contains("\"email\"") && !lines[3].contains("\"confirmation\""));
+}
