@@ -16,6 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -172,7 +173,11 @@ async fn report_pool(index: usize, worker: Rc<Worker>) {
 }
 
 fn json_response(status: u16, body: &Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    json_bytes_response(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
+fn json_bytes_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     response
         .headers_mut()
@@ -218,7 +223,7 @@ async fn wire_call(worker: &Worker, request: Request<Incoming>) -> Response<Full
     in_flight.increment(1.0);
     let mut route = Route::default();
     let (http, status, outcome, body) = match wire_request(worker, request, &mut route).await {
-        Ok(result) => (200, 0, "ok", wire::envelope(result)),
+        Ok(result) => (200, 0, "ok", wire::envelope(&result)),
         Err(Answer::Refused(e)) => (e.http, e.status, "refused", e.envelope()),
         Err(Answer::Failed { message, status }) => {
             (200, status, "error", wire::error_envelope(&message, status))
@@ -246,7 +251,7 @@ async fn wire_call(worker: &Worker, request: Request<Incoming>) -> Response<Full
         ms = elapsed.as_secs_f64() * 1000.0,
         "POST /"
     );
-    json_response(http, &body)
+    json_bytes_response(http, body)
 }
 
 async fn health(worker: &Worker) -> Response<Full<Bytes>> {
@@ -282,7 +287,7 @@ async fn wire_request(
     worker: &Worker,
     request: Request<Incoming>,
     route: &mut Route,
-) -> Result<Value, Answer> {
+) -> Result<Box<RawValue>, Answer> {
     let settings = &worker.shared.settings;
     let (parts, body) = request.into_parts();
     let header = |name: &'static str| {
@@ -361,7 +366,7 @@ async fn wire_request(
                 };
             }
             match outcome {
-                HandlerOutcome::Result(value) => Ok(value),
+                HandlerOutcome::Result(value) => Ok(wire::json_text(&value)),
                 HandlerOutcome::Error { message, status } => {
                     Err(Answer::Failed { message, status })
                 }

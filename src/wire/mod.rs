@@ -7,6 +7,7 @@ pub mod users;
 
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sha1::Sha1;
 use subtle::ConstantTimeEq;
@@ -99,19 +100,34 @@ impl WireError {
         )
     }
 
-    pub fn envelope(&self) -> Value {
+    pub fn envelope(&self) -> Vec<u8> {
         error_envelope(&self.message, self.status)
     }
 }
 
-/// `{"result": value}`.
-pub fn envelope(result: Value) -> Value {
-    json!({ "result": result })
+/// A result written as JSON text once, straight from its Rust value (no `serde_json::Value` tree
+/// in between; this runs on every request).
+pub fn json_text(value: &impl serde::Serialize) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).unwrap_or_else(|e| {
+        // Only a map with non-string keys fails, and no result has one.
+        tracing::error!("cannot encode a result as JSON: {e}");
+        RawValue::from_string("null".into()).expect("null is JSON")
+    })
 }
 
-/// `{"result": {"error": message, "status": status}}`.
-pub fn error_envelope(message: &str, status: i64) -> Value {
-    json!({ "result": { "error": message, "status": status } })
+/// `{"result": result}`, as the response body.
+pub fn envelope(result: &RawValue) -> Vec<u8> {
+    let mut body = Vec::with_capacity(result.get().len() + 11);
+    body.extend_from_slice(b"{\"result\":");
+    body.extend_from_slice(result.get().as_bytes());
+    body.push(b'}');
+    body
+}
+
+/// `{"result": {"error": message, "status": status}}`, as the response body.
+pub fn error_envelope(message: &str, status: i64) -> Vec<u8> {
+    serde_json::to_vec(&json!({ "result": { "error": message, "status": status } }))
+        .unwrap_or_default()
 }
 
 /// The request body as the parameters object: `[]` (an empty Lua table) and an empty body are

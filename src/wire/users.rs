@@ -1,8 +1,10 @@
 //! `api.users` over the wire: the v2 and v1 action names, with the client's md5 passwords and
 //! the request's scope, answering in Coronium 2.x result shapes.
 
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use super::json_text;
 use crate::users::input::{self, Params};
 use crate::users::{Credentials, NewUser, PasswordForm, UserError, UserPatch, Users};
 
@@ -39,25 +41,25 @@ pub async fn execute(
     scope: &str,
     action: Action,
     mut params: Params,
-) -> Result<Value, UserError> {
+) -> Result<Box<RawValue>, UserError> {
     params.remove("scope");
     Ok(match action {
         Action::Login => {
             let credentials = Credentials::parse(&params, PasswordForm::Canonical)?;
-            users.login(scope, credentials).await?.to_json()
+            json_text(&users.login(scope, credentials).await?)
         }
-        Action::Get => users.get(scope, input::user_id(&params)?).await?.to_json(),
+        Action::Get => json_text(&users.get(scope, input::user_id(&params)?).await?),
         Action::Create => {
             let new_user = NewUser::parse(&params, PasswordForm::Canonical)?;
             let user = users.create(scope, new_user).await?;
-            json!({ "user_id": user.user_id, "confirmation": user.confirmation })
+            json_text(&json!({ "user_id": user.user_id, "confirmation": user.confirmation }))
         }
         Action::Update => {
             let user_id = input::user_id(&params)?;
             let patch = UserPatch::parse(params.get("update"), PasswordForm::Canonical)?;
-            users.update(scope, user_id, patch).await?.to_json()
+            json_text(&users.update(scope, user_id, patch).await?)
         }
-        Action::Delete => json!(users.delete(scope, input::user_id(&params)?).await?),
+        Action::Delete => json_text(&users.delete(scope, input::user_id(&params)?).await?),
         Action::ResendConfirmation => {
             let request = match params.get("confirmation") {
                 None | Some(Value::Null) => None,
@@ -66,7 +68,7 @@ pub async fn execute(
             let user = users
                 .resend_confirmation(scope, input::user_id(&params)?, request)
                 .await?;
-            json!({ "user_id": user.user_id, "confirmation": user.confirmation })
+            json_text(&json!({ "user_id": user.user_id, "confirmation": user.confirmation }))
         }
     })
 }
