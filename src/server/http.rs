@@ -1,5 +1,7 @@
 //! One worker: its accept loop, its HTTP connections, and request routing.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::TcpListener as StdListener;
 use std::rc::Rc;
@@ -41,6 +43,16 @@ struct Worker {
     users: Users,
     pool: Pool,
     lua: Runtime,
+    /// Metric handles per (project, action, outcome), looked up once: registering labels costs
+    /// more than the request's own counting. Bounded: only routed requests get names as labels.
+    request_metrics: RefCell<HashMap<RouteKey, RequestMetrics>>,
+}
+
+type RouteKey = (Option<String>, Option<String>, &'static str);
+
+struct RequestMetrics {
+    total: metrics::Counter,
+    duration: metrics::Histogram,
 }
 
 pub(super) fn run_worker(
@@ -105,6 +117,7 @@ pub(super) fn run_worker(
             pool,
             lua,
             shared: shared.clone(),
+            request_metrics: RefCell::default(),
         });
         tokio::task::spawn_local(report_pool(index, worker.clone()));
         let graceful = GracefulShutdown::new();
@@ -233,14 +246,6 @@ async fn wire_call(worker: &Worker, request: Request<Incoming>) -> Response<Full
     let elapsed = started.elapsed();
     let project = route.project.as_deref().unwrap_or("-");
     let action = route.action.as_deref().unwrap_or("-");
-    let labels = [
-        ("project", project.to_owned()),
-        ("action", action.to_owned()),
-        ("outcome", outcome.to_owned()),
-    ];
-    metrics::counter!("coronium_requests_total", &labels).increment(1);
-    metrics::histogram!("coronium_request_duration_seconds", &labels[..2])
-        .record(elapsed.as_secs_f64());
     tracing::info!(
         target: "coronium::access",
         project,
@@ -251,6 +256,27 @@ async fn wire_call(worker: &Worker, request: Request<Incoming>) -> Response<Full
         ms = elapsed.as_secs_f64() * 1000.0,
         "POST /"
     );
+    let seconds = elapsed.as_secs_f64();
+    let key = (route.project, route.action, outcome);
+    let mut known = worker.request_metrics.borrow_mut();
+    if let Some(handles) = known.get(&key) {
+        handles.total.increment(1);
+        handles.duration.record(seconds);
+    } else {
+        let labels = [
+            ("project", key.0.as_deref().unwrap_or("-").to_owned()),
+            ("action", key.1.as_deref().unwrap_or("-").to_owned()),
+            ("outcome", outcome.to_owned()),
+        ];
+        let handles = RequestMetrics {
+            total: metrics::counter!("coronium_requests_total", &labels),
+            duration: metrics::histogram!("coronium_request_duration_seconds", &labels[..2]),
+        };
+        handles.total.increment(1);
+        handles.duration.record(seconds);
+        known.insert(key, handles);
+    }
+    drop(known);
     json_bytes_response(http, body)
 }
 
