@@ -15,7 +15,7 @@ pub use embedded::{EmbeddedOptions, EmbeddedPostgres};
 
 /// The database the server uses on the embedded cluster.
 pub const EMBEDDED_DATABASE: &str = "coronium";
-/// One connection is shared by reads (see [`shared`]), so a pool needs a second one for writes.
+/// Reads and writes each share connections of their own (see [`shared`]): at least one each.
 const MIN_POOL_SIZE: usize = 2;
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -113,7 +113,9 @@ fn new_pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool, DbErro
         config.clone(),
         NoTls,
         ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+            // Connections come back to the pool only when a shared one failed (see `shared`):
+            // rare, so a round trip to prove the replacement works costs nothing in practice.
+            recycling_method: RecyclingMethod::Verified,
         },
     );
     Pool::builder(manager)

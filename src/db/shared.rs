@@ -14,18 +14,27 @@ use deadpool_postgres::{Object, Pool, PoolError};
 
 pub struct SharedConnections {
     pool: Pool,
-    slots: Box<[Mutex<Option<Arc<Object>>>]>,
+    slots: Box<[Slot]>,
     next: AtomicUsize,
 }
 
+#[derive(Default)]
+struct Slot {
+    client: Mutex<Option<Arc<Object>>>,
+    /// Held while the slot is being filled, so only one request asks the pool for it. The sets
+    /// sharing a pool have exactly as many slots as it has connections: a request waiting on the
+    /// pool for a slot that another request filled meanwhile would wait for ever.
+    filling: tokio::sync::Mutex<()>,
+}
+
 impl SharedConnections {
-    /// Shares up to `count` connections of `pool`, always leaving at least one to be taken
-    /// exclusively (writes) when the pool has two or more.
+    /// Shares up to `count` connections of `pool` (never more than it holds: the slots of all the
+    /// sets sharing one pool must fit in it).
     pub fn new(pool: Pool, count: usize) -> Self {
-        let count = count.clamp(1, pool.status().max_size.saturating_sub(1).max(1));
+        let count = count.clamp(1, pool.status().max_size.max(1));
         SharedConnections {
             pool,
-            slots: (0..count).map(|_| Mutex::new(None)).collect(),
+            slots: (0..count).map(|_| Slot::default()).collect(),
             next: AtomicUsize::new(0),
         }
     }
@@ -33,17 +42,32 @@ impl SharedConnections {
     /// A connection to run one statement on, taken in turn.
     pub async fn get(&self) -> Result<Arc<Object>, PoolError> {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
-        if let Some(client) = live(&lock(slot)) {
+        if let Some(client) = live(&lock(&slot.client)) {
             return Ok(client);
         }
+        let _filling = slot.filling.lock().await;
+        if let Some(client) = live(&lock(&slot.client)) {
+            return Ok(client);
+        }
+        // Let go of a dead connection first: the pool gets it back (and replaces it) once the
+        // requests still holding it have failed.
+        lock(&slot.client).take();
         let fresh = Arc::new(self.pool.get().await?);
-        let mut held = lock(slot);
-        // Another request may have filled the slot while this one waited; keep the first.
-        if let Some(client) = live(&held) {
-            return Ok(client);
-        }
-        *held = Some(fresh.clone());
+        *lock(&slot.client) = Some(fresh.clone());
         Ok(fresh)
+    }
+}
+
+impl SharedConnections {
+    /// Stops handing out `client` (it failed in a way that says its session is over); the next
+    /// request on its slot gets a fresh connection.
+    pub fn discard(&self, client: &Arc<Object>) {
+        for slot in self.slots.iter() {
+            let mut held = lock(&slot.client);
+            if held.as_ref().is_some_and(|c| Arc::ptr_eq(c, client)) {
+                held.take();
+            }
+        }
     }
 }
 

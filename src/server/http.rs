@@ -281,12 +281,13 @@ async fn wire_call(worker: &Worker, request: Request<Incoming>) -> Response<Full
 }
 
 async fn health(worker: &Worker) -> Response<Full<Bytes>> {
+    // Through the users service's own connections: the pool's connections are all lent to them.
     let check = async {
-        let client = worker.pool.get().await.map_err(|e| e.to_string())?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map_err(|e| e.to_string())
+        worker.users.ping().await.map_err(|e| match e {
+            // The operator asking wants the cause, not the callers' generic message.
+            crate::users::UserError::Internal(cause) => cause.to_string(),
+            other => other.to_string(),
+        })
     };
     match tokio::time::timeout(Duration::from_secs(5), check).await {
         Ok(Ok(_)) => json_response(200, &json!({ "status": "ok" })),

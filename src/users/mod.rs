@@ -49,17 +49,42 @@ impl User {
     }
 }
 
-/// Connections of the pool that reads share (pipelined); writes take the rest one at a time, so
-/// concurrent commits can share a WAL flush. Measured with `bench/run` on 2 cores: one shared
-/// connection per worker served ~1.5x the gets of exclusive checkouts; more shared connections
-/// served fewer (PostgreSQL then ran more backends for the same work).
+/// Connections of each pool that reads share; writes share the others. Every statement is its
+/// own transaction, so requests need no connection of their own: concurrent statements on one
+/// connection are pipelined (see `db::shared`). Reads get their own connection so they never queue
+/// behind a commit's WAL flush; writes spread over several so commits can share flushes. Measured
+/// with `bench/run` on 2 cores: one read connection per worker served ~1.5x the gets of exclusive
+/// checkouts (more served fewer), and pipelined writes ~1.1x the updates of exclusive ones.
 const READ_CONNECTIONS: usize = 1;
+
+/// Whether a statement failed because its connection's session is over (rather than because of
+/// the statement itself).
+fn connection_lost<T>(outcome: &Result<T, UserError>, client: &Object) -> bool {
+    use tokio_postgres::error::SqlState;
+    let Err(UserError::Internal(InternalError::Postgres(e))) = outcome else {
+        return false;
+    };
+    client.is_closed()
+        || e.is_closed()
+        || [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+        ]
+        .iter()
+        .any(|state| e.code() == Some(state))
+}
+
+/// What a pool of `size` leaves for writes once reads have theirs (pools hold at least two).
+fn write_connections(size: usize) -> usize {
+    size.saturating_sub(READ_CONNECTIONS).max(1)
+}
 
 /// The users service: one per database pool, sharing one password hasher process-wide.
 #[derive(Clone)]
 pub struct Users {
-    pool: Pool,
     reads: Arc<SharedConnections>,
+    writes: Arc<SharedConnections>,
     hasher: Arc<PasswordHasher>,
     public_url: Arc<str>,
 }
@@ -67,9 +92,10 @@ pub struct Users {
 impl Users {
     /// `public_url` is where confirmation links point (`<public_url>/_confirmation?code=...`).
     pub fn new(pool: Pool, hasher: Arc<PasswordHasher>, public_url: &str) -> Self {
+        let size = pool.status().max_size;
         Users {
             reads: Arc::new(SharedConnections::new(pool.clone(), READ_CONNECTIONS)),
-            pool,
+            writes: Arc::new(SharedConnections::new(pool, write_connections(size))),
             hasher,
             public_url: public_url.trim_end_matches('/').into(),
         }
@@ -87,9 +113,17 @@ impl Users {
             .confirmation
             .as_ref()
             .map(|_| Uuid::new_v4().simple().to_string());
-        let client = self.pool.get().await?;
-        let user =
-            store::insert(&client, &scope, &new_user, &password_hash, code.as_deref()).await?;
+        let (scope, new_user_ref, hash, code_ref) = (
+            scope.as_str(),
+            &new_user,
+            password_hash.as_str(),
+            code.as_deref(),
+        );
+        let user = self
+            .write(|client| async move {
+                store::insert(&*client, scope, new_user_ref, hash, code_ref).await
+            })
+            .await?;
         if let (Some(request), Some(code)) = (&new_user.confirmation, &code) {
             self.send_confirmation(&user, Some(request), code);
         }
@@ -117,8 +151,11 @@ impl Users {
     ) -> Result<User, UserError> {
         let user_id = user_id.ok_or(UserError::PendingNotFound)?;
         let code = Uuid::new_v4().simple().to_string();
-        let client = self.pool.get().await?;
-        let user = store::renew_confirmation(&client, scope, user_id, &code)
+        let code_ref = code.as_str();
+        let user = self
+            .write(|client| async move {
+                store::renew_confirmation(&*client, scope, user_id, code_ref).await
+            })
             .await?
             .ok_or(UserError::PendingNotFound)?;
         self.send_confirmation(&user, request.as_ref(), &code);
@@ -163,27 +200,23 @@ impl Users {
         } else {
             None
         };
-        let client = self.pool.get().await?;
         if candidate.records_login {
-            store::record_login(
-                &client,
-                candidate.user_id,
-                &candidate.password_hash,
-                rehash.as_deref(),
-            )
+            let (id, hash, rehash) = (candidate.user_id, &candidate.password_hash, &rehash);
+            self.write(|client| async move {
+                store::record_login(&*client, id, hash, rehash.as_deref()).await
+            })
             .await?
             .ok_or(UserError::BadCredentials)
         } else {
             if let Some(new_hash) = &rehash {
-                store::replace_hash(
-                    &client,
-                    candidate.user_id,
-                    &candidate.password_hash,
-                    new_hash,
-                )
+                let (id, hash) = (candidate.user_id, &candidate.password_hash);
+                self.write(|client| async move {
+                    store::replace_hash(&*client, id, hash, new_hash).await
+                })
                 .await?;
             }
-            store::get(&client, &scope, candidate.user_id)
+            let (scope, id) = (scope.as_str(), candidate.user_id);
+            self.read(|client| async move { store::get(&*client, scope, id).await })
                 .await?
                 .ok_or(UserError::BadCredentials)
         }
@@ -197,20 +230,45 @@ impl Users {
             .ok_or(UserError::NotFound)
     }
 
-    /// Runs a read on a shared connection. A read is safe to repeat, so one that found its
-    /// connection closed (the database restarted, an admin ended the backend) is retried once on a
-    /// fresh connection instead of failing the request.
+    /// Runs a read on a shared connection. A read is safe to repeat, so one whose connection
+    /// turned out to be gone (the database restarted, an admin ended the backend) is retried once
+    /// on a fresh connection instead of failing the request.
     async fn read<T, F, Fut>(&self, statement: F) -> Result<T, UserError>
     where
         F: Fn(Arc<Object>) -> Fut,
         Fut: Future<Output = Result<T, UserError>>,
     {
-        match statement(self.reads.get().await?).await {
-            Err(UserError::Internal(InternalError::Postgres(e))) if e.is_closed() => {
-                statement(self.reads.get().await?).await
-            }
-            done => done,
+        let client = self.reads.get().await?;
+        let outcome = statement(client.clone()).await;
+        if !connection_lost(&outcome, &client) {
+            return outcome;
         }
+        self.reads.discard(&client);
+        // The pool gets a connection back only when its last holder lets go: don't hold it while
+        // waiting for its replacement.
+        drop(client);
+        statement(self.reads.get().await?).await
+    }
+
+    /// Runs a write on a shared connection. A write is not repeated (it may have been applied
+    /// before the connection went), but a lost connection is replaced for the next one.
+    async fn write<T, F, Fut>(&self, statement: F) -> Result<T, UserError>
+    where
+        F: FnOnce(Arc<Object>) -> Fut,
+        Fut: Future<Output = Result<T, UserError>>,
+    {
+        let client = self.writes.get().await?;
+        let outcome = statement(client.clone()).await;
+        if connection_lost(&outcome, &client) {
+            self.writes.discard(&client);
+        }
+        outcome
+    }
+
+    /// Checks the database answers (`/healthz`).
+    pub async fn ping(&self) -> Result<(), UserError> {
+        self.read(|client| async move { store::ping(&*client).await })
+            .await
     }
 
     /// Applies `patch` and returns the updated record.
@@ -230,10 +288,12 @@ impl Users {
             ),
             None => None,
         };
-        let client = self.pool.get().await?;
-        store::update(&client, scope, user_id, &patch, password_hash.as_deref())
-            .await?
-            .ok_or(UserError::NotFound)
+        let (patch, hash) = (&patch, password_hash.as_deref());
+        self.write(
+            |client| async move { store::update(&*client, scope, user_id, patch, hash).await },
+        )
+        .await?
+        .ok_or(UserError::NotFound)
     }
 
     /// Deletes a user; the number of records removed (0 when there was none).
@@ -241,7 +301,7 @@ impl Users {
         let Some(user_id) = user_id else {
             return Ok(0);
         };
-        let client = self.pool.get().await?;
-        store::delete(&client, scope, user_id).await
+        self.write(|client| async move { store::delete(&*client, scope, user_id).await })
+            .await
     }
 }

@@ -626,4 +626,26 @@ async fn pipelined_reads_answer_each_request_and_survive_a_dropped_connection() 
         )
         .await;
     assert_eq!(login["result"]["login_count"], json!(1), "{login}");
+    // Concurrent writes spread over every write connection of both workers, so the pools'
+    // connections are all lent out; the health check must still get through.
+    let updates: Vec<_> = (0..24)
+        .map(|i| {
+            let (server, id) = (server.clone(), ids[i % ids.len()].clone());
+            tokio::spawn(async move {
+                server
+                    .call(
+                        "api.users",
+                        "update",
+                        json!({"user_id": id, "update": {"extra": {format!("k{i}"): i}}}),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for update in updates {
+        let answer = update.await.unwrap();
+        assert!(answer["result"]["user_id"].is_string(), "{answer}");
+    }
+    let (status, body) = crate::common::http_get(&server.addr, "/healthz").await;
+    assert_eq!((status, body.contains("\"ok\"")), (200, true), "{body}");
 }
