@@ -233,6 +233,11 @@ impl Runtime {
         })
     }
 
+    /// Bytes the Lua state holds now (what its memory limit is measured against).
+    pub fn used_memory(&self) -> usize {
+        self.lua.used_memory()
+    }
+
     /// Loads and runs a script file; `print` output goes to the runtime's output.
     pub async fn run_file(&self, path: &Path) -> Result<(), ScriptError> {
         let source = std::fs::read_to_string(path).map_err(|source| ScriptError::Read {

@@ -170,6 +170,7 @@ async fn report_pool(index: usize, worker: Rc<Worker>) {
     let size = metrics::gauge!("coronium_db_pool_connections", &label);
     let idle = metrics::gauge!("coronium_db_pool_idle_connections", &label);
     let waiting = metrics::gauge!("coronium_db_pool_waiting", &label);
+    let lua_memory = metrics::gauge!("coronium_lua_memory_bytes", &label);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -177,6 +178,7 @@ async fn report_pool(index: usize, worker: Rc<Worker>) {
         size.set(status.size as f64);
         idle.set(status.available as f64);
         waiting.set(status.waiting as f64);
+        lua_memory.set(worker.lua.used_memory() as f64);
         if index == 0
             && let Some(handle) = &worker.shared.metrics
         {
@@ -372,12 +374,19 @@ async fn wire_request(
                 project: Some(project.to_owned()),
                 action: Some(action.to_owned()),
             };
-            wire::users::execute(&worker.users, scope, users_action, params)
-                .await
-                .map_err(|e| Answer::Failed {
-                    message: e.to_string(),
-                    status: e.status(),
-                })
+            // Boxed: its future (~2.4 KB, hashing and two statements deep) would otherwise size
+            // every request's future, parked Lua handlers included.
+            Box::pin(wire::users::execute(
+                &worker.users,
+                scope,
+                users_action,
+                params,
+            ))
+            .await
+            .map_err(|e| Answer::Failed {
+                message: e.to_string(),
+                status: e.status(),
+            })
         } else {
             let outcome = worker
                 .lua

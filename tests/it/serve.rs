@@ -269,6 +269,16 @@ async fn health_metrics_and_clean_shutdown() {
     );
     line("coronium_requests_in_flight");
     line("coronium_db_pool_connections{worker=");
+    let lua_bytes: f64 = line("coronium_lua_memory_bytes{worker=")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        lua_bytes > 0.0,
+        "a worker's Lua state holds at least the prelude"
+    );
     assert!(
         !metrics.contains("made-up"),
         "client-chosen names are not labels"
