@@ -91,6 +91,8 @@ pub struct Users {
 
 impl Users {
     /// `public_url` is where confirmation links point (`<public_url>/_confirmation?code=...`).
+    /// Takes the pool over: its connections become this service's shared ones, so build one
+    /// service per pool (clone it to share it).
     pub fn new(pool: Pool, hasher: Arc<PasswordHasher>, public_url: &str) -> Self {
         let size = pool.status().max_size;
         Users {
