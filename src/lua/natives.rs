@@ -12,18 +12,24 @@ use super::{Host, Output};
 use crate::users::input::{self, Credentials, NewUser, PasswordForm, UserPatch};
 use crate::users::{User, UserError, password};
 
-/// `result, err, status` as the prelude's `deliver` expects them.
-type Outcome = (Value, Option<String>, Option<i64>);
+/// `result` alone on success, `nil, err, status` on failure, as the prelude's `deliver` expects
+/// them. One value, not `result, nil, nil`: mlua hands an async function's three or more results
+/// back through a table made per call, one or two values it passes on the stack.
+type Outcome = MultiValue;
 
 fn success(value: Value) -> Outcome {
-    (value, None, None)
+    MultiValue::from_iter([value])
 }
 
-fn failure(error: &UserError) -> Outcome {
+fn failure(lua: &Lua, error: &UserError) -> mlua::Result<Outcome> {
     if let UserError::Internal(cause) = error {
         tracing::error!(error = %cause, "core.users call failed");
     }
-    (Value::Nil, Some(error.to_string()), Some(error.status()))
+    Ok(MultiValue::from_iter([
+        Value::Nil,
+        Value::String(lua.create_string(error.to_string())?),
+        Value::Integer(error.status()),
+    ]))
 }
 
 /// The call's parameters as a JSON object; values JSON cannot hold are marked so validation
@@ -129,13 +135,13 @@ where
                 let outcome = match params(&lua, &arg) {
                     Ok(params) => {
                         let scope = scope(&host, &params, request_scope);
-                        op(host, lua, params, scope).await
+                        op(host, lua.clone(), params, scope).await
                     }
                     Err(e) => Err(e.into()),
                 };
                 match outcome {
                     Ok(value) => Ok(success(value)),
-                    Err(OpError::User(e)) => Ok(failure(&e)),
+                    Err(OpError::User(e)) => failure(&lua, &e),
                     Err(OpError::Lua(e)) => Err(e),
                 }
             }
