@@ -277,8 +277,9 @@ local function project_env(shared_globals)
   return setmetatable({}, {
     __index = function(_, key)
       local ctx = contexts[coroutine.running()]
-      if ctx then
-        local value = ctx.globals[key]
+      local globals = ctx and ctx.globals
+      if globals then
+        local value = globals[key]
         if value ~= nil then
           return value
         end
@@ -292,7 +293,12 @@ local function project_env(shared_globals)
     __newindex = function(_, key, value)
       local ctx = contexts[coroutine.running()]
       if ctx then
-        ctx.globals[key] = value
+        local globals = ctx.globals
+        if not globals then
+          globals = {}
+          ctx.globals = globals
+        end
+        globals[key] = value
       else
         rawset(shared_globals, key, value)
       end
@@ -316,7 +322,8 @@ end
 local host = {}
 
 function host.request(api, method, input, in_scope)
-  contexts[coroutine.running()] = { scope = in_scope, globals = {} }
+  -- `globals` is made on the request's first global write; most requests write none.
+  contexts[coroutine.running()] = { scope = in_scope }
   return invoke(api, method, input, in_scope)
 end
 
