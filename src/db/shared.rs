@@ -56,9 +56,7 @@ impl SharedConnections {
         *lock(&slot.client) = Some(fresh.clone());
         Ok(fresh)
     }
-}
 
-impl SharedConnections {
     /// Stops handing out `client` (it failed in a way that says its session is over); the next
     /// request on its slot gets a fresh connection.
     pub fn discard(&self, client: &Arc<Object>) {

@@ -4,7 +4,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use mlua::{Lua, MultiValue, Table, Value, Variadic};
+use mlua::{Lua, LuaSerdeExt, MultiValue, Table, Value, Variadic};
 use serde_json::{Map, Value as Json};
 
 use super::convert::{self, Unencodable};
@@ -65,31 +65,11 @@ fn scope(host: &Host, params: &input::Params, request_scope: Option<String>) -> 
         .unwrap_or_else(|| host.scope.clone())
 }
 
-/// The user as a Lua table: the fields of [`User`]'s JSON form, built directly (no JSON tree in
-/// between; this runs on every `core.users` call that returns a user).
+/// The user as a Lua table: [`User`]'s own serialization, written straight into Lua (no JSON
+/// tree in between; this runs on every `core.users` call that returns a user).
 fn user_value(lua: &Lua, user: &User) -> mlua::Result<Value> {
-    convert::host_sized(lua, || {
-        let table = lua.create_table_with_capacity(0, 13)?;
-        table.raw_set("user_id", user.user_id.to_string())?;
-        table.raw_set("username", user.username.as_str())?;
-        table.raw_set("email", user.email.as_deref())?;
-        table.raw_set("group", user.group.as_str())?;
-        let extra = lua.create_table_with_capacity(0, user.extra.len())?;
-        for (key, value) in &user.extra {
-            extra.raw_set(key.as_str(), convert::json_to_lua(lua, value)?)?;
-        }
-        table.raw_set("extra", extra)?;
-        table.raw_set("scope", user.scope.as_str())?;
-        table.raw_set("active", user.active)?;
-        table.raw_set("confirmation", user.confirmation.as_deref())?;
-        table.raw_set("validated", user.validated)?;
-        // Luau numbers are doubles; timestamps and counts fit exactly.
-        table.raw_set("created", user.created as f64)?;
-        table.raw_set("updated", user.updated as f64)?;
-        table.raw_set("last_login", user.last_login.map(|t| t as f64))?;
-        table.raw_set("login_count", user.login_count as f64)?;
-        Ok(Value::Table(table))
-    })
+    let options = mlua::serde::SerializeOptions::new().serialize_none_to_null(false);
+    convert::host_sized(lua, || lua.to_value_with(user, options))
 }
 
 /// Why a users operation did not produce a result: the caller's problem (answered as

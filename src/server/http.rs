@@ -258,26 +258,22 @@ async fn wire_call(worker: &Worker, request: Request<Incoming>) -> Response<Full
         ms = elapsed.as_secs_f64() * 1000.0,
         "POST /"
     );
-    let seconds = elapsed.as_secs_f64();
-    let key = (route.project, route.action, outcome);
     let mut known = worker.request_metrics.borrow_mut();
-    if let Some(handles) = known.get(&key) {
-        handles.total.increment(1);
-        handles.duration.record(seconds);
-    } else {
-        let labels = [
-            ("project", key.0.as_deref().unwrap_or("-").to_owned()),
-            ("action", key.1.as_deref().unwrap_or("-").to_owned()),
-            ("outcome", outcome.to_owned()),
-        ];
-        let handles = RequestMetrics {
-            total: metrics::counter!("coronium_requests_total", &labels),
-            duration: metrics::histogram!("coronium_request_duration_seconds", &labels[..2]),
-        };
-        handles.total.increment(1);
-        handles.duration.record(seconds);
-        known.insert(key, handles);
-    }
+    let handles = known
+        .entry((route.project, route.action, outcome))
+        .or_insert_with_key(|(project, action, outcome)| {
+            let labels = [
+                ("project", project.as_deref().unwrap_or("-").to_owned()),
+                ("action", action.as_deref().unwrap_or("-").to_owned()),
+                ("outcome", (*outcome).to_owned()),
+            ];
+            RequestMetrics {
+                total: metrics::counter!("coronium_requests_total", &labels),
+                duration: metrics::histogram!("coronium_request_duration_seconds", &labels[..2]),
+            }
+        });
+    handles.total.increment(1);
+    handles.duration.record(elapsed.as_secs_f64());
     drop(known);
     json_bytes_response(http, body)
 }

@@ -43,12 +43,6 @@ pub struct User {
     pub login_count: i64,
 }
 
-impl User {
-    pub fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-}
-
 /// Connections of each pool that reads share; writes share the others. Every statement is its
 /// own transaction, so requests need no connection of their own: concurrent statements on one
 /// connection are pipelined (see `db::shared`). Reads get their own connection so they never queue

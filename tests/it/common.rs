@@ -142,6 +142,21 @@ impl TestDb {
         client
     }
 
+    /// Ends every other session on this test database (as an admin or a restart would), and
+    /// says how many there were.
+    pub async fn end_other_sessions(&self) -> i64 {
+        self.client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// The library's own database handle on this test database.
     pub async fn open(&self) -> Database {
         Database::open(&Location::Url(self.url()), 8).await.unwrap()

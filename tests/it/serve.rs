@@ -615,17 +615,7 @@ async fn pipelined_reads_answer_each_request_and_survive_a_dropped_connection() 
         }
     };
     get_all(0).await;
-    let killed: i64 = db
-        .client()
-        .await
-        .query_one(
-            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let killed = db.end_other_sessions().await;
     assert!(killed >= 2, "both workers' read connections were cut");
     get_all(1).await;
     let login = server
