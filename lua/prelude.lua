@@ -28,6 +28,25 @@ local function deliver(listener, result, err, status)
 end
 
 ------------------------------------------------------------------------------------------------
+-- Waiting for the host: a native that has to wait (a database call, a sleep) leaves its work with
+-- the host and returns; `wait` then yields the host's "pending" marker and returns what the host
+-- resumes with (`true, results...`, or `false, message` for a failure, raised here).
+------------------------------------------------------------------------------------------------
+local PENDING = native.pending
+local raw_resume, raw_yield, raw_create = coroutine.resume, coroutine.yield, coroutine.create
+
+local function await(ok, ...)
+  if ok then
+    return ...
+  end
+  error((...), 0)
+end
+
+local function wait()
+  return await(raw_yield(PENDING))
+end
+
+------------------------------------------------------------------------------------------------
 -- Request contexts: each request's coroutine (and the coroutines it creates) maps to a context
 -- holding its scope and its own globals. Weak keys: a finished request leaves nothing behind.
 ------------------------------------------------------------------------------------------------
@@ -46,11 +65,13 @@ local users = { NULL = NULL }
 core.users = users
 
 function users.create(params, listener)
-  return deliver(listener, native.create(params, scope()))
+  native.create(params, scope())
+  return deliver(listener, wait())
 end
 
 function users.login(params, listener)
-  return deliver(listener, native.login(params, scope()))
+  native.login(params, scope())
+  return deliver(listener, wait())
 end
 
 -- get({user_id = id}, listener) | get({user_id = id}) | get(id)
@@ -58,7 +79,8 @@ function users.get(params, listener)
   if type(params) == "string" then
     params = { user_id = params }
   end
-  return deliver(listener, native.get(params, scope()))
+  native.get(params, scope())
+  return deliver(listener, wait())
 end
 
 -- update({user_id = id, update = {...}}, listener) | update(id, {...})
@@ -68,7 +90,8 @@ function users.update(params, update, listener)
   else
     listener = update
   end
-  return deliver(listener, native.update(params, scope()))
+  native.update(params, scope())
+  return deliver(listener, wait())
 end
 
 -- delete({user_id = id}, listener) | delete(id)
@@ -76,7 +99,8 @@ function users.delete(params, listener)
   if type(params) == "string" then
     params = { user_id = params }
   end
-  return deliver(listener, native.delete(params, scope()))
+  native.delete(params, scope())
+  return deliver(listener, wait())
 end
 
 -- Coronium 2.x: register(username, password, scope, meta) -> user_id
@@ -96,9 +120,11 @@ function users.register(username, password, in_scope, meta, listener)
     group = meta.group,
     extra = meta.extra,
   }
-  local user_id, err, status = native.create(params, scope())
+  native.create(params, scope())
+  local user_id, err, status = wait()
   if err == nil and meta.login then
-    return deliver(listener, native.login({ username = username, password = password, scope = params.scope }, scope()))
+    native.login({ username = username, password = password, scope = params.scope }, scope())
+    return deliver(listener, wait())
   end
   return deliver(listener, user_id, err, status)
 end
@@ -109,7 +135,10 @@ end
 core.sf = string.format
 core.uuid = native.uuid
 core.md5 = native.md5
-core.sleep = native.sleep
+function core.sleep(seconds)
+  native.sleep(seconds)
+  wait()
+end
 core.log = native.log
 core.json = { encode = native.json_encode, decode = native.json_decode }
 
@@ -192,18 +221,14 @@ function core.debug(value)
 end
 
 ------------------------------------------------------------------------------------------------
--- Scripts' own coroutines may call core functions that wait for the host (a database call,
--- core.sleep). Such a coroutine yields the host's "pending" marker; resume passes it up to the
--- coroutine the host drives, and resumes the inner one once the host wakes us.
+-- Scripts' own coroutines may call core functions that wait for the host. Such a coroutine
+-- yields the host's "pending" marker; resume passes it up to the coroutine the host drives, and
+-- hands what the host resumes with down to the inner one.
 ------------------------------------------------------------------------------------------------
-local PENDING = native.pending
-local raw_resume, raw_yield, raw_create = coroutine.resume, coroutine.yield, coroutine.create
-
 local function settle(co, ...)
   local ok, first = ...
   if ok and first == PENDING and select("#", ...) == 2 then
-    raw_yield(PENDING)
-    return settle(co, raw_resume(co))
+    return settle(co, raw_resume(co, raw_yield(PENDING)))
   end
   return ...
 end
@@ -307,7 +332,8 @@ local function project_env(shared_globals)
 end
 
 function core.callApi(project, method, params)
-  local api = native.project_api(project)
+  native.project_api(project)
+  local api = wait()
   if api == nil then
     return nil, "Unknown project '" .. tostring(project) .. "'.", 810
   end

@@ -1,17 +1,17 @@
 //! The per-request CPU budget, enforced through Luau's interrupt.
 //!
 //! Only one coroutine runs at a time on a state, so the meter knows which request is running:
-//! every poll of a request's coroutine opens a slice. The interrupt fails the request once its
+//! every resume of a request's coroutine opens a slice. The interrupt fails the request once its
 //! slices add up to more than the budget, and yields it (so other requests on the worker get
 //! their turn) when one slice runs long.
 
 use std::cell::Cell;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use mlua::{Lua, VmState};
+
+use super::pending::Pending;
 
 /// A slice longer than this yields the request's coroutine at the next safe point.
 const SLICE: Duration = Duration::from_millis(5);
@@ -36,8 +36,9 @@ pub(crate) struct Meter {
 }
 
 impl Meter {
-    /// Installs the interrupt on `lua`.
-    pub fn install(self: &Rc<Self>, lua: &Lua) {
+    /// Installs the interrupt on `lua`. It never yields while `pending` holds an operation not
+    /// yet handed to the driver (see [`super::pending`]).
+    pub fn install(self: &Rc<Self>, lua: &Lua, pending: Rc<Pending>) {
         let meter = self.clone();
         lua.set_interrupt(move |lua| {
             let Some(slice) = meter.current.get() else {
@@ -55,8 +56,11 @@ impl Meter {
                     slice.budget_ms
                 )));
             }
-            if now >= slice.yield_at && lua.current_thread().to_pointer() == slice.thread {
-                // Yielding ends this slice; the next poll opens a new one.
+            if now >= slice.yield_at
+                && !pending.is_full()
+                && lua.current_thread().to_pointer() == slice.thread
+            {
+                // Yielding ends this slice; the next resume opens a new one.
                 meter.current.set(None);
                 return Ok(VmState::Yield);
             }
@@ -65,31 +69,26 @@ impl Meter {
     }
 }
 
-/// A request's coroutine, polled under the meter.
-pub(crate) struct Metered<F> {
-    inner: Pin<Box<F>>,
+/// A request's CPU account: each resume of its coroutine runs as one slice under the meter.
+pub(crate) struct Budget {
     meter: Rc<Meter>,
     thread: *const std::ffi::c_void,
     budget: Duration,
     used: Duration,
 }
 
-impl<F> Metered<F> {
-    pub fn new(inner: F, meter: Rc<Meter>, thread: &mlua::Thread, budget: Duration) -> Self {
-        Metered {
-            inner: Box::pin(inner),
+impl Budget {
+    pub fn new(meter: Rc<Meter>, thread: &mlua::Thread, budget: Duration) -> Self {
+        Budget {
             meter,
             thread: thread.to_pointer(),
             budget,
             used: Duration::ZERO,
         }
     }
-}
 
-impl<F: Future> Future for Metered<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    /// Runs `resume` (one resume of the request's coroutine) as a slice.
+    pub fn run<R>(&mut self, resume: impl FnOnce() -> R) -> R {
         let start = Instant::now();
         let remaining = self.budget.saturating_sub(self.used);
         self.meter.current.set(Some(Slice {
@@ -98,9 +97,9 @@ impl<F: Future> Future for Metered<F> {
             fail_at: start + remaining,
             budget_ms: self.budget.as_millis() as u64,
         }));
-        let polled = self.inner.as_mut().poll(cx);
+        let out = resume();
         self.meter.current.set(None);
         self.used += start.elapsed();
-        polled
+        out
     }
 }

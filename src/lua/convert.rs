@@ -2,8 +2,14 @@
 //! an empty table encodes as `{}` unless it carries the array metatable (as decoded `[]` do), and
 //! nesting is limited so a cyclic table is an error, not a stack overflow.
 
-use mlua::{Lua, LuaSerdeExt, Table, Value};
-use serde_json::{Map, Number, Value as Json};
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::ffi::c_int;
+
+use mlua::{Lua, LuaSerdeExt, Value, ffi};
+use serde::Serialize;
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+use serde_json::{Number, Value as Json};
 
 /// Deepest nesting converted either way.
 pub const MAX_DEPTH: usize = 64;
@@ -30,6 +36,8 @@ pub enum ConvertError {
     BadKey(&'static str),
     #[error("tables nested deeper than {MAX_DEPTH} levels (or a table that contains itself)")]
     TooDeep,
+    #[error("{0}")]
+    Json(String),
     #[error(transparent)]
     Lua(#[from] mlua::Error),
 }
@@ -53,133 +61,350 @@ pub fn host_sized<R>(lua: &Lua, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-pub fn lua_to_json(lua: &Lua, value: &Value, mode: Unencodable) -> Result<Json, ConvertError> {
-    to_json(lua, value, mode, 0)
+/// Lua → JSON, written by `sink` through serde (`serde_json::to_string`, `to_raw_value`,
+/// `to_value`). The walk reads the Lua stack directly: going through mlua's `Value`s costs a
+/// registry reference per key and value, measured with callgrind at ~30,000 instructions for a
+/// user record (most of a Lua handler's per-request work).
+pub fn encode<T>(
+    lua: &Lua,
+    value: &Value,
+    mode: Unencodable,
+    sink: impl FnOnce(&StackValue<'_>) -> serde_json::Result<T>,
+) -> Result<T, ConvertError> {
+    let error = Cell::new(None);
+    let mut written = None;
+    // SAFETY: the closure runs in a protected call with `value` at 1 and the array metatable
+    // at 2; the walk only reads (no allocation, so no Lua error can jump over Rust frames).
+    unsafe {
+        lua.exec_raw::<()>((value, lua.array_metatable()), |state| {
+            let walker = Walker {
+                state,
+                array_metatable: 2,
+                mode,
+                error: &error,
+            };
+            written = Some(sink(&StackValue {
+                walker: &walker,
+                index: 1,
+                depth: 0,
+            }));
+            ffi::lua_settop(state, 0);
+        })?;
+    }
+    if let Some(e) = error.take() {
+        return Err(e);
+    }
+    match written {
+        Some(Ok(out)) => Ok(out),
+        Some(Err(e)) => Err(ConvertError::Json(e.to_string())),
+        None => Err(ConvertError::Json("the conversion did not run".into())),
+    }
 }
 
-fn number(n: f64) -> Result<Json, ConvertError> {
+/// Lua → `serde_json::Value`.
+pub fn lua_to_json(lua: &Lua, value: &Value, mode: Unencodable) -> Result<Json, ConvertError> {
+    encode(lua, value, mode, |v| serde_json::to_value(v))
+}
+
+/// How an integral Lua number within a double's exact range encodes: as a JSON integer.
+enum NumberForm {
+    Integer(i64),
+    Float(f64),
+}
+
+fn number(n: f64) -> Result<NumberForm, ConvertError> {
     if !n.is_finite() {
         return Err(ConvertError::NotFinite(n));
     }
     if n.fract() == 0.0 && n.abs() <= MAX_SAFE_INTEGER {
-        return Ok(Json::Number(Number::from(n as i64)));
+        return Ok(NumberForm::Integer(n as i64));
     }
-    Ok(Number::from_f64(n).map_or(Json::Null, Json::Number))
+    Ok(NumberForm::Float(n))
 }
 
-fn to_json(
-    lua: &Lua,
-    value: &Value,
+struct Walker<'a> {
+    state: *mut ffi::lua_State,
+    /// Stack index of mlua's array metatable (what marks an empty table as `[]`).
+    array_metatable: c_int,
     mode: Unencodable,
+    /// Why the walk stopped, when the reason is ours rather than the serializer's.
+    error: &'a Cell<Option<ConvertError>>,
+}
+
+impl Walker<'_> {
+    fn fail<E: serde::ser::Error>(&self, error: ConvertError) -> E {
+        let message = error.to_string();
+        self.error.set(Some(error));
+        E::custom(message)
+    }
+}
+
+/// The Lua value at a stack slot, serializable while its walk lasts.
+pub struct StackValue<'a> {
+    walker: &'a Walker<'a>,
+    index: c_int,
     depth: usize,
-) -> Result<Json, ConvertError> {
-    Ok(match value {
-        Value::Nil => Json::Null,
-        Value::LightUserData(ud) if ud.0.is_null() => Json::Null,
-        Value::Boolean(b) => Json::Bool(*b),
-        Value::Integer(i) => Json::Number(Number::from(*i)),
-        Value::Number(n) => number(*n)?,
-        Value::String(s) => Json::String(s.to_string_lossy()),
-        Value::Table(t) => {
-            if depth >= MAX_DEPTH {
-                return Err(ConvertError::TooDeep);
+}
+
+/// mlua's names for types JSON cannot hold.
+fn type_name(lua_type: c_int) -> &'static str {
+    match lua_type {
+        ffi::LUA_TNIL => "nil",
+        ffi::LUA_TBOOLEAN => "boolean",
+        ffi::LUA_TLIGHTUSERDATA => "lightuserdata",
+        ffi::LUA_TNUMBER => "number",
+        ffi::LUA_TINTEGER => "integer",
+        ffi::LUA_TVECTOR => "vector",
+        ffi::LUA_TSTRING => "string",
+        ffi::LUA_TTABLE => "table",
+        ffi::LUA_TFUNCTION => "function",
+        ffi::LUA_TUSERDATA => "userdata",
+        ffi::LUA_TTHREAD => "thread",
+        ffi::LUA_TBUFFER => "buffer",
+        _ => "other",
+    }
+}
+
+/// The bytes of the string at `index` (which must be a string: `lua_tolstring` converts numbers
+/// in place, which would break a table walk).
+unsafe fn string_at<'s>(state: *mut ffi::lua_State, index: c_int) -> Cow<'s, str> {
+    let mut len = 0usize;
+    let ptr = unsafe { ffi::lua_tolstring(state, index, &mut len) };
+    let bytes = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
+    String::from_utf8_lossy(bytes)
+}
+
+/// The 1-based array position `index` holds as a key, if it is one within `1..=len`.
+unsafe fn sequence_position(state: *mut ffi::lua_State, index: c_int, len: usize) -> Option<usize> {
+    let n = match unsafe { ffi::lua_type(state, index) } {
+        ffi::LUA_TNUMBER => unsafe { ffi::lua_tonumberx(state, index, std::ptr::null_mut()) },
+        ffi::LUA_TINTEGER => unsafe {
+            ffi::lua_tointeger64(state, index, std::ptr::null_mut()) as f64
+        },
+        _ => return None,
+    };
+    (n.fract() == 0.0 && n >= 1.0 && n <= len as f64).then_some(n as usize)
+}
+
+impl Serialize for StackValue<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let walker = self.walker;
+        let state = walker.state;
+        let index = self.index;
+        // SAFETY: `index` is a live slot of the walk's stack frame.
+        unsafe {
+            match ffi::lua_type(state, index) {
+                ffi::LUA_TNIL => serializer.serialize_unit(),
+                ffi::LUA_TBOOLEAN => {
+                    serializer.serialize_bool(ffi::lua_toboolean(state, index) != 0)
+                }
+                ffi::LUA_TNUMBER => {
+                    match number(ffi::lua_tonumberx(state, index, std::ptr::null_mut())) {
+                        Ok(NumberForm::Integer(i)) => serializer.serialize_i64(i),
+                        Ok(NumberForm::Float(f)) => serializer.serialize_f64(f),
+                        Err(e) => Err(walker.fail(e)),
+                    }
+                }
+                ffi::LUA_TINTEGER => serializer.serialize_i64(ffi::lua_tointeger64(
+                    state,
+                    index,
+                    std::ptr::null_mut(),
+                )),
+                ffi::LUA_TSTRING => serializer.serialize_str(&string_at(state, index)),
+                ffi::LUA_TTABLE => self.serialize_table(serializer),
+                ffi::LUA_TLIGHTUSERDATA if ffi::lua_touserdata(state, index).is_null() => {
+                    serializer.serialize_unit()
+                }
+                other => match walker.mode {
+                    Unencodable::Fail => {
+                        Err(walker.fail(ConvertError::Unsupported(type_name(other))))
+                    }
+                    Unencodable::Mark => {
+                        let mut marker = serializer.serialize_map(Some(1))?;
+                        marker.serialize_entry("unencodable", type_name(other))?;
+                        marker.end()
+                    }
+                },
             }
-            table_to_json(lua, t, mode, depth + 1)?
         }
-        other => {
-            let name = other.type_name();
-            match mode {
-                Unencodable::Fail => return Err(ConvertError::Unsupported(name)),
-                Unencodable::Mark => {
-                    let mut marker = Map::new();
-                    marker.insert("unencodable".into(), Json::String(name.into()));
-                    Json::Object(marker)
+    }
+}
+
+impl StackValue<'_> {
+    /// A sequence `1..=len` (or an empty table carrying the array metatable) becomes an array,
+    /// anything else an object.
+    unsafe fn serialize_table<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let walker = self.walker;
+        let state = walker.state;
+        let table = self.index;
+        if self.depth >= MAX_DEPTH || unsafe { ffi::lua_checkstack(state, 4) } == 0 {
+            return Err(walker.fail(ConvertError::TooDeep));
+        }
+        let child = |index| StackValue {
+            walker,
+            index,
+            depth: self.depth + 1,
+        };
+        let len = unsafe { ffi::lua_objlen(state, table) };
+        let is_array = unsafe {
+            if len > 0 {
+                // Distinct keys, as many as the length, each within 1..=len: exactly 1..=len.
+                let mut count = 0usize;
+                let mut sequence = true;
+                let mut iter = 0;
+                loop {
+                    iter = ffi::lua_rawiter(state, table, iter);
+                    if iter < 0 {
+                        break;
+                    }
+                    count += 1;
+                    sequence = sequence && sequence_position(state, -2, len).is_some();
+                    ffi::lua_pop(state, 2);
+                }
+                sequence && count == len
+            } else {
+                let empty = ffi::lua_rawiter(state, table, 0) < 0;
+                if !empty {
+                    ffi::lua_pop(state, 2);
+                }
+                empty && ffi::lua_getmetatable(state, table) != 0 && {
+                    let marked = ffi::lua_rawequal(state, -1, walker.array_metatable) != 0;
+                    ffi::lua_pop(state, 1);
+                    marked
+                }
+            }
+        };
+        if is_array {
+            let mut seq = serializer.serialize_seq(Some(len))?;
+            for position in 1..=len {
+                unsafe { ffi::lua_rawgeti_(state, table, position as c_int) };
+                let top = unsafe { ffi::lua_gettop(state) };
+                let written = seq.serialize_element(&child(top));
+                unsafe { ffi::lua_pop(state, 1) };
+                written?;
+            }
+            return seq.end();
+        }
+        // Keys in sorted order, as serde_json's own maps write them (output a client can
+        // compare or cache): first each key's text and where the walk found it, then the entries
+        // again from those positions.
+        let mut keys: Vec<(Cow<'_, str>, c_int)> = Vec::new();
+        let mut iter = 0;
+        loop {
+            let before = iter;
+            iter = unsafe { ffi::lua_rawiter(state, table, iter) };
+            if iter < 0 {
+                break;
+            }
+            let key = unsafe { key_text(state, -2) };
+            unsafe { ffi::lua_pop(state, 2) };
+            keys.push((key.map_err(|e| walker.fail(e))?, before));
+        }
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut map = serializer.serialize_map(Some(keys.len()))?;
+        for (i, (key, before)) in keys.iter().enumerate() {
+            // Two keys with the same text (1 and "1"): the one the walk met last wins.
+            if keys.get(i + 1).is_some_and(|next| next.0 == *key) {
+                continue;
+            }
+            unsafe { ffi::lua_rawiter(state, table, *before) };
+            let top = unsafe { ffi::lua_gettop(state) };
+            let written = map.serialize_entry(key, &child(top));
+            unsafe { ffi::lua_pop(state, 2) };
+            written?;
+        }
+        map.end()
+    }
+}
+
+/// A table key as JSON object key text.
+unsafe fn key_text<'s>(
+    state: *mut ffi::lua_State,
+    key: c_int,
+) -> Result<Cow<'s, str>, ConvertError> {
+    Ok(match unsafe { ffi::lua_type(state, key) } {
+        ffi::LUA_TSTRING => unsafe { string_at(state, key) },
+        ffi::LUA_TNUMBER => {
+            match number(unsafe { ffi::lua_tonumberx(state, key, std::ptr::null_mut()) })? {
+                NumberForm::Integer(i) => Cow::Owned(i.to_string()),
+                NumberForm::Float(f) => {
+                    Cow::Owned(Number::from_f64(f).map_or_else(|| f.to_string(), |n| n.to_string()))
                 }
             }
         }
+        ffi::LUA_TINTEGER => Cow::Owned(
+            unsafe { ffi::lua_tointeger64(state, key, std::ptr::null_mut()) }.to_string(),
+        ),
+        other => return Err(ConvertError::BadKey(type_name(other))),
     })
-}
-
-fn table_to_json(
-    lua: &Lua,
-    table: &Table,
-    mode: Unencodable,
-    depth: usize,
-) -> Result<Json, ConvertError> {
-    // One pass over the table (each step through mlua costs far more than the Vec).
-    let mut entries = Vec::new();
-    table.for_each(|key: Value, value: Value| {
-        entries.push((key, value));
-        Ok(())
-    })?;
-    let len = table.raw_len();
-    let index = |key: &Value| match key {
-        Value::Integer(i) if *i >= 1 && (*i as usize) <= len => Some(*i as usize),
-        Value::Number(n) if n.fract() == 0.0 && *n >= 1.0 && *n <= len as f64 => Some(*n as usize),
-        _ => None,
-    };
-    // Distinct keys, as many as the length, each within 1..=len: exactly the sequence 1..=len.
-    let sequence =
-        len > 0 && entries.len() == len && entries.iter().all(|(k, _)| index(k).is_some());
-    let marked_array = || {
-        entries.is_empty()
-            && table
-                .metatable()
-                .is_some_and(|mt| mt == lua.array_metatable())
-    };
-    if sequence || marked_array() {
-        let mut items = vec![Json::Null; len];
-        for (key, value) in &entries {
-            if let Some(i) = index(key) {
-                items[i - 1] = to_json(lua, value, mode, depth)?;
-            }
-        }
-        return Ok(Json::Array(items));
-    }
-    let mut map = Map::new();
-    for (key, value) in &entries {
-        let key = match key {
-            Value::String(s) => s.to_string_lossy(),
-            Value::Integer(i) => i.to_string(),
-            Value::Number(n) => match number(*n)? {
-                Json::Number(n) => n.to_string(),
-                _ => n.to_string(),
-            },
-            other => return Err(ConvertError::BadKey(other.type_name())),
-        };
-        map.insert(key, to_json(lua, value, mode, depth)?);
-    }
-    Ok(Json::Object(map))
 }
 
 /// JSON → Lua. Arrays get the array metatable so that they encode back as arrays, even empty.
+/// Pushed through the C API directly (see [`encode`] for why not mlua's `Value`s).
 pub fn json_to_lua(lua: &Lua, value: &Json) -> mlua::Result<Value> {
-    json_to_lua_at(lua, value, 0)
-}
-
-fn json_to_lua_at(lua: &Lua, value: &Json, depth: usize) -> mlua::Result<Value> {
-    if depth > MAX_DEPTH {
+    if too_deep(value, 0) {
         return Err(mlua::Error::runtime(ConvertError::TooDeep.to_string()));
     }
-    Ok(match value {
-        Json::Null => Value::Nil,
-        Json::Bool(b) => Value::Boolean(*b),
-        Json::Number(n) => Value::Number(n.as_f64().unwrap_or(0.0)),
-        Json::String(s) => Value::String(lua.create_string(s)?),
-        Json::Array(items) => {
-            let table = lua.create_table_with_capacity(items.len(), 0)?;
-            for (i, item) in items.iter().enumerate() {
-                table.raw_set(i + 1, json_to_lua_at(lua, item, depth + 1)?)?;
+    // SAFETY: the closure runs in a protected call with the array metatable at 1; a failed
+    // allocation raises a Lua error that the protected call catches (nothing the closure owns
+    // needs dropping).
+    unsafe {
+        lua.exec_raw::<Value>(lua.array_metatable(), |state| {
+            push_json(state, value);
+            ffi::lua_replace(state, 1);
+        })
+    }
+}
+
+fn too_deep(value: &Json, depth: usize) -> bool {
+    match value {
+        _ if depth > MAX_DEPTH => true,
+        Json::Array(items) => items.iter().any(|v| too_deep(v, depth + 1)),
+        Json::Object(map) => map.values().any(|v| too_deep(v, depth + 1)),
+        _ => false,
+    }
+}
+
+/// Pushes `value`; the array metatable is at stack index 1.
+unsafe fn push_json(state: *mut ffi::lua_State, value: &Json) {
+    unsafe {
+        ffi::lua_checkstack(state, 3);
+        match value {
+            Json::Null => ffi::lua_pushnil(state),
+            Json::Bool(b) => ffi::lua_pushboolean(state, c_int::from(*b)),
+            Json::Number(n) => ffi::lua_pushnumber(state, n.as_f64().unwrap_or(0.0)),
+            Json::String(s) => push_str(state, s),
+            Json::Array(items) => {
+                ffi::lua_createtable(state, items.len() as c_int, 0);
+                for (i, item) in items.iter().enumerate() {
+                    push_json(state, item);
+                    ffi::lua_rawseti_(state, -2, (i + 1) as c_int);
+                }
+                ffi::lua_pushvalue(state, 1);
+                ffi::lua_setmetatable(state, -2);
             }
-            table.set_metatable(Some(lua.array_metatable()))?;
-            Value::Table(table)
-        }
-        Json::Object(map) => {
-            let table = lua.create_table_with_capacity(0, map.len())?;
-            for (k, v) in map {
-                table.raw_set(k.as_str(), json_to_lua_at(lua, v, depth + 1)?)?;
+            Json::Object(map) => {
+                ffi::lua_createtable(state, 0, map.len() as c_int);
+                for (key, item) in map {
+                    // A null field is no field (setting nil would be a no-op anyway).
+                    if item.is_null() {
+                        continue;
+                    }
+                    push_str(state, key);
+                    push_json(state, item);
+                    ffi::lua_rawset(state, -3);
+                }
             }
-            Value::Table(table)
         }
-    })
+    }
+}
+
+unsafe fn push_str(state: *mut ffi::lua_State, s: &str) {
+    // An empty slice's pointer dangles; hand Lua a real one.
+    let ptr = if s.is_empty() {
+        c"".as_ptr()
+    } else {
+        s.as_ptr().cast()
+    };
+    unsafe { ffi::lua_pushlstring_(state, ptr, s.len()) };
 }

@@ -4,13 +4,14 @@
 mod budget;
 mod convert;
 mod natives;
+mod pending;
 mod projects;
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use mlua::{Function, Lua, LuaOptions, MultiValue, StdLib, Table, Value};
+use mlua::{Function, IntoLuaMulti, Lua, LuaOptions, MultiValue, StdLib, Table, Value};
 
 pub use convert::MAX_DEPTH;
 
@@ -40,10 +41,10 @@ pub struct RuntimeOptions {
 }
 
 /// How an API project request ended.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum HandlerOutcome {
-    /// The handler's result, for `{"result": ...}`.
-    Result(serde_json::Value),
+    /// The handler's result as JSON text, for `{"result": ...}`.
+    Result(Box<serde_json::value::RawValue>),
     /// `core.error(...)`, `return nil, err`, no result, or a failure: message and status.
     Error {
         message: String,
@@ -99,6 +100,8 @@ pub(crate) struct Host {
     pub scope: String,
     pub output: Output,
     pub projects: projects::Projects,
+    /// The operation a native left for the coroutine's driver.
+    pub pending: Rc<pending::Pending>,
 }
 
 /// One sandboxed Luau state with `core` installed.
@@ -116,11 +119,13 @@ impl Runtime {
         // Luau's safe libraries: no io, no os.execute, no file or process access.
         let lua = Lua::new_with(StdLib::ALL_SAFE, LuaOptions::new())?;
         lua.set_memory_limit(options.memory_limit)?;
+        let pending = Rc::new(pending::Pending::default());
         let host = Rc::new(Host {
             users,
             scope: options.scope,
             output: options.output,
-            projects: projects::Projects::new(options.projects_dir),
+            projects: projects::Projects::new(options.projects_dir, pending.clone()),
+            pending,
         });
         let core = lua.create_table()?;
         let native = natives::install(&lua, host.clone())?;
@@ -133,7 +138,7 @@ impl Runtime {
         let request: Function = prelude.get("request")?;
         let meter = Rc::new(budget::Meter::default());
         if options.cpu_budget.is_some() {
-            meter.install(&lua);
+            meter.install(&lua, host.pending.clone());
         }
         restrict_globals(&lua)?;
         // The sandbox freezes only the globals' own tables; `core.users` and `core.json` too.
@@ -190,19 +195,16 @@ impl Runtime {
         input: &serde_json::Value,
         scope: &str,
     ) -> mlua::Result<HandlerOutcome> {
-        let (call, running) = convert::host_sized(&self.lua, || -> mlua::Result<_> {
+        let (thread, args) = convert::host_sized(&self.lua, || -> mlua::Result<_> {
             let input = convert::json_to_lua(&self.lua, input)?;
             let thread = self.lua.create_thread(self.request.clone())?;
-            let running = thread.clone();
-            let call = thread.into_async::<MultiValue>((api, action, input, scope))?;
-            Ok((call, running))
+            let args = (api, action, input, scope).into_lua_multi(&self.lua)?;
+            Ok((thread, args))
         })?;
-        let results = match self.cpu_budget {
-            Some(budget) => {
-                budget::Metered::new(call, self.meter.clone(), &running, budget).await?
-            }
-            None => call.await?,
-        };
+        let mut budget = self
+            .cpu_budget
+            .map(|budget| budget::Budget::new(self.meter.clone(), &thread, budget));
+        let results = self.drive(&thread, args, budget.as_mut()).await?;
         let mut results = results.into_iter();
         let result = results.next().unwrap_or(Value::Nil);
         let message = results.next().unwrap_or(Value::Nil);
@@ -222,7 +224,9 @@ impl Runtime {
             });
         }
         let json = convert::host_sized(&self.lua, || {
-            convert::lua_to_json(&self.lua, &result, convert::Unencodable::Fail)
+            convert::encode(&self.lua, &result, convert::Unencodable::Fail, |v| {
+                serde_json::value::to_raw_value(v)
+            })
         });
         Ok(match json {
             Ok(json) => HandlerOutcome::Result(json),
@@ -250,7 +254,8 @@ impl Runtime {
     /// Runs a chunk named `name` (shown in errors as `name:line`).
     pub async fn run_source(&self, name: &str, source: &str) -> Result<(), ScriptError> {
         let chunk = self.load(name, source)?;
-        chunk.call_async::<()>(()).await?;
+        let thread = self.lua.create_thread(chunk)?;
+        self.drive(&thread, MultiValue::new(), None).await?;
         Ok(())
     }
 
@@ -266,7 +271,8 @@ impl Runtime {
             .iter()
             .map(|a| convert::json_to_lua(&self.lua, a))
             .collect::<mlua::Result<mlua::MultiValue>>()?;
-        let results = f.call_async::<mlua::MultiValue>(args).await?;
+        let thread = self.lua.create_thread(f)?;
+        let results = self.drive(&thread, args, None).await?;
         results
             .iter()
             .map(|v| {
@@ -274,6 +280,15 @@ impl Runtime {
                     .map_err(|e| ScriptError::Lua(e.to_string()))
             })
             .collect()
+    }
+
+    async fn drive(
+        &self,
+        thread: &mlua::Thread,
+        args: MultiValue,
+        budget: Option<&mut budget::Budget>,
+    ) -> mlua::Result<MultiValue> {
+        pending::drive(&self.lua, &self.host.pending, thread, args, budget).await
     }
 
     fn load(&self, name: &str, source: &str) -> Result<Function, ScriptError> {

@@ -4,17 +4,16 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use mlua::{Lua, LuaSerdeExt, MultiValue, Table, Value, Variadic};
+use mlua::{Lua, MultiValue, Table, Value, Variadic};
 use serde_json::{Map, Value as Json};
 
 use super::convert::{self, Unencodable};
-use super::{Host, Output};
+use super::{Host, Output, pending};
 use crate::users::input::{self, Credentials, NewUser, PasswordForm, UserPatch};
 use crate::users::{User, UserError, password};
 
 /// `result` alone on success, `nil, err, status` on failure, as the prelude's `deliver` expects
-/// them. One value, not `result, nil, nil`: mlua hands an async function's three or more results
-/// back through a table made per call, one or two values it passes on the stack.
+/// them.
 type Outcome = MultiValue;
 
 fn success(value: Value) -> Outcome {
@@ -65,11 +64,11 @@ fn scope(host: &Host, params: &input::Params, request_scope: Option<String>) -> 
         .unwrap_or_else(|| host.scope.clone())
 }
 
-/// The user as a Lua table: [`User`]'s own serialization, written straight into Lua (no JSON
-/// tree in between; this runs on every `core.users` call that returns a user).
+/// The user as a Lua table: [`User`]'s own serialization (the wire's record), pushed through
+/// the C API (this runs on every `core.users` call that returns a user). Absent fields are nil.
 fn user_value(lua: &Lua, user: &User) -> mlua::Result<Value> {
-    let options = mlua::serde::SerializeOptions::new().serialize_none_to_null(false);
-    convert::host_sized(lua, || lua.to_value_with(user, options))
+    let record = serde_json::to_value(user).map_err(mlua::Error::external)?;
+    convert::host_sized(lua, || convert::json_to_lua(lua, &record))
 }
 
 /// Why a users operation did not produce a result: the caller's problem (answered as
@@ -91,8 +90,8 @@ impl From<mlua::Error> for OpError {
     }
 }
 
-/// Registers a users operation: parse the Lua argument, run the async domain call, and turn its
-/// outcome into `result, err, status`.
+/// Registers a users operation: parse the Lua argument, leave the async domain call for the
+/// coroutine's driver (see [`super::pending`]), and turn its outcome into `result, err, status`.
 fn users_op<F, Fut>(
     lua: &Lua,
     native: &Table,
@@ -108,15 +107,15 @@ where
     let op = Rc::new(op);
     native.set(
         name,
-        lua.create_async_function(move |lua, (arg, request_scope): (Value, Option<String>)| {
-            let host = host.clone();
-            let op = op.clone();
-            async move {
-                let outcome = match params(&lua, &arg) {
-                    Ok(params) => {
-                        let scope = scope(&host, &params, request_scope);
-                        op(host, lua.clone(), params, scope).await
-                    }
+        lua.create_function(move |lua, (arg, request_scope): (Value, Option<String>)| {
+            let parsed = params(lua, &arg).map(|params| {
+                let scope = scope(&host, &params, request_scope);
+                (params, scope)
+            });
+            let (op_host, op, lua) = (host.clone(), op.clone(), lua.clone());
+            host.pending.start(async move {
+                let outcome = match parsed {
+                    Ok((params, scope)) => op(op_host, lua.clone(), params, scope).await,
                     Err(e) => Err(e.into()),
                 };
                 match outcome {
@@ -124,7 +123,8 @@ where
                     Err(OpError::User(e)) => failure(&lua, &e),
                     Err(OpError::Lua(e)) => Err(e),
                 }
-            }
+            });
+            Ok(())
         })?,
     )
 }
@@ -196,14 +196,16 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
     let projects_host = host.clone();
     native.set(
         "project_api",
-        lua.create_async_function(move |lua, name: String| {
-            let host = projects_host.clone();
-            async move {
+        lua.create_function(move |lua, name: String| {
+            let (host, lua) = (projects_host.clone(), lua.clone());
+            projects_host.pending.start(async move {
                 match host.projects.api(&lua, &name).await {
-                    Ok(api) => Ok(api),
+                    Ok(Some(api)) => Ok(MultiValue::from_iter([Value::Table(api)])),
+                    Ok(None) => Ok(MultiValue::from_iter([Value::Nil])),
                     Err(e) => Err(mlua::Error::runtime(e.to_string())),
                 }
-            }
+            });
+            Ok(())
         })?,
     )?;
     let modules_host = host.clone();
@@ -218,7 +220,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
     )?;
     // The value a coroutine yields while it waits for the host; the prelude lets scripts' own
     // coroutines pass it up to the coroutine the host drives.
-    native.set("pending", Value::LightUserData(Lua::poll_pending()))?;
+    native.set("pending", Value::LightUserData(pending::marker()))?;
     native.set(
         "uuid",
         lua.create_function(|_, ()| Ok(uuid::Uuid::new_v4().to_string()))?,
@@ -227,12 +229,16 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         "md5",
         lua.create_function(|_, s: mlua::LuaString| Ok(password::md5_hex(&s.to_string_lossy())))?,
     )?;
+    let sleep_host = host.clone();
     native.set(
         "sleep",
-        lua.create_async_function(|_, seconds: f64| async move {
-            if seconds.is_finite() && seconds > 0.0 {
-                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-            }
+        lua.create_function(move |_, seconds: f64| {
+            sleep_host.pending.start(async move {
+                if seconds.is_finite() && seconds > 0.0 {
+                    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+                }
+                Ok(MultiValue::new())
+            });
             Ok(())
         })?,
     )?;
@@ -270,8 +276,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         lua.create_function(|lua, value: Value| {
             value_or_error(
                 lua,
-                convert::lua_to_json(lua, &value, Unencodable::Fail)
-                    .map(|json| json.to_string())
+                convert::encode(lua, &value, Unencodable::Fail, |v| serde_json::to_string(v))
                     .map_err(|e| e.to_string()),
             )
         })?,

@@ -8,9 +8,12 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::SystemTime;
 
-use mlua::{Function, Lua, Table, Value};
+use mlua::{Function, Lua, MultiValue, Table, Value};
+
+use super::pending::Pending;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {
@@ -32,6 +35,8 @@ pub(crate) struct Projects {
     entries: RefCell<HashMap<String, Entry>>,
     /// Files read while a project loads, before its entry exists.
     loading: RefCell<HashMap<String, Vec<(PathBuf, Stamp)>>>,
+    /// Where a project's loading code leaves what it waits for.
+    pending: Rc<Pending>,
 }
 
 /// A name segment: letters, digits, `_` and `-` (no dots, slashes or `..`).
@@ -50,9 +55,10 @@ fn modified(path: &Path) -> Stamp {
 }
 
 impl Projects {
-    pub fn new(dir: Option<PathBuf>) -> Self {
+    pub fn new(dir: Option<PathBuf>, pending: Rc<Pending>) -> Self {
         Projects {
             dir,
+            pending,
             new_project: RefCell::new(None),
             entries: RefCell::new(HashMap::new()),
             loading: RefCell::new(HashMap::new()),
@@ -117,7 +123,10 @@ impl Projects {
                 .set_name(format!("@{}", main.display()))
                 .set_environment(env)
                 .into_function()?;
-            chunk.call_async::<Value>(()).await
+            let thread = lua.create_thread(chunk)?;
+            let returned =
+                super::pending::drive(lua, &self.pending, &thread, MultiValue::new(), None).await?;
+            Ok::<_, mlua::Error>(returned.into_iter().next().unwrap_or(Value::Nil))
         }
         .await;
         let files = self.loading.borrow_mut().remove(name).unwrap_or_default();

@@ -398,7 +398,7 @@ async fn wire_request(
                 };
             }
             match outcome {
-                HandlerOutcome::Result(value) => Ok(wire::json_text(&value)),
+                HandlerOutcome::Result(text) => Ok(text),
                 HandlerOutcome::Error { message, status } => {
                     Err(Answer::Failed { message, status })
                 }

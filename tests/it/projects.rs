@@ -28,6 +28,8 @@ function api.getglobal() return leak or "none" end
 function api.helper(input) return helper.twice(input.n) end
 function api.call() return core.callApi("Proj", "echo", { x = 1 }) end
 function api.call_missing() return core.callApi("Proj", "missing", {}) end
+function api.call_broken() return core.callApi("Broken", "x", {}) end
+function api.call_waiter() return core.callApi("Waiter", "loaded", {}) end
 function api.unencodable() return { f = print } end
 function api.sleep(input) core.sleep(input.s) return "slept" end
 function api.signup(input)
@@ -43,6 +45,16 @@ const HELPER: &str = r#"
 local helper = {}
 function helper.twice(n) return n * 2 end
 return helper
+"#;
+
+/// A project whose loading waits on the host (a sleep, a database call).
+const WAITER: &str = r#"
+local api = core.api()
+core.sleep(0.001)
+local user, err, status = core.users.get("not-a-uuid")
+local loaded = { user = user == nil, err = err, status = status }
+function api.loaded() return loaded end
+return api
 "#;
 
 fn write_project(root: &Path, name: &str, files: &[(&str, &str)]) {
@@ -62,6 +74,7 @@ fn projects() -> PathBuf {
         &[("main.lua", "local api = core.api(\nreturn api")],
     );
     write_project(&root, "NotApi", &[("main.lua", "return 42")]);
+    write_project(&root, "Waiter", &[("main.lua", WAITER)]);
     root
 }
 
@@ -155,6 +168,19 @@ async fn handlers_answer_and_fail_as_coronium_did() {
             .starts_with("project 'Broken' failed to load:"),
         "{broken}"
     );
+    // callApi waits for a project to load; the load itself may wait on the host.
+    let broken = call("call_broken", json!({})).await;
+    assert_eq!(broken["result"]["status"], json!(810), "{broken}");
+    assert!(
+        broken["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("project 'Broken' failed to load:"),
+        "{broken}"
+    );
+    let waited = json!({"result": {"user": true, "err": "User not found.", "status": 604}});
+    assert_eq!(call("call_waiter", json!({})).await, waited);
+    assert_eq!(server.call("Waiter", "loaded", json!({})).await, waited);
     let not_api = server.call("NotApi", "x", json!({})).await;
     assert!(
         not_api["result"]["error"]
