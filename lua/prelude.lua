@@ -76,9 +76,6 @@ end
 
 -- get({user_id = id}, listener) | get({user_id = id}) | get(id)
 function users.get(params, listener)
-  if type(params) == "string" then
-    params = { user_id = params }
-  end
   native.get(params, scope())
   return deliver(listener, wait())
 end
@@ -96,9 +93,6 @@ end
 
 -- delete({user_id = id}, listener) | delete(id)
 function users.delete(params, listener)
-  if type(params) == "string" then
-    params = { user_id = params }
-  end
   native.delete(params, scope())
   return deliver(listener, wait())
 end
@@ -297,38 +291,37 @@ end
 
 -- The globals a project's files see: this request's own globals first, then what the project's
 -- files defined at load time, then the sandboxed standard globals. Writes during a request stay
--- in that request.
+-- in that request. Until a request of the project writes a global, reads need no Lua function:
+-- `__index` is the shared table itself (whose own `__index` is `_G`), a lookup Luau does in C.
 local function project_env(shared_globals)
-  return setmetatable({}, {
-    __index = function(_, key)
-      local ctx = contexts[coroutine.running()]
-      local globals = ctx and ctx.globals
-      if globals then
-        local value = globals[key]
-        if value ~= nil then
-          return value
-        end
-      end
-      local value = shared_globals[key]
+  setmetatable(shared_globals, { __index = _G })
+  local meta = { __index = shared_globals }
+  local function request_first(_, key)
+    local ctx = contexts[coroutine.running()]
+    local globals = ctx and ctx.globals
+    if globals then
+      local value = globals[key]
       if value ~= nil then
         return value
       end
-      return _G[key]
-    end,
-    __newindex = function(_, key, value)
-      local ctx = contexts[coroutine.running()]
-      if ctx then
-        local globals = ctx.globals
-        if not globals then
-          globals = {}
-          ctx.globals = globals
-        end
-        globals[key] = value
-      else
-        rawset(shared_globals, key, value)
+    end
+    return shared_globals[key]
+  end
+  meta.__newindex = function(_, key, value)
+    local ctx = contexts[coroutine.running()]
+    if ctx then
+      local globals = ctx.globals
+      if not globals then
+        globals = {}
+        ctx.globals = globals
       end
-    end,
-  })
+      globals[key] = value
+      meta.__index = request_first
+    else
+      rawset(shared_globals, key, value)
+    end
+  end
+  return setmetatable({}, meta)
 end
 
 function core.callApi(project, method, params)

@@ -339,72 +339,8 @@ unsafe fn key_text<'s>(
     })
 }
 
-/// JSON → Lua. Arrays get the array metatable so that they encode back as arrays, even empty.
-/// Pushed through the C API directly (see [`encode`] for why not mlua's `Value`s).
+/// JSON → Lua (see [`super::to_lua`]): arrays get the array metatable so that they encode back
+/// as arrays, even empty; null is nil.
 pub fn json_to_lua(lua: &Lua, value: &Json) -> mlua::Result<Value> {
-    if too_deep(value, 0) {
-        return Err(mlua::Error::runtime(ConvertError::TooDeep.to_string()));
-    }
-    // SAFETY: the closure runs in a protected call with the array metatable at 1; a failed
-    // allocation raises a Lua error that the protected call catches (nothing the closure owns
-    // needs dropping).
-    unsafe {
-        lua.exec_raw::<Value>(lua.array_metatable(), |state| {
-            push_json(state, value);
-            ffi::lua_replace(state, 1);
-        })
-    }
-}
-
-fn too_deep(value: &Json, depth: usize) -> bool {
-    match value {
-        _ if depth > MAX_DEPTH => true,
-        Json::Array(items) => items.iter().any(|v| too_deep(v, depth + 1)),
-        Json::Object(map) => map.values().any(|v| too_deep(v, depth + 1)),
-        _ => false,
-    }
-}
-
-/// Pushes `value`; the array metatable is at stack index 1.
-unsafe fn push_json(state: *mut ffi::lua_State, value: &Json) {
-    unsafe {
-        ffi::lua_checkstack(state, 3);
-        match value {
-            Json::Null => ffi::lua_pushnil(state),
-            Json::Bool(b) => ffi::lua_pushboolean(state, c_int::from(*b)),
-            Json::Number(n) => ffi::lua_pushnumber(state, n.as_f64().unwrap_or(0.0)),
-            Json::String(s) => push_str(state, s),
-            Json::Array(items) => {
-                ffi::lua_createtable(state, items.len() as c_int, 0);
-                for (i, item) in items.iter().enumerate() {
-                    push_json(state, item);
-                    ffi::lua_rawseti_(state, -2, (i + 1) as c_int);
-                }
-                ffi::lua_pushvalue(state, 1);
-                ffi::lua_setmetatable(state, -2);
-            }
-            Json::Object(map) => {
-                ffi::lua_createtable(state, 0, map.len() as c_int);
-                for (key, item) in map {
-                    // A null field is no field (setting nil would be a no-op anyway).
-                    if item.is_null() {
-                        continue;
-                    }
-                    push_str(state, key);
-                    push_json(state, item);
-                    ffi::lua_rawset(state, -3);
-                }
-            }
-        }
-    }
-}
-
-unsafe fn push_str(state: *mut ffi::lua_State, s: &str) {
-    // An empty slice's pointer dangles; hand Lua a real one.
-    let ptr = if s.is_empty() {
-        c"".as_ptr()
-    } else {
-        s.as_ptr().cast()
-    };
-    unsafe { ffi::lua_pushlstring_(state, ptr, s.len()) };
+    super::to_lua::to_lua(lua, value)
 }

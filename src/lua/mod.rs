@@ -6,6 +6,7 @@ mod convert;
 mod natives;
 mod pending;
 mod projects;
+mod to_lua;
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;

@@ -8,7 +8,7 @@ use mlua::{Lua, MultiValue, Table, Value, Variadic};
 use serde_json::{Map, Value as Json};
 
 use super::convert::{self, Unencodable};
-use super::{Host, Output, pending};
+use super::{Host, Output, pending, to_lua};
 use crate::users::input::{self, Credentials, NewUser, PasswordForm, UserPatch};
 use crate::users::{User, UserError, password};
 
@@ -64,11 +64,11 @@ fn scope(host: &Host, params: &input::Params, request_scope: Option<String>) -> 
         .unwrap_or_else(|| host.scope.clone())
 }
 
-/// The user as a Lua table: [`User`]'s own serialization (the wire's record), pushed through
-/// the C API (this runs on every `core.users` call that returns a user). Absent fields are nil.
+/// The user as a Lua table: [`User`]'s own serialization (the wire's record), pushed straight
+/// onto the Lua stack (this runs on every `core.users` call that returns a user). Absent fields
+/// are nil.
 fn user_value(lua: &Lua, user: &User) -> mlua::Result<Value> {
-    let record = serde_json::to_value(user).map_err(mlua::Error::external)?;
-    convert::host_sized(lua, || convert::json_to_lua(lua, &record))
+    convert::host_sized(lua, || to_lua::to_lua(lua, user))
 }
 
 /// Why a users operation did not produce a result: the caller's problem (answered as
@@ -90,12 +90,21 @@ impl From<mlua::Error> for OpError {
     }
 }
 
+/// What a users operation takes from Lua.
+#[derive(Clone, Copy, PartialEq)]
+enum Takes {
+    Params,
+    /// A params table, or the user id alone (`get(id)`; no table to build and convert).
+    ParamsOrUserId,
+}
+
 /// Registers a users operation: parse the Lua argument, leave the async domain call for the
 /// coroutine's driver (see [`super::pending`]), and turn its outcome into `result, err, status`.
 fn users_op<F, Fut>(
     lua: &Lua,
     native: &Table,
     name: &str,
+    takes: Takes,
     host: &Rc<Host>,
     op: F,
 ) -> mlua::Result<()>
@@ -108,7 +117,14 @@ where
     native.set(
         name,
         lua.create_function(move |lua, (arg, request_scope): (Value, Option<String>)| {
-            let parsed = params(lua, &arg).map(|params| {
+            let parsed = match &arg {
+                Value::String(id) if takes == Takes::ParamsOrUserId => Ok(Map::from_iter([(
+                    "user_id".to_owned(),
+                    Json::String(id.to_string_lossy()),
+                )])),
+                _ => params(lua, &arg),
+            };
+            let parsed = parsed.map(|params| {
                 let scope = scope(&host, &params, request_scope);
                 (params, scope)
             });
@@ -136,6 +152,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         lua,
         &native,
         "create",
+        Takes::Params,
         &host,
         |host, lua, params, scope| async move {
             let new_user = NewUser::parse(&params, PasswordForm::Plain)?;
@@ -148,6 +165,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         lua,
         &native,
         "login",
+        Takes::Params,
         &host,
         |host, lua, params, scope| async move {
             let credentials = Credentials::parse(&params, PasswordForm::Plain)?;
@@ -160,6 +178,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         lua,
         &native,
         "get",
+        Takes::ParamsOrUserId,
         &host,
         |host, lua, params, scope| async move {
             let user_id = input::user_id(&params)?;
@@ -172,6 +191,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         lua,
         &native,
         "update",
+        Takes::Params,
         &host,
         |host, lua, params, scope| async move {
             let user_id = input::user_id(&params)?;
@@ -185,6 +205,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         lua,
         &native,
         "delete",
+        Takes::ParamsOrUserId,
         &host,
         |host, _lua, params, scope| async move {
             let user_id = input::user_id(&params)?;

@@ -362,17 +362,22 @@ return api"#,
     // Meanwhile, editing the project under load loses no request: requests already running
     // finish on the code they started with, later ones get the new code.
     tokio::time::sleep(Duration::from_millis(20)).await;
+    // Saved as editors save (a new file renamed over the old): a request may otherwise read a
+    // file the write has truncated but not yet filled.
+    let save = |path: PathBuf, text: String| {
+        let fresh = path.with_extension("lua.new");
+        std::fs::write(&fresh, text).unwrap();
+        std::fs::rename(&fresh, &path).unwrap();
+    };
     let edited = std::fs::read_to_string(root.join("Load/main.lua")).unwrap();
-    std::fs::write(
+    save(
         root.join("Load/main.lua"),
         format!("-- edited under load\n{edited}"),
-    )
-    .unwrap();
-    std::fs::write(
+    );
+    save(
         root.join("Proj/helper.lua"),
         HELPER.replace("n * 2", "n * 4"),
-    )
-    .unwrap();
+    );
     for task in tasks {
         let (tag, answer) = task.await.unwrap();
         assert_eq!(

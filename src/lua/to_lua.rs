@@ -1,0 +1,340 @@
+//! Rust data → a Lua value, through serde and the C API: a [`Serializer`] that pushes onto the
+//! Lua stack. It writes user records and decoded JSON without an intermediate tree and without an
+//! mlua `Value` (a registry reference) per field. `nil` fields are left out of tables (setting a
+//! key to nil is no key), sequences get mlua's array metatable (so they encode back as arrays,
+//! even empty), and nesting deeper than [`MAX_DEPTH`] is an error.
+
+use std::ffi::c_int;
+use std::fmt;
+
+use mlua::{Lua, LuaSerdeExt, Value, ffi};
+use serde::Serialize;
+use serde::ser::{self, Impossible};
+
+use super::convert::{ConvertError, MAX_DEPTH};
+
+/// `value` as a Lua value.
+pub fn to_lua(lua: &Lua, value: &impl Serialize) -> mlua::Result<Value> {
+    let mut failure = None;
+    // SAFETY: the closure runs in a protected call with the array metatable at 1; a failed
+    // allocation raises a Lua error that the protected call catches (the closure owns nothing
+    // that needs dropping when that happens).
+    let pushed = unsafe {
+        lua.exec_raw::<Value>(lua.array_metatable(), |state| {
+            match value.serialize(Pusher { state, depth: 0 }) {
+                Ok(()) => ffi::lua_replace(state, 1),
+                Err(e) => {
+                    failure = Some(e.0);
+                    ffi::lua_settop(state, 0);
+                }
+            }
+        })?
+    };
+    match failure {
+        Some(message) => Err(mlua::Error::runtime(message)),
+        None => Ok(pushed),
+    }
+}
+
+#[derive(Debug)]
+pub struct PushError(String);
+
+impl fmt::Display for PushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PushError {}
+
+impl ser::Error for PushError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        PushError(msg.to_string())
+    }
+}
+
+/// Pushes one value; `depth` counts the tables around it.
+#[derive(Clone, Copy)]
+struct Pusher {
+    state: *mut ffi::lua_State,
+    depth: usize,
+}
+
+/// Where the array metatable sits (see [`to_lua`]).
+const ARRAY_METATABLE: c_int = 1;
+
+impl Pusher {
+    fn push_str(self, s: &str) {
+        // An empty slice's pointer dangles; hand Lua a real one.
+        let ptr = if s.is_empty() {
+            c"".as_ptr()
+        } else {
+            s.as_ptr().cast()
+        };
+        unsafe { ffi::lua_pushlstring_(self.state, ptr, s.len()) };
+    }
+
+    fn number(self, n: f64) -> Result<(), PushError> {
+        unsafe { ffi::lua_pushnumber(self.state, n) };
+        Ok(())
+    }
+
+    /// Pushes a new table for a compound value; its entries go one level deeper.
+    fn table(self, array: usize, fields: usize) -> Result<Table, PushError> {
+        if self.depth >= MAX_DEPTH || unsafe { ffi::lua_checkstack(self.state, 4) } == 0 {
+            return Err(PushError(ConvertError::TooDeep.to_string()));
+        }
+        let clamp = |n: usize| c_int::try_from(n).unwrap_or(0);
+        unsafe { ffi::lua_createtable(self.state, clamp(array), clamp(fields)) };
+        Ok(Table {
+            inner: Pusher {
+                state: self.state,
+                depth: self.depth + 1,
+            },
+            next_index: 1,
+        })
+    }
+}
+
+/// A table being filled: the top of the stack while its entries are pushed.
+struct Table {
+    inner: Pusher,
+    next_index: c_int,
+}
+
+impl Table {
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), PushError> {
+        value.serialize(self.inner)?;
+        unsafe { ffi::lua_rawseti_(self.inner.state, -2, self.next_index) };
+        self.next_index += 1;
+        Ok(())
+    }
+
+    fn end_array(self) -> Result<(), PushError> {
+        unsafe {
+            ffi::lua_pushvalue(self.inner.state, ARRAY_METATABLE);
+            ffi::lua_setmetatable(self.inner.state, -2);
+        }
+        Ok(())
+    }
+
+    /// Sets the key and value on top of the stack, or drops both when the value is nil.
+    fn set_pair(&mut self) {
+        let state = self.inner.state;
+        unsafe {
+            if ffi::lua_type(state, -1) == ffi::LUA_TNIL {
+                ffi::lua_pop(state, 2);
+            } else {
+                ffi::lua_rawset(state, -3);
+            }
+        }
+    }
+}
+
+impl ser::SerializeSeq for Table {
+    type Ok = ();
+    type Error = PushError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), PushError> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), PushError> {
+        self.end_array()
+    }
+}
+
+impl ser::SerializeTuple for Table {
+    type Ok = ();
+    type Error = PushError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), PushError> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), PushError> {
+        self.end_array()
+    }
+}
+
+impl ser::SerializeTupleStruct for Table {
+    type Ok = ();
+    type Error = PushError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), PushError> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), PushError> {
+        self.end_array()
+    }
+}
+
+impl ser::SerializeMap for Table {
+    type Ok = ();
+    type Error = PushError;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), PushError> {
+        key.serialize(self.inner)
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), PushError> {
+        value.serialize(self.inner)?;
+        self.set_pair();
+        Ok(())
+    }
+    fn end(self) -> Result<(), PushError> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeStruct for Table {
+    type Ok = ();
+    type Error = PushError;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), PushError> {
+        self.inner.push_str(key);
+        value.serialize(self.inner)?;
+        self.set_pair();
+        Ok(())
+    }
+    fn end(self) -> Result<(), PushError> {
+        Ok(())
+    }
+}
+
+impl ser::Serializer for Pusher {
+    type Ok = ();
+    type Error = PushError;
+    type SerializeSeq = Table;
+    type SerializeTuple = Table;
+    type SerializeTupleStruct = Table;
+    type SerializeTupleVariant = Impossible<(), PushError>;
+    type SerializeMap = Table;
+    type SerializeStruct = Table;
+    type SerializeStructVariant = Impossible<(), PushError>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), PushError> {
+        unsafe { ffi::lua_pushboolean(self.state, c_int::from(v)) };
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), PushError> {
+        self.number(v.into())
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), PushError> {
+        self.number(v.into())
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), PushError> {
+        self.number(v.into())
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), PushError> {
+        self.number(v as f64)
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), PushError> {
+        self.number(v.into())
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), PushError> {
+        self.number(v.into())
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), PushError> {
+        self.number(v.into())
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), PushError> {
+        self.number(v as f64)
+    }
+    fn serialize_f32(self, v: f32) -> Result<(), PushError> {
+        self.number(v.into())
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), PushError> {
+        self.number(v)
+    }
+    fn serialize_char(self, v: char) -> Result<(), PushError> {
+        self.push_str(v.encode_utf8(&mut [0; 4]));
+        Ok(())
+    }
+    fn serialize_str(self, v: &str) -> Result<(), PushError> {
+        self.push_str(v);
+        Ok(())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), PushError> {
+        let ptr = if v.is_empty() {
+            c"".as_ptr()
+        } else {
+            v.as_ptr().cast()
+        };
+        unsafe { ffi::lua_pushlstring_(self.state, ptr, v.len()) };
+        Ok(())
+    }
+    fn serialize_none(self) -> Result<(), PushError> {
+        self.serialize_unit()
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), PushError> {
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), PushError> {
+        unsafe { ffi::lua_pushnil(self.state) };
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), PushError> {
+        self.serialize_unit()
+    }
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<(), PushError> {
+        self.push_str(variant);
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), PushError> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _value: &T,
+    ) -> Result<(), PushError> {
+        Err(PushError(format!(
+            "cannot convert {name}::{variant} to Lua"
+        )))
+    }
+    fn serialize_seq(self, len: Option<usize>) -> Result<Table, PushError> {
+        self.table(len.unwrap_or(0), 0)
+    }
+    fn serialize_tuple(self, len: usize) -> Result<Table, PushError> {
+        self.table(len, 0)
+    }
+    fn serialize_tuple_struct(self, _name: &'static str, len: usize) -> Result<Table, PushError> {
+        self.table(len, 0)
+    }
+    fn serialize_tuple_variant(
+        self,
+        name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeTupleVariant, PushError> {
+        Err(PushError(format!(
+            "cannot convert {name}::{variant} to Lua"
+        )))
+    }
+    fn serialize_map(self, len: Option<usize>) -> Result<Table, PushError> {
+        self.table(0, len.unwrap_or(0))
+    }
+    fn serialize_struct(self, _name: &'static str, len: usize) -> Result<Table, PushError> {
+        self.table(0, len)
+    }
+    fn serialize_struct_variant(
+        self,
+        name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeStructVariant, PushError> {
+        Err(PushError(format!(
+            "cannot convert {name}::{variant} to Lua"
+        )))
+    }
+}
