@@ -162,7 +162,7 @@ impl Runtime {
         &self,
         project: &str,
         action: &str,
-        input: &serde_json::Value,
+        input: serde_json::Value,
         scope: &str,
     ) -> HandlerOutcome {
         let api = match self.host.projects.api(&self.lua, project).await {
@@ -193,15 +193,17 @@ impl Runtime {
         &self,
         api: Table,
         action: &str,
-        input: &serde_json::Value,
+        input: serde_json::Value,
         scope: &str,
     ) -> mlua::Result<HandlerOutcome> {
         let (thread, args) = convert::host_sized(&self.lua, || -> mlua::Result<_> {
-            let input = convert::json_to_lua(&self.lua, input)?;
+            let input = convert::json_to_lua(&self.lua, &input)?;
             let thread = self.lua.create_thread(self.request.clone())?;
             let args = (api, action, input, scope).into_lua_multi(&self.lua)?;
             Ok((thread, args))
         })?;
+        // Converted: a handler that waits keeps only its Lua copy.
+        drop(input);
         let mut budget = self
             .cpu_budget
             .map(|budget| budget::Budget::new(self.meter.clone(), &thread, budget));
