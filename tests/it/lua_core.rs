@@ -129,6 +129,7 @@ local t = {}
 t.self = t
 print(core.json.encode(t))
 print(core.json.encode({x = 0/0}))
+print(core.json.encode({[1] = "a", ["1"] = "b", [2.5] = true}))
 "#,
     );
     assert_ok(&run);
@@ -152,6 +153,8 @@ print(core.json.encode({x = 0/0}))
         "{}",
         lines[7]
     );
+    // Keys become text: one key per text (the later one in the walk), still in order.
+    assert_eq!(lines[8], r#"{"1":"b","2.5":true}"#);
 }
 
 #[tokio::test]
