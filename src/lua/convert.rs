@@ -74,7 +74,9 @@ pub fn encode<T>(
     let error = Cell::new(None);
     let mut written = None;
     // SAFETY: the closure runs in a protected call with `value` at 1 and the array metatable
-    // at 2; the walk only reads (no allocation, so no Lua error can jump over Rust frames).
+    // at 2. The walk only reads; the one Lua call that may allocate is `lua_checkstack`, and its
+    // error (only at the memory limit) is caught by the protected call, at worst leaking what the
+    // sink had written so far.
     unsafe {
         lua.exec_raw::<()>((value, lua.array_metatable()), |state| {
             let walker = Walker {
