@@ -130,6 +130,8 @@ t.self = t
 print(core.json.encode(t))
 print(core.json.encode({x = 0/0}))
 print(core.json.encode({[1] = "a", ["1"] = "b", [2.5] = true}))
+print(core.json.decode(string.rep("[", 70) .. string.rep("]", 70)))
+print(#core.json.decode(string.rep("[", 60) .. string.rep("]", 60)))
 "#,
     );
     assert_ok(&run);
@@ -155,6 +157,13 @@ print(core.json.encode({[1] = "a", ["1"] = "b", [2.5] = true}))
     );
     // Keys become text: one key per text (the later one in the walk), still in order.
     assert_eq!(lines[8], r#"{"1":"b","2.5":true}"#);
+    // Decoding is bounded the same way.
+    assert!(
+        lines[9].starts_with("nil\t") && lines[9].contains("tables nested deeper than 64"),
+        "{}",
+        lines[9]
+    );
+    assert_eq!(lines[10], "1");
 }
 
 #[tokio::test]
