@@ -59,10 +59,9 @@ pub(crate) async fn drive(
     lua: &Lua,
     pending: &Pending,
     thread: &Thread,
-    args: MultiValue,
+    mut args: MultiValue,
     mut budget: Option<&mut Budget>,
 ) -> mlua::Result<MultiValue> {
-    let mut args = args;
     loop {
         let resumed = match budget.as_deref_mut() {
             Some(budget) => budget.run(|| thread.resume::<MultiValue>(args)),

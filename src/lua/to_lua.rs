@@ -65,13 +65,17 @@ const ARRAY_METATABLE: c_int = 1;
 
 impl Pusher {
     fn push_str(self, s: &str) {
+        self.push_bytes(s.as_bytes());
+    }
+
+    fn push_bytes(self, bytes: &[u8]) {
         // An empty slice's pointer dangles; hand Lua a real one.
-        let ptr = if s.is_empty() {
+        let ptr = if bytes.is_empty() {
             c"".as_ptr()
         } else {
-            s.as_ptr().cast()
+            bytes.as_ptr().cast()
         };
-        unsafe { ffi::lua_pushlstring_(self.state, ptr, s.len()) };
+        unsafe { ffi::lua_pushlstring_(self.state, ptr, bytes.len()) };
     }
 
     fn number(self, n: f64) -> Result<(), PushError> {
@@ -252,12 +256,7 @@ impl ser::Serializer for Pusher {
         Ok(())
     }
     fn serialize_bytes(self, v: &[u8]) -> Result<(), PushError> {
-        let ptr = if v.is_empty() {
-            c"".as_ptr()
-        } else {
-            v.as_ptr().cast()
-        };
-        unsafe { ffi::lua_pushlstring_(self.state, ptr, v.len()) };
+        self.push_bytes(v);
         Ok(())
     }
     fn serialize_none(self) -> Result<(), PushError> {

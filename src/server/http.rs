@@ -323,10 +323,6 @@ async fn wire_request(
     request: Request<Incoming>,
     route: &mut Route,
 ) -> Result<Box<RawValue>, Answer> {
-    // Boxed, both: nested futures are laid out inside their callers' (each level also keeps a
-    // slot for the arguments it moved on), and a handler that waits holds the whole chain. Boxed,
-    // a waiting request holds its call's future and a few pointers (measured: 8.6 -> ... KiB a
-    // parked request over HTTP/2, `bench/run`).
     let call = read_call(worker, request).await?;
     run_call(worker, call, route).await
 }
