@@ -3,6 +3,11 @@
 -- never becomes visible to scripts.
 local core, native = ...
 
+-- The standard globals (read-only once the host seals the state), and the originals of what the
+-- prelude replaces below.
+local HOST = _G
+local raw_setfenv, raw_loadstring = setfenv, loadstring
+
 local NULL = "_NULL"
 core.NULL = NULL
 core.FACEBOOK, core.GOOGLE, core.OPENUDID = "facebook", "google", "openudid"
@@ -136,30 +141,16 @@ end
 core.log = native.log
 core.json = { encode = native.json_encode, decode = native.json_decode }
 
+local native_trim, native_split = native.trim, native.split
+
+-- Both in linear time, in Rust (a pattern-based trim is quadratic on long runs of spaces).
 function core.trim(s)
-  return (tostring(s):gsub("^%s+", ""):gsub("%s+$", ""))
+  return native_trim(tostring(s))
 end
 
 -- split(s, sep): pieces between plain separators (empty pieces kept); without `sep`, words.
 function core.split(s, sep)
-  s = tostring(s)
-  local parts = {}
-  if sep == nil or sep == "" then
-    for word in s:gmatch("%S+") do
-      parts[#parts + 1] = word
-    end
-    return parts
-  end
-  local start = 1
-  while true do
-    local i, j = s:find(sep, start, true)
-    if not i then
-      parts[#parts + 1] = s:sub(start)
-      return parts
-    end
-    parts[#parts + 1] = s:sub(start, i - 1)
-    start = j + 1
-  end
+  return native_split(tostring(s), sep)
 end
 
 -- print with the sink the host chose (stdout for `coronium run`).
@@ -255,7 +246,7 @@ end
 -- API projects (compat §4): `local api = core.api()` ... `return api`; handlers run as
 -- api[method](input, scope) in a coroutine of their own.
 ------------------------------------------------------------------------------------------------
-local ERROR_MT = { __tostring = function(e) return tostring(e.error) end }
+local ERROR_MT = native.freeze({ __tostring = function(e) return tostring(e.error) end })
 
 function core.api()
   return {}
@@ -289,13 +280,20 @@ local function invoke(api, method, input, in_scope)
   return outcome(handler(input, in_scope))
 end
 
+-- Which project each environment belongs to (weak keys): a project's own, and the tables its
+-- code gave its functions with setfenv. A function belongs to the project its environment does.
+local owners = setmetatable({}, { __mode = "k" })
+local freeze = native.freeze
+
 -- The globals a project's files see: this request's own globals first, then what the project's
 -- files defined at load time, then the sandboxed standard globals. Writes during a request stay
 -- in that request. Until a request of the project writes a global, reads need no Lua function:
 -- `__index` is the shared table itself (whose own `__index` is `_G`), a lookup Luau does in C.
+-- The environment itself is read-only (a raw write would outlive the request) and its metatable
+-- is hidden; what the files defined is frozen once the project has loaded.
 local function project_env(shared_globals)
-  setmetatable(shared_globals, { __index = _G })
-  local meta = { __index = shared_globals }
+  setmetatable(shared_globals, { __index = HOST })
+  local meta = { __index = shared_globals, __metatable = false }
   local function request_first(_, key)
     local ctx = contexts[coroutine.running()]
     local globals = ctx and ctx.globals
@@ -321,7 +319,24 @@ local function project_env(shared_globals)
       rawset(shared_globals, key, value)
     end
   end
-  return setmetatable({}, meta)
+  return freeze(setmetatable({}, meta))
+end
+
+-- Runs `api[method]` as `project`: the context names the project whose code runs, for the
+-- environment rules below (restored however the handler ends).
+local function invoke_as(project, api, method, params)
+  local ctx = contexts[coroutine.running()]
+  if not ctx then
+    return invoke(api, method, params, nil)
+  end
+  local caller = ctx.project
+  ctx.project = project
+  local ok, result, err, status = pcall(invoke, api, method, params, ctx.scope)
+  ctx.project = caller
+  if not ok then
+    error(result, 0)
+  end
+  return result, err, status
 end
 
 function core.callApi(project, method, params)
@@ -330,7 +345,7 @@ function core.callApi(project, method, params)
   if api == nil then
     return nil, "Unknown project '" .. tostring(project) .. "'.", 810
   end
-  local result, err, status = invoke(api, method, params or {}, scope())
+  local result, err, status = invoke_as(tostring(project), api, method, params or {})
   if status == 0 then
     return nil, "Unknown action '" .. tostring(method) .. "' in project '" .. tostring(project) .. "'.", 810
   end
@@ -340,18 +355,29 @@ end
 -- For the host: the entry point of a request, and the environment maker for projects.
 local host = {}
 
-function host.request(api, method, input, in_scope)
+function host.request(api, method, input, in_scope, project)
   -- `globals` is made on the request's first global write; most requests write none.
-  contexts[coroutine.running()] = { scope = in_scope }
+  contexts[coroutine.running()] = { scope = in_scope, project = project }
   return invoke(api, method, input, in_scope)
 end
 
--- A fresh environment for a project's files, with a `require` that loads
--- "<Project>.<file>" from the projects directory into this environment, once.
+-- Module tables and the api are shared by every request of the project on this worker: frozen.
+local function seal(value)
+  if type(value) == "table" then
+    freeze(value)
+  end
+  return value
+end
+
+-- A fresh environment for a project's files, with a `require` that loads "<Project>.<file>" of
+-- this project only into this environment, once; and the function that seals the project once
+-- it has loaded.
 function host.new_project(name)
   local shared = {}
   local env = project_env(shared)
+  owners[env] = name
   local modules = {}
+  local sealed = false
   shared.require = function(module_name)
     module_name = tostring(module_name)
     local cached = modules[module_name]
@@ -359,20 +385,211 @@ function host.new_project(name)
       return cached
     end
     local source, chunkname = native.read_module(name, module_name)
-    local chunk, err = loadstring(source, chunkname)
+    if source == nil then
+      error(chunkname, 2)
+    end
+    local chunk, err = raw_loadstring(source, chunkname)
     if not chunk then
       error(err, 2)
     end
-    setfenv(chunk, env)
+    raw_setfenv(chunk, env)
     local value = chunk(module_name)
     if value == nil then
       value = true
     end
+    if sealed then
+      seal(value)
+    end
     modules[module_name] = value
     return value
   end
+  local function loaded(api)
+    sealed = true
+    for _, value in pairs(modules) do
+      seal(value)
+    end
+    seal(api)
+    freeze(shared)
+  end
+  return env, loaded
+end
+
+------------------------------------------------------------------------------------------------
+-- Lua 5.1's getfenv / setfenv / loadstring, kept for old code, within the caller's project: a
+-- project reaches its own functions' environments, never another project's nor those of the
+-- functions the server provides (the prelude, C functions), which every project shares.
+------------------------------------------------------------------------------------------------
+local debug_info = debug.info
+local env_of = native.env_of
+
+-- The project whose code called getfenv/setfenv (`level` counts from the caller of the function
+-- asking): the owner of the caller's environment, else (a C function in between, as in
+-- `pcall(setfenv, ...)`) the project the request runs now.
+local function caller_project(level)
+  local caller = debug_info(level + 1, "f")
+  local env = caller and env_of(caller)
+  local owner = env and owners[env]
+  if owner ~= nil then
+    return owner
+  end
+  local ctx = contexts[coroutine.running()]
+  return ctx and ctx.project
+end
+
+-- The function a getfenv/setfenv argument names: itself, or the one running at a level (counted
+-- from the caller of the function asking, 2 levels up from here). Level 0 is the caller too.
+local function named_function(target, name)
+  if target == nil then
+    target = 1
+  end
+  if type(target) == "function" then
+    return target
+  end
+  if type(target) ~= "number" or target < 0 or target % 1 ~= 0 then
+    error("bad argument #1 to '" .. name .. "' (function or level expected)", 3)
+  end
+  local f = debug_info(math.max(target, 1) + 2, "f")
+  if f == nil then
+    error("bad argument #1 to '" .. name .. "' (invalid level)", 3)
+  end
+  return f
+end
+
+function getfenv(target)
+  local project = caller_project(2)
+  local env = env_of(named_function(target, "getfenv"))
+  if env == nil then
+    return HOST -- a C function's: the read-only standard globals
+  end
+  local owner = owners[env]
+  if owner ~= nil and owner ~= project then
+    error("getfenv: that function belongs to another project", 2)
+  end
   return env
 end
+
+function setfenv(target, env)
+  if type(env) ~= "table" then
+    error("bad argument #2 to 'setfenv' (table expected, got " .. type(env) .. ")", 2)
+  end
+  local project = caller_project(2)
+  if target == 0 then
+    error("setfenv: level 0 (the thread's globals) is shared with other requests", 2)
+  end
+  local f = named_function(target, "setfenv")
+  local current = env_of(f)
+  if current == nil or current == HOST then
+    error("setfenv: cannot change the environment of a function the server provides", 2)
+  end
+  local owner = owners[current]
+  if owner ~= nil and owner ~= project then
+    error("setfenv: that function belongs to another project", 2)
+  end
+  local env_owner = owners[env]
+  if env_owner ~= nil and env_owner ~= project then
+    error("setfenv: that environment belongs to another project", 2)
+  end
+  if env_owner == nil and env ~= HOST and project ~= nil then
+    owners[env] = project
+  end
+  raw_setfenv(f, env)
+  return f
+end
+
+-- Compiling runs in C (about 2 MB/s on hostile input, and outside the state's memory limit), so
+-- chunks are capped. A chunk runs in its caller's environment, as it would in Lua 5.1 under
+-- setfenv: never in the thread's globals, which every request shares.
+local MAX_CHUNK = 256 * 1024
+function loadstring(source, chunkname)
+  if type(source) == "string" and #source > MAX_CHUNK then
+    return nil, "loadstring: chunk larger than " .. MAX_CHUNK .. " bytes"
+  end
+  local chunk, err = raw_loadstring(source, chunkname)
+  if chunk then
+    local caller = debug_info(2, "f")
+    local env = caller and env_of(caller)
+    if env ~= nil and env ~= HOST then
+      raw_setfenv(chunk, env)
+    end
+  end
+  return chunk, err
+end
+
+------------------------------------------------------------------------------------------------
+-- Library functions whose C implementation could outrun the CPU budget. Luau calls the budget's
+-- interrupt at Lua calls and loops and inside the pattern matcher, not inside other C loops; these
+-- wrappers keep every such loop short, in Lua, or in linear time.
+------------------------------------------------------------------------------------------------
+local raw_find, raw_match, raw_gmatch, raw_gsub = string.find, string.match, string.gmatch, string.gsub
+local find_plain = native.find_plain
+local SPECIALS = "[%^%$%*%+%?%.%(%)%[%]%%%-]"
+-- Between two of the matcher's interrupts it may compare a whole literal run of the pattern.
+local MAX_PATTERN = 64 * 1024
+
+local function checked(pattern, name)
+  if type(pattern) == "string" and #pattern > MAX_PATTERN then
+    error("bad argument #2 to '" .. name .. "' (pattern longer than " .. MAX_PATTERN .. " bytes)", 3)
+  end
+  return pattern
+end
+
+-- A plain search (or a pattern without specials) in linear time: Luau's compares the needle at
+-- every candidate position.
+function string.find(s, pattern, init, plain)
+  if plain or (type(pattern) == "string" and not raw_find(pattern, SPECIALS)) then
+    return find_plain(s, pattern, init)
+  end
+  return raw_find(s, checked(pattern, "find"), init, plain)
+end
+
+function string.match(s, pattern, init)
+  return raw_match(s, checked(pattern, "match"), init)
+end
+
+function string.gmatch(s, pattern)
+  return raw_gmatch(s, checked(pattern, "gmatch"))
+end
+
+function string.gsub(s, pattern, repl, n)
+  return raw_gsub(s, checked(pattern, "gsub"), repl, n)
+end
+
+-- Luau's sort compares in C; a comparator in Lua meets the budget at every comparison.
+local raw_sort = table.sort
+local function less(a, b)
+  return a < b
+end
+function table.sort(t, comp)
+  return raw_sort(t, comp or less)
+end
+
+-- Luau's move loops over the whole range in C, even over nils (2^31 steps on an empty table);
+-- long ranges run in Lua.
+local raw_move = table.move
+local MOVE_IN_C = 4096
+function table.move(a1, f, e, t, a2)
+  if type(f) == "number" and type(e) == "number" and e - f < MOVE_IN_C then
+    return raw_move(a1, f, e, t, a2)
+  end
+  if a2 == nil then
+    a2 = a1
+  end
+  if type(a1) ~= "table" or type(a2) ~= "table" then
+    return raw_move(a1, f, e, t, a2) -- its own argument errors
+  end
+  f, e, t = math.floor(f), math.floor(e), math.floor(t)
+  if t > f and t <= e and a1 == a2 then
+    for i = e - f, 0, -1 do
+      rawset(a2, t + i, rawget(a1, f + i))
+    end
+  else
+    for i = 0, e - f do
+      rawset(a2, t + i, rawget(a1, f + i))
+    end
+  end
+  return a2
+end
+
 
 ------------------------------------------------------------------------------------------------
 -- Lua 5.1 names that Coronium-era code uses, where Luau lacks them.

@@ -4,6 +4,10 @@
 //! every resume of a request's coroutine opens a slice. The interrupt fails the request once its
 //! slices add up to more than the budget, and yields it (so other requests on the worker get
 //! their turn) when one slice runs long.
+//!
+//! Luau also calls the interrupt inside its pattern matcher, where it cannot yield: there the
+//! slice stays open so the budget still fails the call. Host functions that can run long (JSON,
+//! `core.trim`, `core.split`) ask [`Meter::check`] as they go.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -51,22 +55,40 @@ impl Meter {
             }
             let now = Instant::now();
             if now >= slice.fail_at {
-                return Err(mlua::Error::runtime(format!(
-                    "the request used more than its CPU budget of {} ms",
-                    slice.budget_ms
-                )));
+                return Err(mlua::Error::runtime(OverBudget {
+                    budget_ms: slice.budget_ms,
+                }));
             }
             if now >= slice.yield_at
                 && !pending.is_full()
                 && lua.current_thread().to_pointer() == slice.thread
             {
-                // Yielding ends this slice; the next resume opens a new one.
-                meter.current.set(None);
+                // mlua ignores the yield where Lua cannot yield (inside a C function such as the
+                // pattern matcher), so the slice stays armed: closing it here would leave the
+                // rest of that call unmetered. The resume's end closes it.
                 return Ok(VmState::Yield);
             }
             Ok(VmState::Continue)
         });
     }
+
+    /// Fails when the running request has used up its budget: for host functions whose work a
+    /// script sizes, called every so often as they go.
+    pub fn check(&self) -> Result<(), OverBudget> {
+        match self.current.get() {
+            Some(slice) if Instant::now() >= slice.fail_at => Err(OverBudget {
+                budget_ms: slice.budget_ms,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The running request used more than its CPU budget.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the request used more than its CPU budget of {budget_ms} ms")]
+pub struct OverBudget {
+    budget_ms: u64,
 }
 
 /// A request's CPU account: each resume of its coroutine runs as one slice under the meter.

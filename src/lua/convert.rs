@@ -7,6 +7,8 @@ use std::cell::Cell;
 use std::ffi::c_int;
 
 use mlua::{Lua, LuaSerdeExt, Value, ffi};
+
+use super::budget::{Meter, OverBudget};
 use serde::Serialize;
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Number, Value as Json};
@@ -39,6 +41,8 @@ pub enum ConvertError {
     #[error("{0}")]
     Json(String),
     #[error(transparent)]
+    OverBudget(#[from] OverBudget),
+    #[error(transparent)]
     Lua(#[from] mlua::Error),
 }
 
@@ -64,14 +68,17 @@ pub fn host_sized<R>(lua: &Lua, f: impl FnOnce() -> R) -> R {
 /// Lua → JSON, written by `sink` through serde (`serde_json::to_string`, `to_raw_value`,
 /// `to_value`). The walk reads the Lua stack directly: going through mlua's `Value`s costs a
 /// registry reference per key and value, measured with callgrind at ~30,000 instructions for a
-/// user record (most of a Lua handler's per-request work).
+/// user record (most of a Lua handler's per-request work). With a `meter`, the walk looks at
+/// the running request's CPU budget as it goes (a script sizes the table).
 pub fn encode<T>(
     lua: &Lua,
     value: &Value,
     mode: Unencodable,
+    meter: Option<&Meter>,
     sink: impl FnOnce(&StackValue<'_>) -> serde_json::Result<T>,
 ) -> Result<T, ConvertError> {
     let error = Cell::new(None);
+    let visits = Cell::new(0);
     let mut written = None;
     // SAFETY: the closure runs in a protected call with `value` at 1 and the array metatable
     // at 2. The walk only reads; the one Lua call that may allocate is `lua_checkstack`, and its
@@ -84,6 +91,8 @@ pub fn encode<T>(
                 array_metatable: 2,
                 mode,
                 error: &error,
+                meter,
+                visits: &visits,
             };
             written = Some(sink(&StackValue {
                 walker: &walker,
@@ -104,8 +113,13 @@ pub fn encode<T>(
 }
 
 /// Lua → `serde_json::Value`.
-pub fn lua_to_json(lua: &Lua, value: &Value, mode: Unencodable) -> Result<Json, ConvertError> {
-    encode(lua, value, mode, |v| serde_json::to_value(v))
+pub fn lua_to_json(
+    lua: &Lua,
+    value: &Value,
+    mode: Unencodable,
+    meter: Option<&Meter>,
+) -> Result<Json, ConvertError> {
+    encode(lua, value, mode, meter, |v| serde_json::to_value(v))
 }
 
 /// How an integral Lua number within a double's exact range encodes: as a JSON integer.
@@ -131,13 +145,32 @@ struct Walker<'a> {
     mode: Unencodable,
     /// Why the walk stopped, when the reason is ours rather than the serializer's.
     error: &'a Cell<Option<ConvertError>>,
+    /// The budget looked at every [`VISITS_PER_CHECK`] tables, keys and elements.
+    meter: Option<&'a Meter>,
+    visits: &'a Cell<u32>,
 }
+
+/// How many tables, keys and elements the walk visits between two looks at the CPU budget.
+const VISITS_PER_CHECK: u32 = 4096;
 
 impl Walker<'_> {
     fn fail<E: serde::ser::Error>(&self, error: ConvertError) -> E {
         let message = error.to_string();
         self.error.set(Some(error));
         E::custom(message)
+    }
+
+    /// Counts a visit; fails once the budget is spent.
+    fn visit<E: serde::ser::Error>(&self) -> Result<(), E> {
+        let Some(meter) = self.meter else {
+            return Ok(());
+        };
+        let visits = self.visits.get().wrapping_add(1);
+        self.visits.set(visits);
+        if visits.is_multiple_of(VISITS_PER_CHECK) {
+            meter.check().map_err(|e| self.fail(e.into()))?;
+        }
+        Ok(())
     }
 }
 
@@ -239,6 +272,7 @@ impl StackValue<'_> {
         let walker = self.walker;
         let state = walker.state;
         let table = self.index;
+        walker.visit()?;
         if self.depth >= MAX_DEPTH || unsafe { ffi::lua_checkstack(state, 4) } == 0 {
             return Err(walker.fail(ConvertError::TooDeep));
         }
@@ -279,6 +313,7 @@ impl StackValue<'_> {
         if is_array {
             let mut seq = serializer.serialize_seq(Some(len))?;
             for position in 1..=len {
+                walker.visit()?;
                 unsafe { ffi::lua_rawgeti_(state, table, position as c_int) };
                 let top = unsafe { ffi::lua_gettop(state) };
                 let written = seq.serialize_element(&child(top));
@@ -301,6 +336,7 @@ impl StackValue<'_> {
             let key = unsafe { key_text(state, -2) };
             unsafe { ffi::lua_pop(state, 2) };
             keys.push((key.map_err(|e| walker.fail(e))?, before));
+            walker.visit()?;
         }
         keys.sort_by(|a, b| a.0.cmp(&b.0));
         let mut map = serializer.serialize_map(Some(keys.len()))?;

@@ -6,13 +6,16 @@ mod convert;
 mod natives;
 mod pending;
 mod projects;
+mod text;
 mod to_lua;
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use mlua::{Function, IntoLuaMulti, Lua, LuaOptions, MultiValue, StdLib, Table, Value};
+use mlua::{
+    Function, IntoLuaMulti, Lua, LuaOptions, LuaSerdeExt, MultiValue, StdLib, Table, Value,
+};
 
 pub use convert::MAX_DEPTH;
 
@@ -103,6 +106,8 @@ pub(crate) struct Host {
     pub projects: projects::Projects,
     /// The operation a native left for the coroutine's driver.
     pub pending: Rc<pending::Pending>,
+    /// The running request's CPU account, for host functions that can run long.
+    pub meter: Rc<budget::Meter>,
 }
 
 /// One sandboxed Luau state with `core` installed.
@@ -121,12 +126,19 @@ impl Runtime {
         let lua = Lua::new_with(StdLib::ALL_SAFE, LuaOptions::new())?;
         lua.set_memory_limit(options.memory_limit)?;
         let pending = Rc::new(pending::Pending::default());
+        let meter = Rc::new(budget::Meter::default());
         let host = Rc::new(Host {
             users,
             scope: options.scope,
             output: options.output,
-            projects: projects::Projects::new(options.projects_dir, pending.clone()),
+            projects: projects::Projects::new(
+                options.projects_dir.clone(),
+                pending.clone(),
+                meter.clone(),
+                options.cpu_budget,
+            ),
             pending,
+            meter: meter.clone(),
         });
         let core = lua.create_table()?;
         let native = natives::install(&lua, host.clone())?;
@@ -137,16 +149,22 @@ impl Runtime {
             .call((&core, native))?;
         host.projects.set_new_project(prelude.get("new_project")?);
         let request: Function = prelude.get("request")?;
-        let meter = Rc::new(budget::Meter::default());
         if options.cpu_budget.is_some() {
             meter.install(&lua, host.pending.clone());
         }
         restrict_globals(&lua)?;
         // The sandbox freezes only the globals' own tables; `core.users` and `core.json` too.
         freeze(&core)?;
+        // Every decoded JSON array carries this metatable, in every project.
+        lua.array_metatable().set_readonly(true);
         // Libraries, metatables and globals become read-only; a script's global writes stay in
         // its own environment.
         lua.sandbox(true)?;
+        if options.projects_dir.is_some() {
+            // A server's threads share these globals (a script's would be its own): projects
+            // have environments of their own, and nothing may write here.
+            lua.globals().set_readonly(true);
+        }
         Ok(Runtime {
             lua,
             host,
@@ -171,12 +189,12 @@ impl Runtime {
             Err(e) => {
                 tracing::error!(project, "{e}");
                 return HandlerOutcome::Error {
-                    message: e.to_string(),
+                    message: e.summary(),
                     status: 810,
                 };
             }
         };
-        match self.run_request(api, action, input, scope).await {
+        match self.run_request(api, project, action, input, scope).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 let text = describe(&e);
@@ -192,6 +210,7 @@ impl Runtime {
     async fn run_request(
         &self,
         api: Table,
+        project: &str,
         action: &str,
         input: serde_json::Value,
         scope: &str,
@@ -199,7 +218,7 @@ impl Runtime {
         let (thread, args) = convert::host_sized(&self.lua, || -> mlua::Result<_> {
             let input = convert::json_to_lua(&self.lua, &input)?;
             let thread = self.lua.create_thread(self.request.clone())?;
-            let args = (api, action, input, scope).into_lua_multi(&self.lua)?;
+            let args = (api, action, input, scope, project).into_lua_multi(&self.lua)?;
             Ok((thread, args))
         })?;
         // Converted: a handler that waits keeps only its Lua copy.
@@ -226,11 +245,25 @@ impl Runtime {
                 status,
             });
         }
-        let json = convert::host_sized(&self.lua, || {
-            convert::encode(&self.lua, &result, convert::Unencodable::Fail, |v| {
-                serde_json::value::to_raw_value(v)
+        // The result is the handler's to size: encoded under what is left of its budget.
+        let encode = || {
+            convert::host_sized(&self.lua, || {
+                convert::encode(
+                    &self.lua,
+                    &result,
+                    convert::Unencodable::Fail,
+                    Some(&self.meter),
+                    |v| serde_json::value::to_raw_value(v),
+                )
             })
-        });
+        };
+        let json = match budget.as_mut() {
+            Some(budget) => budget.run(encode),
+            None => encode(),
+        };
+        if let Err(convert::ConvertError::OverBudget(e)) = &json {
+            return Err(mlua::Error::runtime(*e));
+        }
         Ok(match json {
             Ok(json) => HandlerOutcome::Result(json),
             Err(e) => HandlerOutcome::Error {
@@ -279,7 +312,7 @@ impl Runtime {
         results
             .iter()
             .map(|v| {
-                convert::lua_to_json(&self.lua, v, convert::Unencodable::Fail)
+                convert::lua_to_json(&self.lua, v, convert::Unencodable::Fail, None)
                     .map_err(|e| ScriptError::Lua(e.to_string()))
             })
             .collect()

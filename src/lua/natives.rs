@@ -4,11 +4,12 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use mlua::{Lua, MultiValue, Table, Value, Variadic};
+use mlua::{IntoLuaMulti, Lua, MultiValue, Table, Value, Variadic};
 use serde_json::{Map, Value as Json};
 
-use super::convert::{self, Unencodable};
-use super::{Host, Output, pending, to_lua};
+use super::budget::Meter;
+use super::convert::{self, ConvertError, Unencodable};
+use super::{Host, Output, pending, text, to_lua};
 use crate::users::input::{self, Credentials, NewUser, PasswordForm, UserPatch};
 use crate::users::{User, UserError, password};
 
@@ -33,23 +34,29 @@ fn failure(lua: &Lua, error: &UserError) -> mlua::Result<Outcome> {
 
 /// The call's parameters as a JSON object; values JSON cannot hold are marked so validation
 /// refuses them with Coronium's own status.
-fn params(lua: &Lua, value: &Value) -> Result<input::Params, UserError> {
+/// The conversion runs under the request's CPU budget (a script sizes the table).
+fn params(lua: &Lua, meter: &Meter, value: &Value) -> Result<input::Params, OpError> {
     match value {
         Value::Nil => Ok(Map::new()),
         Value::Table(_) => {
-            match convert::host_sized(lua, || convert::lua_to_json(lua, value, Unencodable::Mark)) {
+            match convert::host_sized(lua, || {
+                convert::lua_to_json(lua, value, Unencodable::Mark, Some(meter))
+            }) {
                 Ok(Json::Object(map)) => Ok(map),
                 Ok(Json::Array(items)) if items.is_empty() => Ok(Map::new()),
                 Ok(_) => Err(UserError::BadParameter(
                     "Parameters must be a table of named fields.".into(),
-                )),
-                Err(e) => Err(UserError::BadParameter(format!("Bad parameters: {e}."))),
+                )
+                .into()),
+                Err(ConvertError::OverBudget(e)) => Err(mlua::Error::runtime(e).into()),
+                Err(e) => Err(UserError::BadParameter(format!("Bad parameters: {e}.")).into()),
             }
         }
         other => Err(UserError::BadParameter(format!(
             "Parameters must be a table, not a {}.",
             other.type_name()
-        ))),
+        ))
+        .into()),
     }
 }
 
@@ -122,7 +129,7 @@ where
                     "user_id".to_owned(),
                     Json::String(id.to_string_lossy()),
                 )])),
-                _ => params(lua, &arg),
+                _ => params(lua, &host.meter, &arg),
             };
             let parsed = parsed.map(|params| {
                 let scope = scope(&host, &params, request_scope);
@@ -132,7 +139,7 @@ where
             host.pending.start(async move {
                 let outcome = match parsed {
                     Ok((params, scope)) => op(op_host, lua.clone(), params, scope).await,
-                    Err(e) => Err(e.into()),
+                    Err(e) => Err(e),
                 };
                 match outcome {
                     Ok(value) => Ok(success(value)),
@@ -230,13 +237,14 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         })?,
     )?;
     let modules_host = host.clone();
+    // `source, chunkname`, or `nil, message` (raised by the prelude's `require` as text).
     native.set(
         "read_module",
-        lua.create_function(move |_, (project, module): (String, String)| {
-            modules_host
-                .projects
-                .read_module(&project, &module)
-                .map_err(|e| mlua::Error::runtime(e.to_string()))
+        lua.create_function(move |lua, (project, module): (String, String)| {
+            match modules_host.projects.read_module(&project, &module) {
+                Ok((source, chunkname)) => (source, chunkname).into_lua_multi(lua),
+                Err(e) => (Value::Nil, e.to_string()).into_lua_multi(lua),
+            }
         })?,
     )?;
     // The value a coroutine yields while it waits for the host; the prelude lets scripts' own
@@ -292,25 +300,83 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
             Ok(())
         })?,
     )?;
+    // Read-only in place (Luau's `table.freeze` refuses tables with a protected metatable).
     native.set(
-        "json_encode",
-        lua.create_function(|lua, value: Value| {
-            value_or_error(
-                lua,
-                convert::encode(lua, &value, Unencodable::Fail, |v| serde_json::to_string(v))
-                    .map_err(|e| e.to_string()),
-            )
+        "freeze",
+        lua.create_function(|_, table: Table| {
+            table.set_readonly(true);
+            Ok(table)
         })?,
     )?;
+    // A Lua function's environment, nil for a C function; unlike Luau's `getfenv`, looking does
+    // not turn off the environment's fast global lookups.
+    native.set(
+        "env_of",
+        lua.create_function(|_, f: mlua::Function| Ok(f.environment()))?,
+    )?;
+    native.set(
+        "trim",
+        lua.create_function(|lua, s: mlua::LuaString| {
+            lua.create_string(text::trim(&s.as_bytes()))
+        })?,
+    )?;
+    let split_host = host.clone();
+    native.set(
+        "split",
+        lua.create_function(
+            move |lua, (s, sep): (mlua::LuaString, Option<mlua::LuaString>)| {
+                text::split_table(lua, &split_host.meter, &s, sep.as_ref())
+            },
+        )?,
+    )?;
+    native.set(
+        "find_plain",
+        lua.create_function(
+            |_, (s, needle, init): (mlua::LuaString, mlua::LuaString, Option<i64>)| {
+                let found = text::find_plain(&s.as_bytes(), &needle.as_bytes(), init.unwrap_or(1));
+                Ok(match found {
+                    Some((first, last)) => MultiValue::from_iter([
+                        Value::Integer(first as i64),
+                        Value::Integer(last as i64),
+                    ]),
+                    None => MultiValue::from_iter([Value::Nil]),
+                })
+            },
+        )?,
+    )?;
+    // Both look at the CPU budget as they go: a script sizes their work. Over it, they raise
+    // (the request is over); other failures answer `nil, message`.
+    let encode_host = host.clone();
+    native.set(
+        "json_encode",
+        lua.create_function(move |lua, value: Value| {
+            let encoded = convert::encode(
+                lua,
+                &value,
+                Unencodable::Fail,
+                Some(&encode_host.meter),
+                |v| serde_json::to_string(v),
+            );
+            match encoded {
+                Err(ConvertError::OverBudget(e)) => Err(mlua::Error::runtime(e)),
+                other => value_or_error(lua, other.map_err(|e| e.to_string())),
+            }
+        })?,
+    )?;
+    let decode_host = host.clone();
     native.set(
         "json_decode",
-        lua.create_function(|lua, text: mlua::LuaString| {
-            value_or_error(
-                lua,
-                serde_json::from_slice::<Json>(&text.as_bytes())
-                    .map_err(|e| format!("invalid JSON: {e}"))
-                    .and_then(|json| convert::json_to_lua(lua, &json).map_err(|e| e.to_string())),
-            )
+        lua.create_function(move |lua, text: mlua::LuaString| {
+            match to_lua::json_text_to_lua(lua, &text.as_bytes(), &decode_host.meter) {
+                Ok(value) => value_or_error(lua, Ok(value)),
+                Err(to_lua::Pushed::Refused(to_lua::PushError::OverBudget(e))) => {
+                    Err(mlua::Error::runtime(e))
+                }
+                Err(to_lua::Pushed::Refused(e)) => {
+                    value_or_error(lua, Err::<Value, _>(e.to_string()))
+                }
+                Err(to_lua::Pushed::Lua(e)) => Err(e),
+            }
         })?,
     )?;
     Ok(native)

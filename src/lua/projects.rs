@@ -11,9 +11,16 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::SystemTime;
 
+use std::time::Duration;
+
 use mlua::{Function, Lua, MultiValue, Table, Value};
 
+use super::budget::{Budget, Meter};
 use super::pending::Pending;
+
+/// Largest project file compiled: Luau compiles in C, outside the CPU budget and the state's
+/// memory limit (hostile source compiles at about 2 MB/s).
+const MAX_SOURCE_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {
@@ -21,6 +28,14 @@ pub enum ProjectError {
     Load { project: String, message: String },
     #[error("cannot require '{module}': {message}")]
     Module { module: String, message: String },
+}
+
+impl ProjectError {
+    /// What a client may see: the first line (the log gets the traceback too).
+    pub fn summary(&self) -> String {
+        let text = self.to_string();
+        text.lines().next().unwrap_or_default().to_owned()
+    }
 }
 
 struct Entry {
@@ -37,6 +52,9 @@ pub(crate) struct Projects {
     loading: RefCell<HashMap<String, Vec<(PathBuf, Stamp)>>>,
     /// Where a project's loading code leaves what it waits for.
     pending: Rc<Pending>,
+    /// Loading code runs under the same CPU budget as a request.
+    meter: Rc<Meter>,
+    cpu_budget: Option<Duration>,
 }
 
 /// A name segment: letters, digits, `_` and `-` (no dots, slashes or `..`).
@@ -55,10 +73,17 @@ fn modified(path: &Path) -> Stamp {
 }
 
 impl Projects {
-    pub fn new(dir: Option<PathBuf>, pending: Rc<Pending>) -> Self {
+    pub fn new(
+        dir: Option<PathBuf>,
+        pending: Rc<Pending>,
+        meter: Rc<Meter>,
+        cpu_budget: Option<Duration>,
+    ) -> Self {
         Projects {
             dir,
             pending,
+            meter,
+            cpu_budget,
             new_project: RefCell::new(None),
             entries: RefCell::new(HashMap::new()),
             loading: RefCell::new(HashMap::new()),
@@ -106,7 +131,7 @@ impl Projects {
             project: name.to_owned(),
             message,
         };
-        let source = std::fs::read_to_string(&main).map_err(|e| load_err(e.to_string()))?;
+        let source = read_source(&main).map_err(load_err)?;
         self.loading
             .borrow_mut()
             .insert(name.to_owned(), Vec::new());
@@ -117,16 +142,29 @@ impl Projects {
             .clone()
             .ok_or_else(|| load_err("the runtime is not ready".into()))?;
         let loaded = async {
-            let env: Table = new_project.call(name)?;
+            let (env, seal): (Table, Function) = new_project.call(name)?;
             let chunk = lua
                 .load(source)
-                .set_name(format!("@{}", main.display()))
+                .set_name(format!("@{name}/main.lua"))
                 .set_environment(env)
                 .into_function()?;
             let thread = lua.create_thread(chunk)?;
-            let returned =
-                super::pending::drive(lua, &self.pending, &thread, MultiValue::new(), None).await?;
-            Ok::<_, mlua::Error>(returned.into_iter().next().unwrap_or(Value::Nil))
+            let mut budget = self
+                .cpu_budget
+                .map(|budget| Budget::new(self.meter.clone(), &thread, budget));
+            let returned = super::pending::drive(
+                lua,
+                &self.pending,
+                &thread,
+                MultiValue::new(),
+                budget.as_mut(),
+            )
+            .await?;
+            let api = returned.into_iter().next().unwrap_or(Value::Nil);
+            if let Value::Table(api) = &api {
+                seal.call::<()>(api)?;
+            }
+            Ok::<_, mlua::Error>(api)
         }
         .await;
         let files = self.loading.borrow_mut().remove(name).unwrap_or_default();
@@ -170,14 +208,35 @@ impl Projects {
         if segments.len() < 2 || !segments.iter().all(|s| valid_segment(s)) {
             return Err(fail("module names look like \"<Project>.<file>\""));
         }
-        let mut path = dir.clone();
-        for segment in &segments {
-            path.push(segment);
+        if segments[0] != project {
+            return Err(fail(&format!(
+                "project '{project}' can require only its own files (\"{project}.<file>\")"
+            )));
         }
-        path.set_extension("lua");
-        let source = std::fs::read_to_string(&path)
-            .map_err(|e| fail(&format!("{}: {e}", path.display())))?;
-        self.record(project, path.clone());
-        Ok((source, format!("@{}", path.display())))
+        let relative = format!("{}.lua", segments.join("/"));
+        let path = dir.join(&relative);
+        // A link inside the project may not lead out of it.
+        let inside = match (path.canonicalize(), dir.join(project).canonicalize()) {
+            (Ok(file), Ok(root)) => file.starts_with(root),
+            _ => false,
+        };
+        if !inside {
+            return Err(fail(&format!("{relative}: no such file in the project")));
+        }
+        let source = read_source(&path).map_err(|e| fail(&format!("{relative}: {e}")))?;
+        self.record(project, path);
+        Ok((source, format!("@{relative}")))
     }
+}
+
+/// A project file's text, refused past [`MAX_SOURCE_BYTES`].
+fn read_source(path: &Path) -> Result<String, String> {
+    let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if size > MAX_SOURCE_BYTES {
+        return Err(format!(
+            "file larger than {} KiB ({size} bytes)",
+            MAX_SOURCE_BYTES / 1024
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| e.to_string())
 }

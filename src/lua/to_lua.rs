@@ -2,8 +2,11 @@
 //! Lua stack. It writes user records and decoded JSON without an intermediate tree and without an
 //! mlua `Value` (a registry reference) per field. `nil` fields are left out of tables (setting a
 //! key to nil is no key), sequences get mlua's array metatable (so they encode back as arrays,
-//! even empty), and nesting deeper than [`MAX_DEPTH`] is an error.
+//! even empty), and nesting deeper than [`MAX_DEPTH`] is an error. JSON text streams straight
+//! from the parser onto the stack ([`json_text_to_lua`]): no tree in Rust's heap, outside the
+//! state's memory limit, and the running request's CPU budget looked at as it goes.
 
+use std::cell::Cell;
 use std::ffi::c_int;
 use std::fmt;
 
@@ -11,59 +14,107 @@ use mlua::{Lua, LuaSerdeExt, Value, ffi};
 use serde::Serialize;
 use serde::ser::{self, Impossible};
 
+use super::budget::{Meter, OverBudget};
 use super::convert::{ConvertError, MAX_DEPTH};
 
 /// `value` as a Lua value.
 pub fn to_lua(lua: &Lua, value: &impl Serialize) -> mlua::Result<Value> {
+    push_with(lua, None, |pusher| value.serialize(pusher)).map_err(|e| match e {
+        Pushed::Lua(e) => e,
+        Pushed::Refused(e) => mlua::Error::runtime(e),
+    })
+}
+
+/// JSON text as a Lua value (`core.json.decode`), under `meter`'s budget.
+pub fn json_text_to_lua(lua: &Lua, text: &[u8], meter: &Meter) -> Result<Value, Pushed> {
+    push_with(lua, Some(meter), |pusher| {
+        let mut parser = serde_json::Deserializer::from_slice(text);
+        serde_transcode::transcode(&mut parser, pusher)?;
+        parser.end().map_err(|e| PushError::Invalid(e.to_string()))
+    })
+}
+
+/// Why a push made no value.
+#[derive(Debug, thiserror::Error)]
+pub enum Pushed {
+    #[error(transparent)]
+    Refused(PushError),
+    #[error(transparent)]
+    Lua(#[from] mlua::Error),
+}
+
+/// Runs `push` with a [`Pusher`] on a fresh stack and returns what it left on top.
+fn push_with(
+    lua: &Lua,
+    meter: Option<&Meter>,
+    push: impl FnOnce(Pusher<'_>) -> Result<(), PushError>,
+) -> Result<Value, Pushed> {
     let mut failure = None;
-    // SAFETY: the closure runs in a protected call with the array metatable at 1; a failed
-    // allocation raises a Lua error that the protected call catches (the closure owns nothing
-    // that needs dropping when that happens).
+    let pushes = Cell::new(0);
+    // SAFETY: the closure runs in a protected call with the array metatable at 1 (where
+    // `ARRAY_METATABLE` says). A failed allocation raises a Lua error, which unwinds through the
+    // closure (`C-unwind`) to the protected call; the closure's own locals are plain data.
     let pushed = unsafe {
         lua.exec_raw::<Value>(lua.array_metatable(), |state| {
-            match value.serialize(Pusher { state, depth: 0 }) {
+            let pusher = Pusher {
+                state,
+                depth: 0,
+                meter,
+                pushes: &pushes,
+            };
+            match push(pusher) {
                 Ok(()) => ffi::lua_replace(state, 1),
                 Err(e) => {
-                    failure = Some(e.0);
+                    failure = Some(e);
                     ffi::lua_settop(state, 0);
                 }
             }
         })?
     };
     match failure {
-        Some(message) => Err(mlua::Error::runtime(message)),
+        Some(e) => Err(Pushed::Refused(e)),
         None => Ok(pushed),
     }
 }
 
-#[derive(Debug)]
-pub struct PushError(String);
-
-impl fmt::Display for PushError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The data cannot be a Lua value (nested too deep, an enum with data).
+    #[error("{0}")]
+    Refused(String),
+    /// The text is not JSON (what the parser said).
+    #[error("invalid JSON: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
 }
-
-impl std::error::Error for PushError {}
 
 impl ser::Error for PushError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        PushError(msg.to_string())
+        PushError::Invalid(msg.to_string())
     }
 }
 
+/// How many values are pushed between two looks at the CPU budget.
+const PUSHES_PER_CHECK: u32 = 1024;
+
 /// Pushes one value; `depth` counts the tables around it.
+///
+/// Its methods call the Lua C API on `state`, so a `Pusher` exists only inside [`push_with`]'s
+/// protected call, where `state` is the running stack and slot 1 holds the array metatable.
 #[derive(Clone, Copy)]
-struct Pusher {
+struct Pusher<'a> {
     state: *mut ffi::lua_State,
     depth: usize,
+    /// The budget looked at while pushing (`None` for host-sized data).
+    meter: Option<&'a Meter>,
+    pushes: &'a Cell<u32>,
 }
 
 /// Where the array metatable sits (see [`to_lua`]).
 const ARRAY_METATABLE: c_int = 1;
 
-impl Pusher {
+impl<'a> Pusher<'a> {
     fn push_str(self, s: &str) {
         self.push_bytes(s.as_bytes());
     }
@@ -79,21 +130,36 @@ impl Pusher {
     }
 
     fn number(self, n: f64) -> Result<(), PushError> {
+        self.tick()?;
         unsafe { ffi::lua_pushnumber(self.state, n) };
         Ok(())
     }
 
+    /// Counts a compound value against the budget, when there is one.
+    fn tick(self) -> Result<(), PushError> {
+        let Some(meter) = self.meter else {
+            return Ok(());
+        };
+        let pushes = self.pushes.get().wrapping_add(1);
+        self.pushes.set(pushes);
+        if pushes.is_multiple_of(PUSHES_PER_CHECK) {
+            meter.check()?;
+        }
+        Ok(())
+    }
+
     /// Pushes a new table for a compound value; its entries go one level deeper.
-    fn table(self, array: usize, fields: usize) -> Result<Table, PushError> {
+    fn table(self, array: usize, fields: usize) -> Result<Table<'a>, PushError> {
+        self.tick()?;
         if self.depth >= MAX_DEPTH || unsafe { ffi::lua_checkstack(self.state, 4) } == 0 {
-            return Err(PushError(ConvertError::TooDeep.to_string()));
+            return Err(PushError::Refused(ConvertError::TooDeep.to_string()));
         }
         let clamp = |n: usize| c_int::try_from(n).unwrap_or(0);
         unsafe { ffi::lua_createtable(self.state, clamp(array), clamp(fields)) };
         Ok(Table {
             inner: Pusher {
-                state: self.state,
                 depth: self.depth + 1,
+                ..self
             },
             next_index: 1,
         })
@@ -101,12 +167,12 @@ impl Pusher {
 }
 
 /// A table being filled: the top of the stack while its entries are pushed.
-struct Table {
-    inner: Pusher,
+struct Table<'a> {
+    inner: Pusher<'a>,
     next_index: c_int,
 }
 
-impl Table {
+impl Table<'_> {
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), PushError> {
         value.serialize(self.inner)?;
         unsafe { ffi::lua_rawseti_(self.inner.state, -2, self.next_index) };
@@ -135,7 +201,7 @@ impl Table {
     }
 }
 
-impl ser::SerializeSeq for Table {
+impl ser::SerializeSeq for Table<'_> {
     type Ok = ();
     type Error = PushError;
     fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), PushError> {
@@ -146,7 +212,7 @@ impl ser::SerializeSeq for Table {
     }
 }
 
-impl ser::SerializeTuple for Table {
+impl ser::SerializeTuple for Table<'_> {
     type Ok = ();
     type Error = PushError;
     fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), PushError> {
@@ -157,7 +223,7 @@ impl ser::SerializeTuple for Table {
     }
 }
 
-impl ser::SerializeTupleStruct for Table {
+impl ser::SerializeTupleStruct for Table<'_> {
     type Ok = ();
     type Error = PushError;
     fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), PushError> {
@@ -168,7 +234,7 @@ impl ser::SerializeTupleStruct for Table {
     }
 }
 
-impl ser::SerializeMap for Table {
+impl ser::SerializeMap for Table<'_> {
     type Ok = ();
     type Error = PushError;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), PushError> {
@@ -184,7 +250,7 @@ impl ser::SerializeMap for Table {
     }
 }
 
-impl ser::SerializeStruct for Table {
+impl ser::SerializeStruct for Table<'_> {
     type Ok = ();
     type Error = PushError;
     fn serialize_field<T: Serialize + ?Sized>(
@@ -202,18 +268,19 @@ impl ser::SerializeStruct for Table {
     }
 }
 
-impl ser::Serializer for Pusher {
+impl<'a> ser::Serializer for Pusher<'a> {
     type Ok = ();
     type Error = PushError;
-    type SerializeSeq = Table;
-    type SerializeTuple = Table;
-    type SerializeTupleStruct = Table;
+    type SerializeSeq = Table<'a>;
+    type SerializeTuple = Table<'a>;
+    type SerializeTupleStruct = Table<'a>;
     type SerializeTupleVariant = Impossible<(), PushError>;
-    type SerializeMap = Table;
-    type SerializeStruct = Table;
+    type SerializeMap = Table<'a>;
+    type SerializeStruct = Table<'a>;
     type SerializeStructVariant = Impossible<(), PushError>;
 
     fn serialize_bool(self, v: bool) -> Result<(), PushError> {
+        self.tick()?;
         unsafe { ffi::lua_pushboolean(self.state, c_int::from(v)) };
         Ok(())
     }
@@ -252,6 +319,7 @@ impl ser::Serializer for Pusher {
         Ok(())
     }
     fn serialize_str(self, v: &str) -> Result<(), PushError> {
+        self.tick()?;
         self.push_str(v);
         Ok(())
     }
@@ -266,6 +334,7 @@ impl ser::Serializer for Pusher {
         value.serialize(self)
     }
     fn serialize_unit(self) -> Result<(), PushError> {
+        self.tick()?;
         unsafe { ffi::lua_pushnil(self.state) };
         Ok(())
     }
@@ -295,17 +364,21 @@ impl ser::Serializer for Pusher {
         variant: &'static str,
         _value: &T,
     ) -> Result<(), PushError> {
-        Err(PushError(format!(
+        Err(PushError::Refused(format!(
             "cannot convert {name}::{variant} to Lua"
         )))
     }
-    fn serialize_seq(self, len: Option<usize>) -> Result<Table, PushError> {
+    fn serialize_seq(self, len: Option<usize>) -> Result<Table<'a>, PushError> {
         self.table(len.unwrap_or(0), 0)
     }
-    fn serialize_tuple(self, len: usize) -> Result<Table, PushError> {
+    fn serialize_tuple(self, len: usize) -> Result<Table<'a>, PushError> {
         self.table(len, 0)
     }
-    fn serialize_tuple_struct(self, _name: &'static str, len: usize) -> Result<Table, PushError> {
+    fn serialize_tuple_struct(
+        self,
+        _name: &'static str,
+        len: usize,
+    ) -> Result<Table<'a>, PushError> {
         self.table(len, 0)
     }
     fn serialize_tuple_variant(
@@ -315,14 +388,14 @@ impl ser::Serializer for Pusher {
         variant: &'static str,
         _len: usize,
     ) -> Result<Self::SerializeTupleVariant, PushError> {
-        Err(PushError(format!(
+        Err(PushError::Refused(format!(
             "cannot convert {name}::{variant} to Lua"
         )))
     }
-    fn serialize_map(self, len: Option<usize>) -> Result<Table, PushError> {
+    fn serialize_map(self, len: Option<usize>) -> Result<Table<'a>, PushError> {
         self.table(0, len.unwrap_or(0))
     }
-    fn serialize_struct(self, _name: &'static str, len: usize) -> Result<Table, PushError> {
+    fn serialize_struct(self, _name: &'static str, len: usize) -> Result<Table<'a>, PushError> {
         self.table(0, len)
     }
     fn serialize_struct_variant(
@@ -332,7 +405,7 @@ impl ser::Serializer for Pusher {
         variant: &'static str,
         _len: usize,
     ) -> Result<Self::SerializeStructVariant, PushError> {
-        Err(PushError(format!(
+        Err(PushError::Refused(format!(
             "cannot convert {name}::{variant} to Lua"
         )))
     }

@@ -6,6 +6,7 @@ mod embedded;
 mod lua_core;
 mod passwords;
 mod projects;
+mod sandbox;
 mod seed;
 mod serve;
 mod users;

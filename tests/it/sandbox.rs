@@ -1,0 +1,454 @@
+//! Attacks on the sandbox through `coronium serve`: a hostile API project next to honest ones,
+//! and hostile clients. After each attack the other projects must answer as before, nothing may
+//! have leaked or persisted, and the worker must keep answering.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::{TestDb, TestServer, scratch_dir};
+
+const HONEST: &str = r#"
+local api = core.api()
+local secret = require("Honest.secret")
+
+function api.signup(input)
+  local name = core.trim(input.name)
+  print("signup", name)
+  core.debug(input)
+  return { name = name, password = input.password, words = core.split(input.name) }
+end
+function api.leak()
+  return { global = leak, loaded = loadstring("return leak")(), hidden = hidden,
+           pwned = rawget(_G, "pwned"), secret = secret.key }
+end
+function api.call_evil() return core.callApi("Evil", "peek", {}) end
+function api.fails() return core.error("honest failure", 42) end
+function api.ping() return "pong" end
+return api
+"#;
+
+const EVIL: &str = r#"
+local api = core.api()
+local mine = getfenv(1)
+
+-- Every function and table reachable from the globals and the shared metatables.
+local function reachable()
+  local functions, tables, seen = {}, {}, {}
+  local function visit(v, path)
+    if seen[v] then return end
+    if type(v) == "function" then
+      seen[v] = true
+      functions[#functions + 1] = { v, path }
+    elseif type(v) == "table" then
+      seen[v] = true
+      tables[#tables + 1] = { v, path }
+      for k, x in pairs(v) do visit(x, path .. "." .. tostring(k)) end
+      local mt = getmetatable(v)
+      if type(mt) == "table" then visit(mt, path .. "<mt>") end
+    end
+  end
+  visit(_G, "_G")
+  visit(getmetatable(""), "string<mt>")
+  visit(getmetatable(core.error("x")), "error<mt>")
+  visit(getmetatable(core.json.decode("[]")), "array<mt>")
+  return functions, tables
+end
+
+-- What the attacks changed: must stay empty.
+function api.attack_shared()
+  local functions, tables = reachable()
+  local changed = {}
+  local evil = setmetatable({}, { __index = _G })
+  for _, entry in ipairs(functions) do
+    local f, path = entry[1], entry[2]
+    if pcall(setfenv, f, evil) then changed[#changed + 1] = "setfenv " .. path end
+    local ok, env = pcall(getfenv, f)
+    if ok and env ~= _G then changed[#changed + 1] = "getfenv " .. path end
+    if ok and pcall(rawset, env, "pwned", true) then changed[#changed + 1] = "env of " .. path end
+  end
+  for _, entry in ipairs(tables) do
+    local t, path = entry[1], entry[2]
+    if pcall(rawset, t, "pwned", true) then changed[#changed + 1] = "rawset " .. path end
+    if pcall(setmetatable, t, {}) then changed[#changed + 1] = "setmetatable " .. path end
+  end
+  -- Levels above the handler run the server's code (from the anonymous function: 1 itself,
+  -- 2 pcall, 3 this handler).
+  for level = 4, 16 do
+    if pcall(function() setfenv(level, evil) end) then changed[#changed + 1] = "level " .. level end
+  end
+  if pcall(rawset, mine, "leak", "evil") then changed[#changed + 1] = "rawset own env" end
+  if getmetatable(mine) ~= false then changed[#changed + 1] = "own env metatable visible" end
+  if pcall(function() api.ping = function() return "hijacked" end end) then
+    changed[#changed + 1] = "api table"
+  end
+  local ok, chunk = pcall(loadstring, "hidden = 'evil'")
+  if ok and chunk and pcall(chunk) then changed[#changed + 1] = "thread globals" end
+  if #functions < 50 or #tables < 10 then changed[#changed + 1] = "walk found too little" end
+  return { changed = changed, functions = #functions, tables = #tables }
+end
+
+-- The attack from the review: replace the prelude's `invoke` environment for every project.
+function api.hijack()
+  setfenv(2, setmetatable({}, { __index = _G }))
+  return "hijacked"
+end
+
+function api.steal_module()
+  local results = {}
+  for _, name in ipairs({ "Honest.secret", "Other.secret", "Evil..secret", "Evil.link" }) do
+    local ok, value = pcall(require, name)
+    results[#results + 1] = { ok = ok, value = ok and type(value) or value }
+  end
+  return results
+end
+
+function api.plant()
+  leak = "evil"
+  loadstring("leak = 'evil'")()
+  return { leak = leak }
+end
+function api.after_plant() return { leak = leak or "none" } end
+
+-- Called by Honest through core.callApi: looks for the caller's environment up the stack.
+function api.peek()
+  local leaked = {}
+  for level = 1, 20 do
+    local ok, env = pcall(function() return getfenv(level) end)
+    if ok and env ~= _G and env ~= mine then leaked[#leaked + 1] = level end
+  end
+  return { leaked = leaked }
+end
+
+function api.ping() return "evil pong" end
+return api
+"#;
+
+fn write_project(root: &Path, name: &str, files: &[(&str, &str)]) {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, source) in files {
+        std::fs::write(dir.join(file), source).unwrap();
+    }
+}
+
+fn projects() -> PathBuf {
+    let root = scratch_dir("sandbox");
+    write_project(
+        &root,
+        "Honest",
+        &[
+            ("main.lua", HONEST),
+            ("secret.lua", "return { key = 's3cret' }"),
+        ],
+    );
+    write_project(&root, "Evil", &[("main.lua", EVIL)]);
+    write_project(
+        &root,
+        "Other",
+        &[
+            (
+                "main.lua",
+                HONEST.replace("Honest.secret", "Other.secret").as_str(),
+            ),
+            ("secret.lua", "return { key = 'other' }"),
+        ],
+    );
+    // A link inside Evil that leads into Honest.
+    std::os::unix::fs::symlink(root.join("Honest/secret.lua"), root.join("Evil/link.lua")).unwrap();
+    root
+}
+
+fn serve(db: &TestDb, root: &Path, env: &[(&str, &str)]) -> TestServer {
+    let root = root.to_owned();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    TestServer::start(db, move |cmd| {
+        // One worker: every attack lands on the state the honest projects use.
+        cmd.arg("--projects")
+            .arg(&root)
+            .env("CORONIUM_WORKERS", "1");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+    })
+}
+
+/// What the honest project answers when nothing was tampered with.
+async fn assert_honest(server: &TestServer) {
+    assert_eq!(
+        server
+            .call(
+                "Honest",
+                "signup",
+                json!({"name": "  Ann Lee ", "password": "pw"})
+            )
+            .await,
+        json!({"result": {"name": "Ann Lee", "password": "pw", "words": ["Ann", "Lee"]}})
+    );
+    assert_eq!(
+        server.call("Honest", "leak", json!({})).await,
+        json!({"result": {"secret": "s3cret"}})
+    );
+    assert_eq!(
+        server.call("Honest", "fails", json!({})).await,
+        json!({"result": {"error": "honest failure", "status": 42}})
+    );
+}
+
+#[tokio::test]
+async fn a_project_cannot_change_what_other_projects_share() {
+    let db = TestDb::new().await;
+    let root = projects();
+    let server = serve(&db, &root, &[]);
+    assert_honest(&server).await;
+
+    let attacked = server.call("Evil", "attack_shared", json!({})).await;
+    assert_eq!(attacked["result"]["changed"], json!({}), "{attacked}");
+
+    let hijack = server.call("Evil", "hijack", json!({})).await;
+    assert_eq!(hijack["result"]["status"], json!(810), "{hijack}");
+    assert!(
+        hijack["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("setfenv: cannot change the environment of a function the server provides"),
+        "{hijack}"
+    );
+
+    let planted = server.call("Evil", "plant", json!({})).await;
+    assert_eq!(planted, json!({"result": {"leak": "evil"}}));
+    assert_eq!(
+        server.call("Evil", "after_plant", json!({})).await,
+        json!({"result": {"leak": "none"}})
+    );
+
+    // Called by Honest, Evil cannot reach Honest's environment up the stack.
+    assert_eq!(
+        server.call("Honest", "call_evil", json!({})).await,
+        json!({"result": {"leaked": {}}})
+    );
+    assert_honest(&server).await;
+    assert_eq!(
+        server.call("Other", "leak", json!({})).await,
+        json!({"result": {"secret": "other"}})
+    );
+}
+
+#[tokio::test]
+async fn require_reaches_only_the_projects_own_files() {
+    let db = TestDb::new().await;
+    let root = projects();
+    let server = serve(&db, &root, &[]);
+    let answer = server.call("Evil", "steal_module", json!({})).await;
+    let results = answer["result"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert_eq!(results.len(), 4, "{answer}");
+    for result in results {
+        assert_eq!(result["ok"], json!(false), "{answer}");
+    }
+    assert!(
+        results[0]["value"]
+            .as_str()
+            .unwrap()
+            .contains("project 'Evil' can require only its own files"),
+        "{answer}"
+    );
+    assert!(
+        results[3]["value"]
+            .as_str()
+            .unwrap()
+            .contains("Evil/link.lua: no such file"),
+        "{answer}"
+    );
+    let root_text = root.display().to_string();
+    assert!(!answer.to_string().contains(&root_text), "{answer}");
+    assert_honest(&server).await;
+}
+
+#[tokio::test]
+async fn errors_name_project_files_relative_to_the_projects_folder() {
+    let db = TestDb::new().await;
+    let root = projects();
+    write_project(
+        &root,
+        "Faulty",
+        &[
+            (
+                "main.lua",
+                "local api = core.api()\nlocal m = require('Faulty.mod')\nfunction api.boom() error('kaboom') end\nfunction api.deep() return m.fail() end\nreturn api",
+            ),
+            (
+                "mod.lua",
+                "local m = {}\nfunction m.fail() local x = nil; return x.y end\nreturn m",
+            ),
+        ],
+    );
+    write_project(
+        &root,
+        "Unloadable",
+        &[("main.lua", "local api = core.api(\nreturn api")],
+    );
+    write_project(
+        &root,
+        "BadModule",
+        &[("main.lua", "return require('BadModule.missing')")],
+    );
+    let server = serve(&db, &root, &[]);
+    let root_text = root.display().to_string();
+    let mut answers = Vec::new();
+    for (project, action, expected) in [
+        ("Faulty", "boom", "Faulty/main.lua:3: kaboom"),
+        ("Faulty", "deep", "Faulty/mod.lua:2: attempt to index nil"),
+        (
+            "Unloadable",
+            "x",
+            "project 'Unloadable' failed to load: Unloadable/main.lua:2:",
+        ),
+        ("BadModule", "x", "BadModule/missing.lua"),
+    ] {
+        let answer = server.call(project, action, json!({})).await;
+        let message = answer["result"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(message.contains(expected), "{project}.{action}: {answer}");
+        assert!(
+            !message.contains(&root_text),
+            "{project}.{action}: {answer}"
+        );
+        assert!(
+            !message.contains("stack traceback"),
+            "{project}.{action}: {answer}"
+        );
+        answers.push(answer);
+    }
+    assert_eq!(answers.len(), 4);
+}
+
+/// Each hostile handler: what it runs. The budget is 300 ms.
+const HOG: &str = r##"
+local api = core.api()
+local attacks = {
+  spin = function() while true do end end,
+  pattern_find = function() return string.find(("a"):rep(1300), ".-.-b") end,
+  pattern_match = function() return string.match(("a"):rep(1300), ".-.-b") end,
+  gmatch = function() for _ in string.gmatch(("a"):rep(3000), "(.-)(.-)b") do end end,
+  gsub = function() return string.gsub(("a"):rep(3000), "(.-)(.-)b", "") end,
+  method_find = function() local s = ("a"):rep(1300) return s:find(".-.-b") end,
+  long_pattern = function() return string.match(("a"):rep(1e6), ("a"):rep(1e5) .. ".") end,
+  plain_find = function() return string.find(("a"):rep(4e6), ("a"):rep(2e6) .. "b", 1, true) end,
+  literal_find = function() return string.find(("a"):rep(4e6), ("a"):rep(2e6) .. "b") end,
+  trim = function() return #core.trim("x" .. (" "):rep(4e6) .. "x") end,
+  split = function() return #core.split((","):rep(4e6), ",") end,
+  words = function() return #core.split((" x"):rep(4e6)) end,
+  sort = function() local t = string.split(("9,1,"):rep(1e6), ",") table.sort(t) end,
+  sort_by = function() local t = string.split(("9,1,"):rep(1e6), ",") table.sort(t, function(a, b) return a > b end) end,
+  move = function() return table.move({}, 1, 2^31 - 2, 2, {}) end,
+  rep = function() return #string.rep("ab", 5e7) end,
+  concat = function() return #table.concat(table.create(5e6, "ab")) end,
+  encode_keys = function()
+    local t = {}
+    for i = 1, 5e5 do t["k" .. i] = i end
+    return core.json.encode(t)
+  end,
+  encode_array = function() return core.json.encode(string.split(("x,"):rep(3e6), ",")) end,
+  decode = function() return core.json.decode("[" .. ("1,"):rep(8e6) .. "1]") end,
+  decode_objects = function() return core.json.decode("[" .. ('{"a":[1,2]},'):rep(2e6) .. "1]") end,
+  loadstring = function() return loadstring(("local a = 1 "):rep(1e6)) end,
+  unpack = function() return select("#", unpack(table.create(1e6, 1))) end,
+}
+function api.attack(input)
+  local attack = attacks[input.name]
+  if not attack then return core.error("no attack " .. tostring(input.name), 1) end
+  attack()
+  return "finished"
+end
+function api.ping() return "pong" end
+return api
+"##;
+
+const ATTACKS: &[&str] = &[
+    "spin",
+    "pattern_find",
+    "pattern_match",
+    "gmatch",
+    "gsub",
+    "method_find",
+    "long_pattern",
+    "plain_find",
+    "literal_find",
+    "trim",
+    "split",
+    "words",
+    "sort",
+    "sort_by",
+    "move",
+    "rep",
+    "concat",
+    "encode_keys",
+    "encode_array",
+    "decode",
+    "decode_objects",
+    "loadstring",
+    "unpack",
+];
+
+#[tokio::test]
+async fn the_cpu_budget_holds_inside_library_functions() {
+    let db = TestDb::new().await;
+    let root = scratch_dir("hog");
+    write_project(&root, "Hog", &[("main.lua", HOG)]);
+    write_project(
+        &root,
+        "Honest",
+        &[
+            ("main.lua", HONEST),
+            ("secret.lua", "return {key='s3cret'}"),
+        ],
+    );
+    let server = serve(&db, &root, &[("CORONIUM_CPU_BUDGET_MS", "300")]);
+    assert_eq!(
+        server.call("Hog", "ping", json!({})).await,
+        json!({"result": "pong"})
+    );
+    let budget = Duration::from_millis(300);
+    let mut report = Vec::new();
+    for &name in ATTACKS {
+        let started = Instant::now();
+        let attack = async {
+            let answer = server.call("Hog", "attack", json!({"name": name})).await;
+            (answer, started.elapsed())
+        };
+        let bystander = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let asked = Instant::now();
+            let answer = server.call("Honest", "ping", json!({})).await;
+            (answer, asked.elapsed())
+        };
+        let ((answer, took), (pong, waited)) = tokio::join!(attack, bystander);
+        assert_eq!(pong, json!({"result": "pong"}), "{name}");
+        let status = &answer["result"]["status"];
+        if answer != json!({"result": "finished"}) {
+            assert_eq!(status, &json!(810), "{name}: {answer}");
+        }
+        report.push(format!("{name}: {took:?} (bystander {waited:?}) {answer}"));
+        assert!(
+            took < budget + Duration::from_secs(1),
+            "{name} ran {took:?}: {answer}"
+        );
+        assert!(
+            waited < Duration::from_secs(2),
+            "{name}: the bystander waited {waited:?}"
+        );
+    }
+    eprintln!("{}", report.join("\n"));
+    assert_eq!(
+        server.call("Honest", "ping", json!({})).await,
+        json!({"result": "pong"})
+    );
+}
