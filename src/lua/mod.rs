@@ -118,6 +118,16 @@ pub struct Runtime {
     request: Function,
     meter: Rc<budget::Meter>,
     cpu_budget: Option<Duration>,
+    memory_limit: usize,
+}
+
+/// What [`Runtime::reclaim`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// Still near its memory limit after a full collection: what it holds on to (a project's
+    /// growing cache, a leak) leaves requests no room. Replace the state.
+    Exhausted,
 }
 
 impl Runtime {
@@ -171,7 +181,25 @@ impl Runtime {
             request,
             meter,
             cpu_budget: options.cpu_budget,
+            memory_limit: options.memory_limit,
         })
+    }
+
+    /// Collects garbage when the state is near its memory limit, and says whether it has room
+    /// left. Luau collects as it allocates, against a goal set after the last cycle: after a
+    /// spike that goal can lie beyond the limit, where no allocation reaches it, and the garbage
+    /// would stay for good. Cheap when there is room (one comparison).
+    pub fn reclaim(&self) -> Health {
+        let near = |used: usize| used > self.memory_limit / 4 * 3;
+        if !near(self.lua.used_memory()) {
+            return Health::Healthy;
+        }
+        let _ = self.lua.gc_collect();
+        if self.lua.used_memory() > self.memory_limit / 10 * 9 {
+            Health::Exhausted
+        } else {
+            Health::Healthy
+        }
     }
 
     /// Runs `project`'s `action` with `input` in `scope`, in a coroutine (and global
@@ -223,6 +251,18 @@ impl Runtime {
         })?;
         // Converted: a handler that waits keeps only its Lua copy.
         drop(input);
+        // Converted with the limit lifted (see `host_sized`): the input may not leave the state
+        // above its limit. Garbage first, then this request gives way.
+        if self.lua.used_memory() > self.memory_limit {
+            self.lua.gc_collect()?;
+            if self.lua.used_memory() > self.memory_limit {
+                drop((thread, args));
+                self.lua.gc_collect()?;
+                return Err(mlua::Error::MemoryError(
+                    "the request's input does not fit in the Lua state's memory now".into(),
+                ));
+            }
+        }
         let mut budget = self
             .cpu_budget
             .map(|budget| budget::Budget::new(self.meter.clone(), &thread, budget));

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{Shared, secs};
-use crate::lua::{HandlerOutcome, Output, Runtime, RuntimeOptions};
+use crate::lua::{HandlerOutcome, Health, Output, Runtime, RuntimeOptions};
 use crate::users::Users;
 use crate::wire::{self, WireError};
 
@@ -39,10 +39,14 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
 
 /// A worker's own state; never leaves its thread.
 struct Worker {
+    index: usize,
     shared: Arc<Shared>,
     users: Users,
     pool: Pool,
-    lua: Runtime,
+    /// The worker's Lua state, replaced when it runs out of room for good (requests under way
+    /// finish on the state they started on).
+    lua: RefCell<Rc<Runtime>>,
+    lua_options: RuntimeOptions,
     /// Metric handles per (project, action, outcome), looked up once: registering labels costs
     /// more than the request's own counting. Bounded: only routed requests get names as labels.
     request_metrics: RefCell<HashMap<RouteKey, RequestMetrics>>,
@@ -96,16 +100,14 @@ pub(super) fn run_worker(
             .max_header_list_size(64 * 1024);
         let grace = secs(settings.shutdown_grace_secs);
         let users = Users::new(pool.clone(), shared.hasher.clone(), &shared.public_url);
-        let lua = match Runtime::new(
-            users.clone(),
-            RuntimeOptions {
-                scope: wire::DEFAULT_SCOPE.to_owned(),
-                memory_limit: shared.lua_memory_limit,
-                output: Output::Log,
-                projects_dir: Some(settings.projects_dir.clone()),
-                cpu_budget: Some(Duration::from_millis(settings.cpu_budget_ms.max(1))),
-            },
-        ) {
+        let lua_options = RuntimeOptions {
+            scope: wire::DEFAULT_SCOPE.to_owned(),
+            memory_limit: shared.lua_memory_limit,
+            output: Output::Log,
+            projects_dir: Some(settings.projects_dir.clone()),
+            cpu_budget: Some(Duration::from_millis(settings.cpu_budget_ms.max(1))),
+        };
+        let lua = match Runtime::new(users.clone(), lua_options.clone()) {
             Ok(lua) => lua,
             Err(e) => {
                 tracing::error!(worker = index, error = %e, "cannot create the Lua state");
@@ -113,9 +115,11 @@ pub(super) fn run_worker(
             }
         };
         let worker = Rc::new(Worker {
+            index,
             users,
             pool,
-            lua,
+            lua: RefCell::new(Rc::new(lua)),
+            lua_options,
             shared: shared.clone(),
             request_metrics: RefCell::default(),
         });
@@ -163,6 +167,31 @@ pub(super) fn run_worker(
     });
 }
 
+impl Worker {
+    /// Reclaims `lua`'s garbage when it is near its limit, and replaces it with a fresh state
+    /// (projects load again on first use) when a full collection leaves no room.
+    fn look_after(&self, lua: &Rc<Runtime>) {
+        if lua.reclaim() == Health::Healthy || !Rc::ptr_eq(&self.lua.borrow(), lua) {
+            return;
+        }
+        match Runtime::new(self.users.clone(), self.lua_options.clone()) {
+            Ok(fresh) => {
+                tracing::warn!(
+                    worker = self.index,
+                    used = lua.used_memory(),
+                    "the Lua state stays near its memory limit after a full collection; \
+                     replaced it with a fresh one (its requests under way finish on the old one)"
+                );
+                metrics::counter!("coronium_lua_rebuilds_total").increment(1);
+                *self.lua.borrow_mut() = Rc::new(fresh);
+            }
+            Err(e) => {
+                tracing::error!(worker = self.index, error = %e, "cannot make a fresh Lua state")
+            }
+        }
+    }
+}
+
 /// Publishes this worker's pool usage every second (and, on worker 0, keeps the metrics
 /// recorder's histograms trimmed).
 async fn report_pool(index: usize, worker: Rc<Worker>) {
@@ -178,7 +207,9 @@ async fn report_pool(index: usize, worker: Rc<Worker>) {
         size.set(status.size as f64);
         idle.set(status.available as f64);
         waiting.set(status.waiting as f64);
-        lua_memory.set(worker.lua.used_memory() as f64);
+        let lua = worker.lua.borrow().clone();
+        worker.look_after(&lua);
+        lua_memory.set(worker.lua.borrow().used_memory() as f64);
         if index == 0
             && let Some(handle) = &worker.shared.metrics
         {
@@ -421,10 +452,13 @@ async fn run_call(
                 status: e.status(),
             })
         } else {
-            let outcome = worker
-                .lua
+            let lua = worker.lua.borrow().clone();
+            let outcome = lua
                 .handle(project, action, Value::Object(params), scope)
                 .await;
+            if let HandlerOutcome::Error { .. } = outcome {
+                worker.look_after(&lua);
+            }
             if !matches!(
                 outcome,
                 HandlerOutcome::UnknownProject | HandlerOutcome::UnknownAction

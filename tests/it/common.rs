@@ -289,18 +289,12 @@ impl TestServer {
         if let Some(key) = key {
             cmd.env("CORONIUM_SERVER_KEY", key);
         }
-        cmd.args([
-            "serve",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--workers",
-            "2",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdout(std::process::Stdio::piped());
+        // Two workers unless `configure` sets CORONIUM_WORKERS (a flag would win over it).
+        cmd.env("CORONIUM_WORKERS", "2")
+            .args(["serve", "--port", "0", "--host", "127.0.0.1"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdout(std::process::Stdio::piped());
         configure(&mut cmd);
         let mut child = cmd.spawn().expect("spawn coronium serve");
         let mut line = String::new();

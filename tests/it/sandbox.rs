@@ -452,3 +452,122 @@ async fn the_cpu_budget_holds_inside_library_functions() {
         json!({"result": "pong"})
     );
 }
+
+const HOARD: &str = r#"
+local api = core.api()
+local hoard = {}
+function api.hold(input) core.sleep(1) return #input.junk end
+function api.alloc()
+  local t = {}
+  for i = 1, 1e5 do t[i] = { i } end
+  return #t + #string.rep("x", 4e6)
+end
+function api.hoard() hoard[#hoard + 1] = string.rep("x", 1e6) .. #hoard return #hoard end
+function api.ping() return "pong" end
+return api
+"#;
+
+/// Polls `action` until it answers `expected`; how long that took.
+async fn until_answers(
+    server: &TestServer,
+    action: &str,
+    expected: serde_json::Value,
+    within: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let answer = server.call("Hoard", action, json!({})).await;
+        if answer == expected {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{action} still answers {answer} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_large_inputs_leaves_the_state_usable() {
+    let db = TestDb::new().await;
+    let root = scratch_dir("flood");
+    write_project(&root, "Hoard", &[("main.lua", HOARD)]);
+    let server = std::sync::Arc::new(serve(&db, &root, &[("CORONIUM_LUA_MEMORY_LIMIT_MB", "64")]));
+    // Each body is just under the 1 MiB limit and becomes about 25 MB of Lua tables.
+    let junk = json!({ "junk": vec![json!([]); 349_000] });
+    let floods: Vec<_> = (0..16)
+        .map(|_| {
+            let (server, junk) = (server.clone(), junk.clone());
+            tokio::spawn(async move { server.call("Hoard", "hold", junk).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for flood in floods {
+        answers.push(flood.await.unwrap());
+    }
+    let held = answers
+        .iter()
+        .filter(|a| **a == json!({"result": 349_000}))
+        .count();
+    for answer in &answers {
+        if *answer != json!({"result": 349_000}) {
+            assert_eq!(answer["result"]["status"], json!(810), "{answer}");
+            assert!(
+                answer["result"]["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("memory"),
+                "{answer}"
+            );
+        }
+    }
+    assert!(held >= 1, "no flood request was served: {answers:?}");
+    let took = until_answers(
+        &server,
+        "alloc",
+        json!({"result": 4_100_000}),
+        Duration::from_secs(5),
+    )
+    .await;
+    eprintln!("{held} of 16 served; an allocating handler worked again after {took:?}");
+}
+
+#[tokio::test]
+async fn a_state_that_stays_full_is_replaced() {
+    let db = TestDb::new().await;
+    let root = scratch_dir("hoard");
+    write_project(&root, "Hoard", &[("main.lua", HOARD)]);
+    let server = serve(&db, &root, &[("CORONIUM_LUA_MEMORY_LIMIT_MB", "64")]);
+    // The hoard grows by 1 MB a request until the state has no room left after a full
+    // collection; then a fresh state (an empty hoard) takes the next request.
+    let (mut expected, mut out_of_memory, mut replaced) = (1, 0, false);
+    for _ in 0..150 {
+        let answer = server.call("Hoard", "hoard", json!({})).await;
+        if answer == json!({ "result": expected }) {
+            expected += 1;
+        } else if answer == json!({"result": 1}) && out_of_memory > 0 {
+            replaced = true;
+            break;
+        } else {
+            assert_eq!(answer["result"]["status"], json!(810), "{answer}");
+            out_of_memory += 1;
+        }
+    }
+    assert!(
+        replaced,
+        "never replaced (hoarded {expected}, {out_of_memory} failures)"
+    );
+    until_answers(
+        &server,
+        "alloc",
+        json!({"result": 4_100_000}),
+        Duration::from_secs(5),
+    )
+    .await;
+    let (_, metrics) = crate::common::http_get(&server.addr, "/metrics").await;
+    assert!(
+        metrics.contains("coronium_lua_rebuilds_total 1"),
+        "{metrics}"
+    );
+}
