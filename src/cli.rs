@@ -329,6 +329,7 @@ async fn run_script(
             output: Output::Stdout,
             projects_dir: None,
             cpu_budget: None,
+            pulse: None,
         },
     ) {
         Ok(lua) => {

@@ -11,6 +11,9 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mlua::{Lua, VmState};
@@ -37,9 +40,50 @@ struct Slice {
 pub(crate) struct Meter {
     current: Cell<Option<Slice>>,
     ticks: Cell<u32>,
+    /// Published at each slice's start and end, for a watchdog on another thread.
+    pulse: Option<Arc<Pulse>>,
+}
+
+/// When the state's running slice started, readable from any thread: a slice longer than its
+/// budget is stuck where the meter cannot reach (a C function it does not know).
+#[derive(Debug, Default)]
+pub struct Pulse {
+    /// Milliseconds since [`EPOCH`] plus one; 0 while no slice runs.
+    busy_since: AtomicU64,
+}
+
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+impl Pulse {
+    fn enter(&self, at: Instant) {
+        let ms = at.saturating_duration_since(*EPOCH).as_millis() as u64;
+        self.busy_since.store(ms + 1, Ordering::Relaxed);
+    }
+
+    fn leave(&self) {
+        self.busy_since.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the running slice has run; `None` when none runs.
+    pub fn busy_for(&self) -> Option<Duration> {
+        match self.busy_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => {
+                let now = Instant::now().saturating_duration_since(*EPOCH).as_millis() as u64;
+                Some(Duration::from_millis(now.saturating_sub(since - 1)))
+            }
+        }
+    }
 }
 
 impl Meter {
+    pub fn new(pulse: Option<Arc<Pulse>>) -> Self {
+        Meter {
+            pulse,
+            ..Meter::default()
+        }
+    }
+
     /// Installs the interrupt on `lua`. It never yields while `pending` holds an operation not
     /// yet handed to the driver (see [`super::pending`]).
     pub fn install(self: &Rc<Self>, lua: &Lua, pending: Rc<Pending>) {
@@ -112,6 +156,9 @@ impl Budget {
     /// Runs `resume` (one resume of the request's coroutine) as a slice.
     pub fn run<R>(&mut self, resume: impl FnOnce() -> R) -> R {
         let start = Instant::now();
+        if let Some(pulse) = &self.meter.pulse {
+            pulse.enter(start);
+        }
         let remaining = self.budget.saturating_sub(self.used);
         self.meter.current.set(Some(Slice {
             thread: self.thread,
@@ -121,6 +168,9 @@ impl Budget {
         }));
         let out = resume();
         self.meter.current.set(None);
+        if let Some(pulse) = &self.meter.pulse {
+            pulse.leave();
+        }
         self.used += start.elapsed();
         out
     }

@@ -17,6 +17,7 @@ use mlua::{
     Function, IntoLuaMulti, Lua, LuaOptions, LuaSerdeExt, MultiValue, StdLib, Table, Value,
 };
 
+pub use budget::Pulse;
 pub use convert::MAX_DEPTH;
 
 use crate::users::Users;
@@ -42,6 +43,8 @@ pub struct RuntimeOptions {
     pub projects_dir: Option<PathBuf>,
     /// Lua CPU time one request may use; `None` for no limit (scripts).
     pub cpu_budget: Option<Duration>,
+    /// Where the state publishes when its running slice started (servers' watchdog).
+    pub pulse: Option<std::sync::Arc<Pulse>>,
 }
 
 /// How an API project request ended.
@@ -136,7 +139,7 @@ impl Runtime {
         let lua = Lua::new_with(StdLib::ALL_SAFE, LuaOptions::new())?;
         lua.set_memory_limit(options.memory_limit)?;
         let pending = Rc::new(pending::Pending::default());
-        let meter = Rc::new(budget::Meter::default());
+        let meter = Rc::new(budget::Meter::new(options.pulse.clone()));
         let host = Rc::new(Host {
             users,
             scope: options.scope,

@@ -325,9 +325,35 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         "split",
         lua.create_function(
             move |lua, (s, sep): (mlua::LuaString, Option<mlua::LuaString>)| {
-                text::split_table(lua, &split_host.meter, &s, sep.as_ref())
+                text::split_table(
+                    lua,
+                    &split_host.meter,
+                    &s,
+                    sep.as_ref(),
+                    text::Separator::Core,
+                )
             },
         )?,
+    )?;
+    let luau_split_host = host.clone();
+    native.set(
+        "string_split",
+        lua.create_function(
+            move |lua, (s, sep): (mlua::LuaString, Option<mlua::LuaString>)| {
+                text::split_table(
+                    lua,
+                    &luau_split_host.meter,
+                    &s,
+                    sep.as_ref(),
+                    text::Separator::Luau,
+                )
+            },
+        )?,
+    )?;
+    let budget_host = host.clone();
+    native.set(
+        "over_budget",
+        lua.create_function(move |_, ()| Ok(budget_host.meter.check().is_err()))?,
     )?;
     native.set(
         "find_plain",

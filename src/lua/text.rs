@@ -68,19 +68,37 @@ pub(crate) fn find_plain(haystack: &[u8], needle: &[u8], init: i64) -> Option<(u
     Some((at + 1, at + needle.len()))
 }
 
-/// How many pieces `core.split` makes between two looks at the CPU budget.
+/// How many pieces a split makes between two looks at the CPU budget.
 const PIECES_PER_CHECK: usize = 4096;
 
-/// `core.split` as a Lua sequence.
+/// How a split reads its separator.
+#[derive(Clone, Copy)]
+pub(crate) enum Separator {
+    /// `core.split`: none or empty means words.
+    Core,
+    /// Luau's `string.split`: none means `","`, empty means every byte.
+    Luau,
+}
+
+/// A split as a Lua sequence.
 pub(crate) fn split_table(
     lua: &Lua,
     meter: &Meter,
     s: &LuaString,
     sep: Option<&LuaString>,
+    form: Separator,
 ) -> mlua::Result<Table> {
     let bytes = s.as_bytes();
     let sep = sep.map(|sep| sep.as_bytes());
-    let pieces = split(&bytes, sep.as_deref().unwrap_or_default());
+    let sep: &[u8] = match (&sep, form) {
+        (None, Separator::Luau) => b",",
+        (None, Separator::Core) => b"",
+        (Some(sep), _) => sep,
+    };
+    let pieces = match form {
+        Separator::Luau if sep.is_empty() => bytes.chunks(1).collect(),
+        _ => split(&bytes, sep),
+    };
     let table = lua.create_table_with_capacity(pieces.len(), 0)?;
     for (i, piece) in pieces.into_iter().enumerate() {
         if i % PIECES_PER_CHECK == PIECES_PER_CHECK - 1 {

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::{Shared, secs};
+use super::{Shared, Stalls, secs};
 use crate::lua::{HandlerOutcome, Health, Output, Runtime, RuntimeOptions};
 use crate::users::Users;
 use crate::wire::{self, WireError};
@@ -41,6 +41,8 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
 struct Worker {
     index: usize,
     shared: Arc<Shared>,
+    /// Every worker's pulse, for `/healthz`.
+    stalls: Arc<Stalls>,
     users: Users,
     pool: Pool,
     /// The worker's Lua state, replaced when it runs out of room for good (requests under way
@@ -64,6 +66,7 @@ pub(super) fn run_worker(
     listener: StdListener,
     pool: Pool,
     shared: Arc<Shared>,
+    stalls: Arc<Stalls>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -106,6 +109,7 @@ pub(super) fn run_worker(
             output: Output::Log,
             projects_dir: Some(settings.projects_dir.clone()),
             cpu_budget: Some(Duration::from_millis(settings.cpu_budget_ms.max(1))),
+            pulse: Some(stalls.pulses[index].clone()),
         };
         let lua = match Runtime::new(users.clone(), lua_options.clone()) {
             Ok(lua) => lua,
@@ -116,6 +120,7 @@ pub(super) fn run_worker(
         };
         let worker = Rc::new(Worker {
             index,
+            stalls,
             users,
             pool,
             lua: RefCell::new(Rc::new(lua)),
@@ -311,6 +316,14 @@ async fn wire_call(worker: &Worker, request: Request<Incoming>) -> Response<Full
 }
 
 async fn health(worker: &Worker) -> Response<Full<Bytes>> {
+    // A stuck worker cannot answer for itself; any other worker reports it.
+    if let Some((stuck, busy)) = worker.stalls.stalled().first() {
+        let error = format!(
+            "worker {stuck} has been stuck in Lua for {} ms",
+            busy.as_millis()
+        );
+        return json_response(503, &json!({ "status": "unavailable", "error": error }));
+    }
     // Through the users service's own connections: the pool's connections are all lent to them.
     let check = async {
         worker.users.ping().await.map_err(|e| match e {

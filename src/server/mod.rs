@@ -14,6 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::ServerSettings;
+use crate::lua::Pulse;
 use crate::users::PasswordHasher;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,74 @@ pub struct Server {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
+    watchdog: Option<JoinHandle<()>>,
+}
+
+/// Every worker's Lua pulse. A slice may run its whole CPU budget; one that runs past the
+/// budget plus [`STALL_MARGIN`] is stuck where the meter cannot fail it (a C function it does not
+/// know), and its worker serves nothing meanwhile.
+pub(crate) struct Stalls {
+    pub(crate) pulses: Vec<Arc<Pulse>>,
+    after: Duration,
+}
+
+const STALL_MARGIN: Duration = Duration::from_secs(1);
+
+impl Stalls {
+    fn new(workers: usize, cpu_budget: Duration) -> Self {
+        Stalls {
+            pulses: (0..workers).map(|_| Arc::default()).collect(),
+            after: cpu_budget + STALL_MARGIN,
+        }
+    }
+
+    /// The workers stuck now, and for how long.
+    pub(crate) fn stalled(&self) -> Vec<(usize, Duration)> {
+        self.pulses
+            .iter()
+            .enumerate()
+            .filter_map(|(worker, pulse)| {
+                pulse
+                    .busy_for()
+                    .filter(|busy| *busy > self.after)
+                    .map(|busy| (worker, busy))
+            })
+            .collect()
+    }
+}
+
+/// Watches the workers until `stopped`: logs when one gets stuck and when it recovers, and keeps
+/// `coronium_worker_stalled{worker}` (1 while stuck) for load balancers and alerts.
+fn watchdog(stalls: Arc<Stalls>, stopped: watch::Receiver<bool>) {
+    let gauges: Vec<_> = (0..stalls.pulses.len())
+        .map(|worker| metrics::gauge!("coronium_worker_stalled", "worker" => worker.to_string()))
+        .collect();
+    let mut stuck = vec![false; gauges.len()];
+    while !*stopped.borrow() {
+        std::thread::sleep(Duration::from_millis(250));
+        let now: Vec<_> = stalls.stalled();
+        for (worker, was) in stuck.iter_mut().enumerate() {
+            let busy = now.iter().find(|(w, _)| *w == worker).map(|(_, b)| *b);
+            match (busy, *was) {
+                (Some(busy), false) => {
+                    tracing::error!(
+                        worker,
+                        busy_ms = busy.as_millis() as u64,
+                        "worker stuck in Lua past its CPU budget (a library call the budget \
+                         cannot reach); its requests wait"
+                    );
+                    gauges[worker].set(1.0);
+                    *was = true;
+                }
+                (None, true) => {
+                    tracing::warn!(worker, "worker answers again");
+                    gauges[worker].set(0.0);
+                    *was = false;
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// One listener per worker on the same address (the first picks the port when it is 0).
@@ -99,20 +168,31 @@ impl Server {
             .local_addr()
             .map_err(|source| ServerError::Listen { addr, source })?;
         let (stop, stopped) = watch::channel(false);
+        let stalls = Arc::new(Stalls::new(
+            pools.len(),
+            Duration::from_millis(shared.settings.cpu_budget_ms.max(1)),
+        ));
         let mut workers = Vec::new();
         for (index, (listener, pool)) in listeners.into_iter().zip(pools).enumerate() {
             let shared = shared.clone();
             let stopped = stopped.clone();
+            let stalls = stalls.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
-                .spawn(move || http::run_worker(index, listener, pool, shared, stopped))
+                .spawn(move || http::run_worker(index, listener, pool, shared, stalls, stopped))
                 .map_err(ServerError::Thread)?;
             workers.push(handle);
         }
+        let watching = stopped.clone();
+        let watchdog = std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || watchdog(stalls, watching))
+            .map_err(ServerError::Thread)?;
         Ok(Server {
             local_addr,
             stop,
             workers,
+            watchdog: Some(watchdog),
         })
     }
 
@@ -126,6 +206,9 @@ impl Server {
         let _ = self.stop.send(true);
         for worker in self.workers {
             let _ = worker.join();
+        }
+        if let Some(watchdog) = self.watchdog {
+            let _ = watchdog.join();
         }
     }
 }

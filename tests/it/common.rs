@@ -181,6 +181,7 @@ impl TestDb {
                 output: LuaOutput::Log,
                 projects_dir: None,
                 cpu_budget: None,
+                pulse: None,
             },
         )
         .unwrap()

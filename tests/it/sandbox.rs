@@ -73,10 +73,13 @@ function api.attack_shared()
     if pcall(rawset, t, "pwned", true) then changed[#changed + 1] = "rawset " .. path end
     if pcall(setmetatable, t, {}) then changed[#changed + 1] = "setmetatable " .. path end
   end
-  -- Levels above the handler run the server's code (from the anonymous function: 1 itself,
-  -- 2 pcall, 3 this handler).
-  for level = 4, 16 do
-    if pcall(function() setfenv(level, evil) end) then changed[#changed + 1] = "level " .. level end
+  -- Every level up the stack that runs someone else's code (the server's, C functions).
+  for level = 2, 16 do
+    pcall(function()
+      if getfenv(level) == mine then return end -- Evil's own code: Evil's to change
+      setfenv(level, evil)
+      changed[#changed + 1] = "level " .. level
+    end)
   end
   if pcall(rawset, mine, "leak", "evil") then changed[#changed + 1] = "rawset own env" end
   if getmetatable(mine) ~= false then changed[#changed + 1] = "own env metatable visible" end
@@ -361,6 +364,19 @@ local attacks = {
   decode_objects = function() return core.json.decode("[" .. ('{"a":[1,2]},'):rep(2e6) .. "1]") end,
   loadstring = function() return loadstring(("local a = 1 "):rep(1e6)) end,
   unpack = function() return select("#", unpack(table.create(1e6, 1))) end,
+  luau_split = function() return #string.split((","):rep(1.2e7), ",") end,
+  format_q = function() return #string.format("%q", ("\0"):rep(3e7)) end,
+  evade_pcall = function() while true do pcall(function() while true do end end) end end,
+  evade_nested = function()
+    local function again() while true do pcall(again) end end
+    again()
+  end,
+  evade_xpcall = function()
+    while true do xpcall(function() while true do end end, function() while true do end end) end
+  end,
+  evade_resume = function()
+    while true do coroutine.resume(coroutine.create(function() while true do end end)) end
+  end,
 }
 function api.attack(input)
   local attack = attacks[input.name]
@@ -396,6 +412,12 @@ const ATTACKS: &[&str] = &[
     "decode_objects",
     "loadstring",
     "unpack",
+    "luau_split",
+    "format_q",
+    "evade_pcall",
+    "evade_nested",
+    "evade_xpcall",
+    "evade_resume",
 ];
 
 #[tokio::test]
@@ -569,5 +591,50 @@ async fn a_state_that_stays_full_is_replaced() {
     assert!(
         metrics.contains("coronium_lua_rebuilds_total 1"),
         "{metrics}"
+    );
+}
+
+const COMPAT: &str = r#"
+local api = core.api()
+local mod = require("Compat.mod")
+local function make() return function() return answer end end
+local f = make()
+setfenv(f, { answer = 42 })
+local chunk = loadstring("return who")
+setfenv(chunk, { who = "chunk" })
+function api.check()
+  local g = loadstring("x = 1 return x")
+  local ok, err = pcall(error, "plain", 0)
+  local caught = { pcall(function() local t = nil; return t.x end) }
+  return { f = f(), chunk = chunk(), g = g(), x = x, same = getfenv() == getfenv(1),
+           zero = getfenv(0) == getfenv(1), ok = ok, err = err, caught = caught[1],
+           hello = mod.hello(), frozen = pcall(function() mod.extra = 1 end) }
+end
+return api
+"#;
+
+const COMPAT_MOD: &str = r#"
+local M = setmetatable({}, { __index = getfenv(0) })
+setfenv(1, M)
+function hello() return "hi from " .. type(M) end
+return M
+"#;
+
+#[tokio::test]
+async fn lua51_environment_functions_still_work_within_a_project() {
+    let db = TestDb::new().await;
+    let root = scratch_dir("compat");
+    write_project(
+        &root,
+        "Compat",
+        &[("main.lua", COMPAT), ("mod.lua", COMPAT_MOD)],
+    );
+    let server = serve(&db, &root, &[]);
+    assert_eq!(
+        server.call("Compat", "check", json!({})).await,
+        json!({"result": {
+            "f": 42, "chunk": "chunk", "g": 1, "x": 1, "same": true, "zero": true,
+            "ok": false, "err": "plain", "caught": false, "hello": "hi from table", "frozen": false
+        }})
     );
 }
