@@ -55,12 +55,12 @@ pub struct Pulse {
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 impl Pulse {
-    fn enter(&self, at: Instant) {
+    pub(crate) fn enter(&self, at: Instant) {
         let ms = at.saturating_duration_since(*EPOCH).as_millis() as u64;
         self.busy_since.store(ms + 1, Ordering::Relaxed);
     }
 
-    fn leave(&self) {
+    pub(crate) fn leave(&self) {
         self.busy_since.store(0, Ordering::Relaxed);
     }
 

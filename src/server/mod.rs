@@ -83,10 +83,11 @@ pub(crate) struct Stalls {
 const STALL_MARGIN: Duration = Duration::from_secs(1);
 
 impl Stalls {
-    fn new(workers: usize, cpu_budget: Duration) -> Self {
+    /// A worker is stuck once its running slice has run longer than `after`.
+    fn new(workers: usize, after: Duration) -> Self {
         Stalls {
             pulses: (0..workers).map(|_| Arc::default()).collect(),
-            after: cpu_budget + STALL_MARGIN,
+            after,
         }
     }
 
@@ -170,7 +171,7 @@ impl Server {
         let (stop, stopped) = watch::channel(false);
         let stalls = Arc::new(Stalls::new(
             pools.len(),
-            Duration::from_millis(shared.settings.cpu_budget_ms.max(1)),
+            Duration::from_millis(shared.settings.cpu_budget_ms.max(1)) + STALL_MARGIN,
         ));
         let mut workers = Vec::new();
         for (index, (listener, pool)) in listeners.into_iter().zip(pools).enumerate() {
@@ -220,4 +221,24 @@ pub fn default_workers() -> usize {
 
 pub(crate) fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slice_that_runs_past_the_threshold_is_a_stall() {
+        let stalls = Stalls::new(2, Duration::from_millis(20));
+        assert!(stalls.stalled().is_empty());
+        stalls.pulses[1].enter(std::time::Instant::now());
+        assert!(stalls.stalled().is_empty(), "not yet");
+        std::thread::sleep(Duration::from_millis(40));
+        let stalled = stalls.stalled();
+        assert_eq!(stalled.len(), 1);
+        assert_eq!(stalled[0].0, 1);
+        assert!(stalled[0].1 >= Duration::from_millis(40), "{stalled:?}");
+        stalls.pulses[1].leave();
+        assert!(stalls.stalled().is_empty(), "the slice ended");
+    }
 }

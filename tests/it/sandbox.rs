@@ -473,6 +473,14 @@ async fn the_cpu_budget_holds_inside_library_functions() {
         server.call("Honest", "ping", json!({})).await,
         json!({"result": "pong"})
     );
+    // Every attack was failed by the budget: the watchdog saw no worker stuck.
+    let (status, health) = crate::common::http_get(&server.addr, "/healthz").await;
+    assert_eq!(status, 200, "{health}");
+    let (_, metrics) = crate::common::http_get(&server.addr, "/metrics").await;
+    assert!(
+        metrics.contains("coronium_worker_stalled{worker=\"0\"} 0"),
+        "{metrics}"
+    );
 }
 
 const HOARD: &str = r#"
