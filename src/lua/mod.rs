@@ -404,3 +404,34 @@ fn restrict_globals(lua: &Lua) -> mlua::Result<()> {
     }
     Ok(())
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (not an API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use mlua::{Lua, Value};
+
+    use super::budget::Meter;
+    use super::convert::{self, Unencodable};
+    use super::to_lua;
+
+    /// JSON text → Lua (as `core.json.decode`) → JSON text (as `core.json.encode`); `None`
+    /// when either step refuses (invalid JSON, too deep, a number JSON cannot hold).
+    pub fn json_round_trip(lua: &Lua, text: &[u8]) -> Option<String> {
+        let meter = Meter::default();
+        let value = to_lua::json_text_to_lua(lua, text, &meter).ok()?;
+        encode(lua, &value)
+    }
+
+    /// A Lua value → JSON text (as `core.json.encode`); `None` when refused.
+    pub fn encode(lua: &Lua, value: &Value) -> Option<String> {
+        convert::encode(lua, value, Unencodable::Fail, None, |v| {
+            serde_json::to_string(v)
+        })
+        .ok()
+    }
+
+    /// A Lua value → JSON as `core.users` parameters read it (unencodable values marked).
+    pub fn encode_marked(lua: &Lua, value: &Value) -> Option<serde_json::Value> {
+        convert::lua_to_json(lua, value, Unencodable::Mark, None).ok()
+    }
+}

@@ -26,26 +26,33 @@ pub(crate) fn trim(bytes: &[u8]) -> &[u8] {
 }
 
 /// The pieces of `bytes`: between occurrences of `sep` (empty pieces kept), or the runs of
-/// non-space bytes when `sep` is empty.
-pub(crate) fn split<'a>(bytes: &'a [u8], sep: &[u8]) -> Vec<&'a [u8]> {
+/// non-space bytes when `sep` is empty. Lazy, so a caller can stop early.
+pub(crate) fn split<'a>(bytes: &'a [u8], sep: &'a [u8]) -> Box<dyn Iterator<Item = &'a [u8]> + 'a> {
     if sep.is_empty() {
-        return bytes
-            .split(|&b| is_space(b))
-            .filter(|word| !word.is_empty())
-            .collect();
+        return Box::new(
+            bytes
+                .split(|&b| is_space(b))
+                .filter(|word| !word.is_empty()),
+        );
     }
-    let mut pieces = Vec::new();
     let mut start = 0;
-    for at in memchr::memmem::find_iter(bytes, sep) {
-        // Occurrences overlap when `sep` does ("aa" in "aaa"); a piece starts after the last.
-        if at < start {
-            continue;
+    let mut occurrences = memchr::memmem::find_iter(bytes, sep);
+    let mut done = false;
+    Box::new(std::iter::from_fn(move || {
+        if done {
+            return None;
         }
-        pieces.push(&bytes[start..at]);
-        start = at + sep.len();
-    }
-    pieces.push(&bytes[start..]);
-    pieces
+        // Occurrences overlap when `sep` does ("aa" in "aaa"); a piece starts after the last.
+        for at in occurrences.by_ref() {
+            if at >= start {
+                let piece = &bytes[start..at];
+                start = at + sep.len();
+                return Some(piece);
+            }
+        }
+        done = true;
+        Some(&bytes[start..])
+    }))
 }
 
 /// Where plain `needle` first occurs in `haystack` from `init` (1-based, negative counts from
@@ -96,11 +103,11 @@ pub(crate) fn split_table(
         (Some(sep), _) => sep,
     };
     let pieces = match form {
-        Separator::Luau if sep.is_empty() => bytes.chunks(1).collect(),
+        Separator::Luau if sep.is_empty() => Box::new(bytes.chunks(1)),
         _ => split(&bytes, sep),
     };
-    let table = lua.create_table_with_capacity(pieces.len(), 0)?;
-    for (i, piece) in pieces.into_iter().enumerate() {
+    let table = lua.create_table()?;
+    for (i, piece) in pieces.enumerate() {
         if i % PIECES_PER_CHECK == PIECES_PER_CHECK - 1 {
             meter.check().map_err(mlua::Error::runtime)?;
         }
@@ -123,14 +130,15 @@ mod tests {
 
     #[test]
     fn splits_like_the_lua_version_did() {
-        assert_eq!(split(b"a,,b,", b","), [&b"a"[..], b"", b"b", b""]);
-        assert_eq!(split(b"", b","), [&b""[..]]);
-        assert_eq!(split(b"aaa", b"aa"), [&b""[..], b"a"]);
+        let pieces = |s: &'static [u8], sep: &'static [u8]| split(s, sep).collect::<Vec<_>>();
+        assert_eq!(pieces(b"a,,b,", b","), [&b"a"[..], b"", b"b", b""]);
+        assert_eq!(pieces(b"", b","), [&b""[..]]);
+        assert_eq!(pieces(b"aaa", b"aa"), [&b""[..], b"a"]);
         assert_eq!(
-            split(b"  one two\tthree ", b""),
+            pieces(b"  one two\tthree ", b""),
             [&b"one"[..], b"two", b"three"]
         );
-        assert!(split(b"   ", b"").is_empty());
+        assert!(pieces(b"   ", b"").is_empty());
     }
 
     #[test]

@@ -53,6 +53,13 @@ local function reachable()
   visit(getmetatable(""), "string<mt>")
   visit(getmetatable(core.error("x")), "error<mt>")
   visit(getmetatable(core.json.decode("[]")), "array<mt>")
+  -- A chunk compiled from a C caller runs in the thread's globals, shared by all requests.
+  local ok, chunk = pcall(loadstring, "return getfenv(0), getfenv(1)")
+  if ok and chunk then
+    local zero, one = chunk()
+    visit(zero, "thread globals")
+    visit(one, "thread globals 1")
+  end
   return functions, tables
 end
 
