@@ -279,7 +279,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
                 .map(|v| v.to_string().unwrap_or_else(|_| v.type_name().to_owned()))
                 .collect::<Vec<_>>()
                 .join(" ");
-            tracing::info!(target: "lua", "{line}");
+            tracing::info!(target: "lua", "{}", log_line(&line));
             Ok(())
         })?,
     )?;
@@ -295,7 +295,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
                     let _ = writeln!(out, "{line}");
                     let _ = out.flush();
                 }
-                Output::Log => tracing::info!(target: "lua", "{line}"),
+                Output::Log => tracing::info!(target: "lua", "{}", log_line(&line)),
             }
             Ok(())
         })?,
@@ -408,6 +408,22 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
     Ok(native)
 }
 
+/// Longest line a script writes into a server's log: the log is written on the worker's thread,
+/// and one `print` of a 200 MB string should not fill the operator's disk.
+const MAX_LOG_LINE: usize = 64 * 1024;
+
+/// `line`, cut at [`MAX_LOG_LINE`] bytes (on a character boundary) with a note of the rest.
+fn log_line(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.len() <= MAX_LOG_LINE {
+        return line.into();
+    }
+    let cut = (0..=MAX_LOG_LINE)
+        .rev()
+        .find(|&at| line.is_char_boundary(at))
+        .unwrap_or(0);
+    format!("{}... ({} more bytes)", &line[..cut], line.len() - cut).into()
+}
+
 /// `value`, or `nil, message`: how `core.json` reports failures.
 fn value_or_error(
     lua: &Lua,
@@ -422,4 +438,22 @@ fn value_or_error(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_log_lines_are_cut_on_a_character_boundary() {
+        assert_eq!(log_line("short"), "short");
+        let long = format!("{}é{}", "x".repeat(MAX_LOG_LINE - 1), "y".repeat(10));
+        let cut = log_line(&long);
+        assert!(cut.starts_with(&"x".repeat(MAX_LOG_LINE - 1)));
+        assert!(
+            cut.ends_with("... (12 more bytes)"),
+            "{}",
+            &cut[MAX_LOG_LINE - 5..]
+        );
+    }
 }
