@@ -414,6 +414,14 @@ pub mod fuzzing {
     use super::convert::{self, Unencodable};
     use super::to_lua;
 
+    /// A bare Luau state with the safe libraries and a 256 MiB limit, for a target to reuse.
+    pub fn new_state() -> Lua {
+        let lua =
+            Lua::new_with(mlua::StdLib::ALL_SAFE, mlua::LuaOptions::new()).expect("a Lua state");
+        lua.set_memory_limit(256 << 20).expect("a memory limit");
+        lua
+    }
+
     /// JSON text → Lua (as `core.json.decode`) → JSON text (as `core.json.encode`); `None`
     /// when either step refuses (invalid JSON, too deep, a number JSON cannot hold).
     pub fn json_round_trip(lua: &Lua, text: &[u8]) -> Option<String> {

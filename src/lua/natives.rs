@@ -320,35 +320,10 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
             lua.create_string(text::trim(&s.as_bytes()))
         })?,
     )?;
-    let split_host = host.clone();
-    native.set(
-        "split",
-        lua.create_function(
-            move |lua, (s, sep): (mlua::LuaString, Option<mlua::LuaString>)| {
-                text::split_table(
-                    lua,
-                    &split_host.meter,
-                    &s,
-                    sep.as_ref(),
-                    text::Separator::Core,
-                )
-            },
-        )?,
-    )?;
-    let luau_split_host = host.clone();
+    native.set("split", split_function(lua, &host, text::Separator::Core)?)?;
     native.set(
         "string_split",
-        lua.create_function(
-            move |lua, (s, sep): (mlua::LuaString, Option<mlua::LuaString>)| {
-                text::split_table(
-                    lua,
-                    &luau_split_host.meter,
-                    &s,
-                    sep.as_ref(),
-                    text::Separator::Luau,
-                )
-            },
-        )?,
+        split_function(lua, &host, text::Separator::Luau)?,
     )?;
     let budget_host = host.clone();
     native.set(
@@ -406,6 +381,20 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         })?,
     )?;
     Ok(native)
+}
+
+/// `core.split` or `string.split`, under the running request's budget.
+fn split_function(
+    lua: &Lua,
+    host: &Rc<Host>,
+    form: text::Separator,
+) -> mlua::Result<mlua::Function> {
+    let host = host.clone();
+    lua.create_function(
+        move |lua, (s, sep): (mlua::LuaString, Option<mlua::LuaString>)| {
+            text::split_table(lua, &host.meter, &s, sep.as_ref(), form)
+        },
+    )
 }
 
 /// Longest line a script writes into a server's log: the log is written on the worker's thread,

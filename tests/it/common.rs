@@ -263,6 +263,31 @@ pub fn is_uuid(s: &str) -> bool {
     uuid::Uuid::try_parse(s).is_ok_and(|u| u.to_string() == s)
 }
 
+/// Writes `<root>/<name>/<file>` for each file of an API project.
+pub fn write_project(root: &Path, name: &str, files: &[(&str, &str)]) {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, source) in files {
+        std::fs::write(dir.join(file), source).unwrap();
+    }
+}
+
+/// A server for the API projects under `root`, with `workers` workers and `env` set.
+pub fn serve_projects(db: &TestDb, root: &Path, workers: &str, env: &[(&str, &str)]) -> TestServer {
+    let root = root.to_owned();
+    let mut env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.push(("CORONIUM_WORKERS".into(), workers.into()));
+    TestServer::start(db, move |cmd| {
+        cmd.arg("--projects").arg(&root);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+    })
+}
+
 /// A `coronium serve` child process on an ephemeral port, against a test database.
 pub struct TestServer {
     child: std::process::Child,

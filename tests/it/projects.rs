@@ -1,12 +1,12 @@
 //! API projects through `coronium serve`: handlers, errors, isolation, require, callApi,
 //! reloading, budgets, load and shutdown.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{TestDb, TestServer, scratch_dir};
+use crate::common::{TestDb, scratch_dir, serve_projects as serve, write_project};
 
 const MAIN: &str = r#"
 local api = core.api()
@@ -57,14 +57,6 @@ function api.loaded() return loaded end
 return api
 "#;
 
-fn write_project(root: &Path, name: &str, files: &[(&str, &str)]) {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    for (file, source) in files {
-        std::fs::write(dir.join(file), source).unwrap();
-    }
-}
-
 fn projects() -> PathBuf {
     let root = scratch_dir("projects");
     write_project(&root, "Proj", &[("main.lua", MAIN), ("helper.lua", HELPER)]);
@@ -76,23 +68,6 @@ fn projects() -> PathBuf {
     write_project(&root, "NotApi", &[("main.lua", "return 42")]);
     write_project(&root, "Waiter", &[("main.lua", WAITER)]);
     root
-}
-
-fn serve(db: &TestDb, root: &Path, workers: &str, env: &[(&str, &str)]) -> TestServer {
-    let root = root.to_owned();
-    let workers = workers.to_owned();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    TestServer::start(db, move |cmd| {
-        cmd.arg("--projects")
-            .arg(&root)
-            .env("CORONIUM_WORKERS", &workers);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-    })
 }
 
 fn error(message: &str, status: i64) -> Value {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::common::{TestDb, TestServer, scratch_dir};
+use crate::common::{TestDb, TestServer, scratch_dir, serve_projects, write_project};
 
 const HONEST: &str = r#"
 local api = core.api()
@@ -135,14 +135,6 @@ function api.ping() return "evil pong" end
 return api
 "#;
 
-fn write_project(root: &Path, name: &str, files: &[(&str, &str)]) {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    for (file, source) in files {
-        std::fs::write(dir.join(file), source).unwrap();
-    }
-}
-
 fn projects() -> PathBuf {
     let root = scratch_dir("sandbox");
     write_project(
@@ -170,21 +162,9 @@ fn projects() -> PathBuf {
     root
 }
 
+/// One worker: every attack lands on the state the honest projects use.
 fn serve(db: &TestDb, root: &Path, env: &[(&str, &str)]) -> TestServer {
-    let root = root.to_owned();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    TestServer::start(db, move |cmd| {
-        // One worker: every attack lands on the state the honest projects use.
-        cmd.arg("--projects")
-            .arg(&root)
-            .env("CORONIUM_WORKERS", "1");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-    })
+    serve_projects(db, root, "1", env)
 }
 
 /// What the honest project answers when nothing was tampered with.
