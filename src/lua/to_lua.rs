@@ -410,3 +410,28 @@ impl<'a> ser::Serializer for Pusher<'a> {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::lua::fuzzing::{json_round_trip, new_state};
+
+    /// Found by the `json_round_trip` and `lua_to_json` fuzz targets: parsing floats in
+    /// serde_json's default best-effort precision moved them by one unit in the last place.
+    #[test]
+    fn numbers_come_back_exactly() {
+        let lua = new_state();
+        for text in [
+            "[1111111807199704254993,0.3,0.1]",
+            "2.7522655208262567e-298",
+            "[9007199254740993,1e300,-0.0,5e-324]",
+        ] {
+            let once = json_round_trip(&lua, text.as_bytes()).expect(text);
+            let twice = json_round_trip(&lua, once.as_bytes()).expect(text);
+            assert_eq!(once, twice, "{text}");
+        }
+        assert_eq!(
+            json_round_trip(&lua, b"2.7522655208262567e-298").as_deref(),
+            Some("2.7522655208262567e-298")
+        );
+    }
+}
