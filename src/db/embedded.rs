@@ -35,8 +35,23 @@ pub enum EmbeddedError {
          user to run it as. Create one (`useradd --system postgres`), or set DATABASE_URL."
     )]
     NoPostgresUser,
-    #[error("{0}")]
-    InUse(String),
+    #[error(
+        "the data directory {dir} is in use by another coronium process{holder}; stop it first, \
+         or use another --data-dir"
+    )]
+    InUse { dir: String, holder: String },
+    #[error(
+        "running as root, PostgreSQL runs as the `postgres` user, which cannot enter {blocked} \
+         (mode {mode:o}, owner uid {owner}) on the way to the data directory {dir}. Give it \
+         passage (`chmod o+x {blocked}`), use a --data-dir it can reach (for example under \
+         /var/lib), or run coronium as a normal user."
+    )]
+    Unreachable {
+        dir: String,
+        blocked: String,
+        mode: u32,
+        owner: u32,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -68,6 +83,43 @@ pub struct EmbeddedPostgres {
     pid: i32,
     stop_tx: Option<mpsc::Sender<()>>,
     keeper: Option<JoinHandle<()>>,
+    /// The data directory's lock, held for as long as this process owns the cluster.
+    _lock: fs::File,
+}
+
+/// Takes `<dir>/coronium.lock` (an OS file lock: released however this process ends) and writes
+/// our pid into it for the next one's error message.
+fn lock_data_dir(dir: &Path) -> Result<fs::File, EmbeddedError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    use std::os::fd::AsRawFd as _;
+    let path = dir.join("coronium.lock");
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err(format!("open {}", path.display())))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        let pid = pid.trim();
+        return Err(EmbeddedError::InUse {
+            dir: dir.parent().unwrap_or(dir).display().to_string(),
+            holder: if pid.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {pid})")
+            },
+        });
+    }
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    written.map_err(io_err(format!("write {}", path.display())))?;
+    Ok(file)
 }
 
 /// The uid and gid to run PostgreSQL as: `postgres` when we are root, else ourselves.
@@ -95,6 +147,37 @@ impl RunAs {
         if let Some((uid, gid)) = self.0 {
             cmd.uid(uid).gid(gid);
         }
+    }
+
+    /// Whether the user PostgreSQL runs as can pass through every directory above `dir` (as
+    /// root, a data directory under a private home such as /root is out of its reach).
+    fn check_reach(self, dir: &Path) -> Result<(), EmbeddedError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let Some((uid, gid)) = self.0 else {
+            return Ok(());
+        };
+        for ancestor in dir.ancestors().skip(1) {
+            let Ok(meta) = fs::metadata(ancestor) else {
+                continue;
+            };
+            let mode = meta.mode() & 0o7777;
+            let passes = if meta.uid() == uid {
+                mode & 0o100 != 0
+            } else if meta.gid() == gid {
+                mode & 0o010 != 0
+            } else {
+                mode & 0o001 != 0
+            };
+            if !passes {
+                return Err(EmbeddedError::Unreachable {
+                    dir: dir.display().to_string(),
+                    blocked: ancestor.display().to_string(),
+                    mode,
+                    owner: meta.uid(),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn chown(self, path: &Path) -> Result<(), EmbeddedError> {
@@ -148,6 +231,8 @@ impl EmbeddedPostgres {
             .dir
             .canonicalize()
             .map_err(io_err(format!("resolve {}", options.dir.display())))?;
+        let lock = lock_data_dir(&dir)?;
+        run_as.check_reach(&dir)?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
             .map_err(io_err(format!("chmod {}", dir.display())))?;
         run_as.chown(&dir)?;
@@ -251,6 +336,7 @@ impl EmbeddedPostgres {
             pid,
             stop_tx: Some(stop_tx),
             keeper: Some(keeper),
+            _lock: lock,
         };
         server.wait_for_socket(&log_path)?;
         Ok(server)
@@ -378,9 +464,9 @@ fn init_cluster(
     Ok(())
 }
 
-/// Handles a `postmaster.pid` left behind: a dead or reused pid is stale and removed; a
-/// postmaster of ours whose owner is gone is an orphan and is stopped; one whose owner lives is
-/// another coronium process using this data directory, which is an error.
+/// Handles a `postmaster.pid` left behind: a dead or reused pid is stale and removed; a live
+/// postmaster on our data directory is an orphan (its owner is gone: we hold the data directory's
+/// lock, which a live owner would) and is stopped.
 fn clear_stale_lock(data: &Path) -> Result<(), EmbeddedError> {
     let lock = data.join("postmaster.pid");
     let Ok(text) = fs::read_to_string(&lock) else {
@@ -400,19 +486,6 @@ fn clear_stale_lock(data: &Path) -> Result<(), EmbeddedError> {
     if !ours || is_zombie(pid) {
         tracing::info!(pid, "removing a stale postmaster.pid");
         return remove_lock(&lock);
-    }
-    let parent = parent_pid(pid).unwrap_or(1);
-    let parent_comm = fs::read_to_string(format!("/proc/{parent}/comm")).unwrap_or_default();
-    if parent != 1 && parent_comm.trim() != "postgres" && !parent_comm.trim().is_empty() {
-        let exe = fs::read_link(format!("/proc/{parent}/exe")).unwrap_or_default();
-        let is_coronium = exe.file_name().is_some_and(|n| n == "coronium");
-        if is_coronium {
-            return Err(EmbeddedError::InUse(format!(
-                "the data directory {} is in use by another coronium process (pid {parent}); \
-                 stop it first, or use another --data-dir",
-                data.ancestors().nth(2).unwrap_or(data).display()
-            )));
-        }
     }
     tracing::warn!(
         pid,
@@ -439,16 +512,6 @@ fn clear_stale_lock(data: &Path) -> Result<(), EmbeddedError> {
 
 fn remove_lock(lock: &Path) -> Result<(), EmbeddedError> {
     fs::remove_file(lock).map_err(io_err(format!("remove {}", lock.display())))
-}
-
-fn parent_pid(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')')
-        .next()?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// Creates `name` on the cluster if it does not exist yet.

@@ -25,6 +25,11 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot listen on {addr}: the port is in use by another process (another coronium \
+         server?); stop it or choose another --port"
+    )]
+    PortInUse { addr: SocketAddr },
     #[error("cannot start worker thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -140,8 +145,27 @@ fn watchdog(stalls: Arc<Stalls>, stopped: watch::Receiver<bool>) {
     }
 }
 
+/// Refuses a port another process listens on. Our workers share their port through
+/// `SO_REUSEPORT`, which would as readily let a second server join the first and split its
+/// clients with it: a socket without it binds only where nobody listens (`SO_REUSEADDR` lets it
+/// past connections of an earlier run still closing).
+fn check_port_free(addr: SocketAddr) -> Result<(), ServerError> {
+    let listen_err = |source| ServerError::Listen { addr, source };
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(listen_err)?;
+    probe.set_reuse_address(true).map_err(listen_err)?;
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(ServerError::PortInUse { addr }),
+        Err(e) => Err(listen_err(e)),
+    }
+}
+
 /// One listener per worker on the same address (the first picks the port when it is 0).
 fn listeners(addr: SocketAddr, count: usize) -> Result<Vec<TcpListener>, ServerError> {
+    if addr.port() != 0 {
+        check_port_free(addr)?;
+    }
     let mut bound = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {

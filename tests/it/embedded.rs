@@ -141,6 +141,28 @@ print(u.login_count)"#,
         )),
         "{stderr}"
     );
+    // Whatever the second binary is called: the data directory's lock decides, not a name.
+    let renamed = dir.join("coronium-server");
+    std::fs::copy(env!("CARGO_BIN_EXE_coronium"), &renamed).unwrap();
+    let mut cmd = coronium(None);
+    cmd.arg("--data-dir").arg(&data).arg("run").arg(&script);
+    let out = std::process::Command::new(&renamed)
+        .args(cmd.get_args())
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is in use by another coronium process"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        postgres_on(&data).len(),
+        1,
+        "the first one's PostgreSQL still runs"
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let started = Instant::now();
@@ -232,4 +254,35 @@ async fn two_processes_migrating_at_once_both_start() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(versions, [coronium::db::migrate::latest_version()]);
+}
+
+#[test]
+fn a_data_directory_postgres_cannot_reach_is_explained() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root runs PostgreSQL as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = scratch_dir("private");
+    let private = dir.join("home");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let script = write_script(&dir, "hello.lua", "print('hello')");
+    let out = coronium(None)
+        .arg("--data-dir")
+        .arg(private.join("data"))
+        .arg("run")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "the `postgres` user, which cannot enter {} (mode 700",
+            private.display()
+        )) && stderr.contains(&format!("chmod o+x {}", private.display())),
+        "{stderr}"
+    );
 }

@@ -649,3 +649,46 @@ async fn pipelined_reads_answer_each_request_and_survive_a_dropped_connection() 
     let (status, body) = crate::common::http_get(&server.addr, "/healthz").await;
     assert_eq!((status, body.contains("\"ok\"")), (200, true), "{body}");
 }
+
+#[tokio::test]
+async fn a_second_server_on_the_same_port_is_refused() {
+    let db = TestDb::new().await;
+    let first = TestServer::start(&db, |_| {});
+    let port = first.addr.rsplit(':').next().unwrap().to_owned();
+    let mut second = crate::common::coronium(Some(&db))
+        .env("CORONIUM_SERVER_KEY", "another-key")
+        .args(["serve", "--host", "127.0.0.1", "--port", &port])
+        .arg("--data-dir")
+        .arg(crate::common::scratch_dir("second"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second server started on the first one's port");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(second.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("the port is in use by another process"),
+        "{stderr}"
+    );
+    // Every request still reaches the first server (a second one would answer some with its key).
+    for _ in 0..20 {
+        assert_eq!(
+            first
+                .call("api.users", "get", json!({"user_id": "nope"}))
+                .await,
+            error("User not found.", 604)
+        );
+    }
+}
