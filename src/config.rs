@@ -71,8 +71,15 @@ pub struct ServerSettings {
     pub request_window_secs: u64,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
-    /// Time a client has to send its request headers.
+    /// Time a client has to send its request headers (and, on a new connection, its first byte;
+    /// an HTTP/1.1 connection idle between requests this long is closed too).
     pub header_read_timeout_secs: u64,
+    /// Time a client has to send a request's whole body once its headers are in.
+    pub body_read_timeout_secs: u64,
+    /// A connection with no request under way for this long is closed (HTTP/2 included).
+    pub keep_alive_idle_secs: u64,
+    /// Open connections one client address may hold at once; 0 for no cap.
+    pub max_connections_per_ip: usize,
     /// Time a request may take from headers read to answer.
     pub request_timeout_secs: u64,
     /// Open connections accepted at once (process-wide); more are closed at once.
@@ -94,6 +101,9 @@ impl Default for ServerSettings {
             request_window_secs: 0,
             max_body_bytes: 1024 * 1024,
             header_read_timeout_secs: 10,
+            body_read_timeout_secs: 10,
+            keep_alive_idle_secs: 60,
+            max_connections_per_ip: 1000,
             request_timeout_secs: 30,
             max_connections: 10_000,
             cpu_budget_ms: 1000,
@@ -214,6 +224,9 @@ impl Config {
             "CORONIUM_REQUEST_WINDOW_SECS" => self.server.request_window_secs,
             "CORONIUM_MAX_BODY_BYTES" => self.server.max_body_bytes,
             "CORONIUM_HEADER_READ_TIMEOUT_SECS" => self.server.header_read_timeout_secs,
+            "CORONIUM_BODY_READ_TIMEOUT_SECS" => self.server.body_read_timeout_secs,
+            "CORONIUM_KEEP_ALIVE_IDLE_SECS" => self.server.keep_alive_idle_secs,
+            "CORONIUM_MAX_CONNECTIONS_PER_IP" => self.server.max_connections_per_ip,
             "CORONIUM_REQUEST_TIMEOUT_SECS" => self.server.request_timeout_secs,
             "CORONIUM_MAX_CONNECTIONS" => self.server.max_connections,
             "CORONIUM_CPU_BUDGET_MS" => self.server.cpu_budget_ms,

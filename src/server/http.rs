@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use super::limits::{Activity, AddressCounts};
 use super::{Shared, Stalls, secs};
 use crate::lua::{HandlerOutcome, Health, Output, Runtime, RuntimeOptions};
 use crate::users::Users;
@@ -61,14 +62,21 @@ struct RequestMetrics {
     duration: metrics::Histogram,
 }
 
+/// What a worker shares with the others to watch over connections and workers.
+pub(super) struct Oversight {
+    pub stalls: Arc<Stalls>,
+    pub addresses: Arc<AddressCounts>,
+}
+
 pub(super) fn run_worker(
     index: usize,
     listener: StdListener,
     pool: Pool,
     shared: Arc<Shared>,
-    stalls: Arc<Stalls>,
+    oversight: Oversight,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let Oversight { stalls, addresses } = oversight;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -130,11 +138,14 @@ pub(super) fn run_worker(
         });
         tokio::task::spawn_local(report_pool(index, worker.clone()));
         let graceful = GracefulShutdown::new();
+        let builder = Rc::new(builder);
+        let first_byte = secs(settings.header_read_timeout_secs);
+        let keep_alive_idle = secs(settings.keep_alive_idle_secs);
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let stream = match accepted {
-                        Ok((stream, _)) => stream,
+                    let (stream, peer) = match accepted {
+                        Ok(accepted) => accepted,
                         Err(e) => {
                             // Out of file descriptors and the like: back off, keep serving.
                             tracing::warn!(worker = index, error = %e, "accept failed");
@@ -146,14 +157,39 @@ pub(super) fn run_worker(
                         tracing::warn!("connection limit reached; closing a new connection");
                         continue;
                     };
+                    let Some(slot) = addresses.admit(peer.ip()) else {
+                        tracing::debug!(peer = %peer.ip(), "per-address connection cap reached; closing a new connection");
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    let for_service = worker.clone();
-                    let service = service_fn(move |req| handle(for_service.clone(), req));
-                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    let conn = graceful.watch(conn);
+                    let (worker, builder, watcher) = (worker.clone(), builder.clone(), graceful.watcher());
                     tokio::task::spawn_local(async move {
-                        let _ = conn.await;
-                        drop(permit);
+                        let _held = (permit, slot);
+                        // Telling HTTP/1.1 from HTTP/2 waits for bytes with no deadline of its
+                        // own: a connection that sends nothing is closed at the header deadline.
+                        let mut first = [0u8; 1];
+                        match tokio::time::timeout(first_byte, stream.peek(&mut first)).await {
+                            Ok(Ok(n)) if n > 0 => {}
+                            _ => return,
+                        }
+                        let activity = Activity::new();
+                        let for_service = activity.clone();
+                        let service = service_fn(move |req| {
+                            let request = for_service.begin();
+                            let worker = worker.clone();
+                            async move {
+                                let response = handle(worker, req).await;
+                                drop(request);
+                                response
+                            }
+                        });
+                        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                        tokio::select! {
+                            _ = watcher.watch(conn) => {}
+                            // No request under way for that long (an idle HTTP/2 connection):
+                            // nothing is lost by closing it.
+                            () = activity.idle(keep_alive_idle) => {}
+                        }
                     });
                 }
                 _ = stopped.changed() => break,
@@ -409,15 +445,24 @@ async fn read_call(worker: &Worker, request: Request<Incoming>) -> Result<WireCa
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(WireError::too_large(limit).into());
     }
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+    // A body sent slowly holds a connection and a task: it gets a deadline of its own.
+    let deadline = secs(settings.body_read_timeout_secs);
+    let body = match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return Err(WireError::too_large(limit).into());
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             return Err(
                 WireError::new(810, 400, format!("Cannot read the request body: {e}")).into(),
             );
+        }
+        Err(_) => {
+            let message = format!(
+                "The request body did not arrive within {} s.",
+                settings.body_read_timeout_secs
+            );
+            return Err(WireError::new(810, 408, message).into());
         }
     };
     let params = wire::parse_params(&body)?;

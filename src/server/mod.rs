@@ -3,6 +3,7 @@
 //! `SO_REUSEPORT` listener on the same address, so the kernel spreads connections over them.
 
 mod http;
+mod limits;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -197,14 +198,20 @@ impl Server {
             pools.len(),
             Duration::from_millis(shared.settings.cpu_budget_ms.max(1)) + STALL_MARGIN,
         ));
+        let addresses = Arc::new(limits::AddressCounts::new(
+            shared.settings.max_connections_per_ip,
+        ));
         let mut workers = Vec::new();
         for (index, (listener, pool)) in listeners.into_iter().zip(pools).enumerate() {
             let shared = shared.clone();
             let stopped = stopped.clone();
-            let stalls = stalls.clone();
+            let oversight = http::Oversight {
+                stalls: stalls.clone(),
+                addresses: addresses.clone(),
+            };
             let handle = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
-                .spawn(move || http::run_worker(index, listener, pool, shared, stalls, stopped))
+                .spawn(move || http::run_worker(index, listener, pool, shared, oversight, stopped))
                 .map_err(ServerError::Thread)?;
             workers.push(handle);
         }

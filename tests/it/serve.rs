@@ -692,3 +692,124 @@ async fn a_second_server_on_the_same_port_is_refused() {
         );
     }
 }
+
+/// Reads from `stream` until the server closes it; how long that took, and what it sent.
+async fn until_closed(
+    label: &str,
+    stream: &mut tokio::net::TcpStream,
+) -> (std::time::Duration, String) {
+    use tokio::io::AsyncReadExt as _;
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf)).await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "{label}: still open after 10 s: {}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    (
+        started.elapsed(),
+        String::from_utf8_lossy(&got).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn slow_clients_are_closed_at_their_deadlines() {
+    use tokio::io::AsyncWriteExt as _;
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |cmd| {
+        cmd.env("CORONIUM_HEADER_READ_TIMEOUT_SECS", "1")
+            .env("CORONIUM_BODY_READ_TIMEOUT_SECS", "1");
+    });
+    let connect = || tokio::net::TcpStream::connect(server.addr.clone());
+    let second = std::time::Duration::from_secs(1);
+    let late = std::time::Duration::from_secs(3);
+
+    // Sends nothing at all.
+    let mut silent = connect().await.unwrap();
+    let (took, _) = until_closed("silent", &mut silent).await;
+    assert!(took >= second / 2 && took < late, "silent: {took:?}");
+
+    // Half a header block.
+    let mut partial = connect().await.unwrap();
+    partial
+        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nX-Action: get\r\n")
+        .await
+        .unwrap();
+    let (took, _) = until_closed("partial headers", &mut partial).await;
+    assert!(took < late, "partial headers: {took:?}");
+
+    // Signed headers, then part of the body it announced.
+    let mut head = String::from("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n");
+    for (name, value) in signed_headers(&server.key, "api.users", "get", "default", unix_now()) {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n{\"user_id\":");
+    let mut slow_body = connect().await.unwrap();
+    slow_body.write_all(head.as_bytes()).await.unwrap();
+    let (took, answer) = until_closed("slow body", &mut slow_body).await;
+    assert!(took < late, "slow body: {took:?}");
+    assert!(
+        answer.starts_with("HTTP/1.1 408")
+            && answer.contains("The request body did not arrive within 1 s."),
+        "{answer}"
+    );
+
+    // A finished request, then silence: the kept-alive connection is closed too.
+    let mut kept = connect().await.unwrap();
+    let body = br#"{"user_id":"nope"}"#;
+    let mut request = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in signed_headers(&server.key, "api.users", "get", "default", unix_now()) {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    kept.write_all(request.as_bytes()).await.unwrap();
+    kept.write_all(body).await.unwrap();
+    let (took, answer) = until_closed("idle keep-alive", &mut kept).await;
+    assert!(answer.contains("User not found."), "{answer}");
+    assert!(took < late, "idle keep-alive: {took:?}");
+
+    // And the server still serves.
+    assert_eq!(
+        server
+            .call("api.users", "get", json!({"user_id": "nope"}))
+            .await,
+        error("User not found.", 604)
+    );
+}
+
+#[tokio::test]
+async fn one_client_address_holds_at_most_its_cap_of_connections() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |cmd| {
+        cmd.env("CORONIUM_MAX_CONNECTIONS_PER_IP", "3");
+    });
+    let connect = || tokio::net::TcpStream::connect(server.addr.clone());
+    let mut held = vec![
+        connect().await.unwrap(),
+        connect().await.unwrap(),
+        connect().await.unwrap(),
+    ];
+    // Let the server accept them before the fourth arrives.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut fourth = connect().await.unwrap();
+    let (took, _) = until_closed("fourth", &mut fourth).await;
+    assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+    held.pop();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        server
+            .call("api.users", "get", json!({"user_id": "nope"}))
+            .await,
+        error("User not found.", 604)
+    );
+}

@@ -1,0 +1,136 @@
+//! Connection limits beyond what hyper enforces: open connections per client address, and the
+//! idle time of a connection with no request under way.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Open connections per client address, across every worker.
+pub(crate) struct AddressCounts {
+    /// 0: no cap.
+    cap: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl AddressCounts {
+    pub(crate) fn new(cap: usize) -> Self {
+        AddressCounts {
+            cap,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for one more connection from `address`, or `None` when it holds its cap.
+    pub(crate) fn admit(self: &Arc<Self>, address: IpAddr) -> Option<AddressSlot> {
+        if self.cap == 0 {
+            return Some(AddressSlot {
+                counts: None,
+                address,
+            });
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(address).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: Some(self.clone()),
+            address,
+        })
+    }
+}
+
+/// One admitted connection; its address's count goes down when it is dropped.
+pub(crate) struct AddressSlot {
+    counts: Option<Arc<AddressCounts>>,
+    address: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let Some(counts) = &self.counts else {
+            return;
+        };
+        let mut map = counts.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = map.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// What a connection is doing: requests under way, and when the last one ended.
+pub(crate) struct Activity {
+    in_flight: Cell<usize>,
+    last: Cell<Instant>,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Rc<Self> {
+        Rc::new(Activity {
+            in_flight: Cell::new(0),
+            last: Cell::new(Instant::now()),
+        })
+    }
+
+    /// Marks a request under way until the guard is dropped.
+    pub(crate) fn begin(self: &Rc<Self>) -> RequestGuard {
+        self.in_flight.set(self.in_flight.get() + 1);
+        RequestGuard(self.clone())
+    }
+
+    /// Returns once the connection has had no request under way for `limit`.
+    pub(crate) async fn idle(&self, limit: Duration) {
+        loop {
+            let wait = if self.in_flight.get() > 0 {
+                limit
+            } else {
+                limit.saturating_sub(self.last.get().elapsed())
+            };
+            if wait.is_zero() {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+pub(crate) struct RequestGuard(Rc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        activity.in_flight.set(activity.in_flight.get() - 1);
+        activity.last.set(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_holds_at_most_its_cap() {
+        let counts = Arc::new(AddressCounts::new(2));
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let first = counts.admit(a).unwrap();
+        let _second = counts.admit(a).unwrap();
+        assert!(counts.admit(a).is_none());
+        assert!(
+            counts.admit(b).is_some(),
+            "another address has its own count"
+        );
+        drop(first);
+        assert!(
+            counts.admit(a).is_some(),
+            "a closed connection frees its slot"
+        );
+    }
+}
