@@ -303,10 +303,14 @@ impl EmbeddedPostgres {
 
         let (started_tx, started_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let supervised = Supervised {
+            data: data.clone(),
+            log_path: log_path.clone(),
+        };
         let keeper = std::thread::Builder::new()
             .name("postgres-keeper".into())
             .spawn(move || {
-                let mut child = match cmd.spawn() {
+                let child = match cmd.spawn() {
                     Ok(child) => child,
                     Err(e) => {
                         let _ = started_tx.send(Err(e));
@@ -314,11 +318,7 @@ impl EmbeddedPostgres {
                     }
                 };
                 let _ = started_tx.send(Ok(child.id() as i32));
-                // Returns on stop() or when the handle is dropped.
-                let _ = stop_rx.recv();
-                // SAFETY: signalling our own child. SIGINT is PostgreSQL's fast shutdown.
-                unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-                let _ = child.wait();
+                supervised.keep(cmd, child, &stop_rx);
             })
             .map_err(io_err("spawn postgres keeper thread"))?;
         let pid = match started_rx.recv() {
@@ -398,6 +398,74 @@ impl EmbeddedPostgres {
 impl Drop for EmbeddedPostgres {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// What the keeper needs to restart a postmaster that died.
+struct Supervised {
+    data: PathBuf,
+    log_path: PathBuf,
+}
+
+/// How often the keeper looks whether the postmaster still runs.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
+
+impl Supervised {
+    /// Runs on the keeper thread until `stop` says so (or its sender is gone): then stops the
+    /// postmaster. A postmaster that dies meanwhile (killed, crashed) is reaped and started again,
+    /// with a growing pause between tries; the pool's connections reconnect on their own.
+    fn keep(&self, mut cmd: Command, mut child: std::process::Child, stop: &mpsc::Receiver<()>) {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match stop.recv_timeout(SUPERVISE_EVERY) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                _ => {
+                    // SAFETY: signalling our own child. SIGINT is PostgreSQL's fast shutdown.
+                    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+                    let _ = child.wait();
+                    return;
+                }
+            }
+            let Ok(Some(status)) = child.try_wait() else {
+                pause = Duration::from_millis(100);
+                continue;
+            };
+            tracing::error!(
+                %status,
+                log = %tail(&self.log_path, 5),
+                "the embedded PostgreSQL stopped unexpectedly; starting it again"
+            );
+            metrics::counter!("coronium_postgres_restarts_total").increment(1);
+            // Until it runs again: its backends may take a moment to notice and let go of its
+            // shared memory, so a start may fail and be tried again.
+            loop {
+                if !matches!(
+                    stop.recv_timeout(pause),
+                    Err(mpsc::RecvTimeoutError::Timeout)
+                ) {
+                    return;
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+                if let Err(e) = clear_stale_lock(&self.data) {
+                    tracing::warn!(error = %e, "cannot clear the stale lock yet");
+                    continue;
+                }
+                match cmd.spawn() {
+                    Ok(mut restarted) => {
+                        std::thread::sleep(SUPERVISE_EVERY);
+                        if let Ok(None) = restarted.try_wait() {
+                            tracing::warn!(
+                                pid = restarted.id(),
+                                "the embedded PostgreSQL runs again"
+                            );
+                            child = restarted;
+                            break;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot start the embedded PostgreSQL"),
+                }
+            }
+        }
     }
 }
 

@@ -286,3 +286,91 @@ fn a_data_directory_postgres_cannot_reach_is_explained() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_embedded_postgresql_is_started_again_after_it_dies() {
+    use std::io::BufRead as _;
+    let dir = scratch_dir("supervised");
+    let data = dir.join("data");
+    let mut child = coronium(None)
+        .env("CORONIUM_SERVER_KEY", crate::common::TEST_SERVER_KEY)
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--workers",
+            "1",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .trim_start_matches("listening on http://")
+        .to_owned();
+    let key = crate::common::TEST_SERVER_KEY;
+    let create = |name: &'static str| {
+        let addr = addr.clone();
+        async move {
+            coronium::wire::client::call(
+                &addr,
+                key,
+                "api.users",
+                "create",
+                "default",
+                &serde_json::json!({"username": name, "password": "e19d5cd5af0378da05f63f891c7467af"}),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert!(create("before").await["result"]["user_id"].is_string());
+
+    let postmaster: i32 = std::fs::read_to_string(data.join("pg/data/postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: killing the postmaster our child started.
+    unsafe { libc::kill(postmaster, libc::SIGKILL) };
+
+    let started = Instant::now();
+    loop {
+        let (status, _) = crate::common::http_get(&addr, "/healthz").await;
+        let created = create("after").await;
+        if status == 200 && created["result"]["user_id"].is_string() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not back after 30 s: /healthz {status}, create {created}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("back after {:?}", started.elapsed());
+    assert_eq!(
+        postgres_on(&data)
+            .iter()
+            .filter(|p| **p == postmaster)
+            .count(),
+        0
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        postgres_on(&data),
+        Vec::<i32>::new(),
+        "stopped with the server"
+    );
+}
