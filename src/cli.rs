@@ -295,7 +295,12 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
     {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "listening on http://{}", server.local_addr());
+        let _ = writeln!(
+            out,
+            "listening on {}://{}",
+            server.scheme(),
+            server.local_addr()
+        );
         let _ = out.flush();
     }
     tracing::info!(addr = %server.local_addr(), workers, "coronium serving");

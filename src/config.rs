@@ -88,6 +88,11 @@ pub struct ServerSettings {
     pub cpu_budget_ms: u64,
     /// On SIGTERM, how long in-flight requests get to finish.
     pub shutdown_grace_secs: u64,
+    /// PEM certificate chain: with `tls_key`, the API port speaks HTTPS (files re-read when they
+    /// change).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerSettings {
@@ -108,6 +113,8 @@ impl Default for ServerSettings {
             max_connections: 10_000,
             cpu_budget_ms: 1000,
             shutdown_grace_secs: 10,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -237,6 +244,12 @@ impl Config {
         }
         if let Some(v) = var("CORONIUM_SERVER_KEY") {
             self.server.server_key = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = var("CORONIUM_TLS_CERT") {
+            self.server.tls_cert = Some(v.into());
+        }
+        if let Some(v) = var("CORONIUM_TLS_KEY") {
+            self.server.tls_key = Some(v.into());
         }
         if let Some(v) = var("CORONIUM_PG_BIN_DIR") {
             self.postgres.bin_dir = Some(v.into());

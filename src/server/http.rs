@@ -66,6 +66,40 @@ struct RequestMetrics {
 pub(super) struct Oversight {
     pub stalls: Arc<Stalls>,
     pub addresses: Arc<AddressCounts>,
+    /// Set when the API port speaks HTTPS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Serves one connection's requests until it closes, the server shuts down, or it has had no
+/// request under way for `keep_alive_idle` (an idle HTTP/2 connection: nothing is lost by
+/// closing it).
+async fn serve<I>(
+    io: I,
+    builder: &auto::Builder<LocalExec>,
+    watcher: hyper_util::server::graceful::Watcher,
+    worker: Rc<Worker>,
+    keep_alive_idle: Duration,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let activity = Activity::new();
+    let for_service = activity.clone();
+    let service = service_fn(move |req| {
+        let request = for_service.begin();
+        let worker = worker.clone();
+        async move {
+            let response = handle(worker, req).await;
+            drop(request);
+            response
+        }
+    });
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
+    tokio::select! {
+        _ = watcher.watch(conn) => {}
+        () = activity.idle(keep_alive_idle) => {}
+    }
 }
 
 pub(super) fn run_worker(
@@ -76,7 +110,11 @@ pub(super) fn run_worker(
     oversight: Oversight,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let Oversight { stalls, addresses } = oversight;
+    let Oversight {
+        stalls,
+        addresses,
+        tls,
+    } = oversight;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -163,6 +201,7 @@ pub(super) fn run_worker(
                     };
                     let _ = stream.set_nodelay(true);
                     let (worker, builder, watcher) = (worker.clone(), builder.clone(), graceful.watcher());
+                    let tls = tls.clone();
                     tokio::task::spawn_local(async move {
                         let _held = (permit, slot);
                         // Telling HTTP/1.1 from HTTP/2 waits for bytes with no deadline of its
@@ -172,23 +211,17 @@ pub(super) fn run_worker(
                             Ok(Ok(n)) if n > 0 => {}
                             _ => return,
                         }
-                        let activity = Activity::new();
-                        let for_service = activity.clone();
-                        let service = service_fn(move |req| {
-                            let request = for_service.begin();
-                            let worker = worker.clone();
-                            async move {
-                                let response = handle(worker, req).await;
-                                drop(request);
-                                response
+                        let Some(tls) = &tls else {
+                            serve(stream, &builder, watcher, worker, keep_alive_idle).await;
+                            return;
+                        };
+                        // The handshake is part of what the client must send in time.
+                        match tokio::time::timeout(first_byte, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                serve(stream, &builder, watcher, worker, keep_alive_idle).await;
                             }
-                        });
-                        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                        tokio::select! {
-                            _ = watcher.watch(conn) => {}
-                            // No request under way for that long (an idle HTTP/2 connection):
-                            // nothing is lost by closing it.
-                            () = activity.idle(keep_alive_idle) => {}
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake not done in time"),
                         }
                     });
                 }

@@ -4,6 +4,9 @@
 
 mod http;
 mod limits;
+mod tls;
+
+pub use tls::TlsError;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -33,6 +36,8 @@ pub enum ServerError {
     PortInUse { addr: SocketAddr },
     #[error("cannot start worker thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// What every worker shares: settings, the server key, process-wide limits.
@@ -76,6 +81,7 @@ pub struct Server {
     stop: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
     watchdog: Option<JoinHandle<()>>,
+    scheme: &'static str,
 }
 
 /// Every worker's Lua pulse. A slice may run its whole CPU budget; one that runs past the
@@ -198,6 +204,10 @@ impl Server {
             pools.len(),
             Duration::from_millis(shared.settings.cpu_budget_ms.max(1)) + STALL_MARGIN,
         ));
+        let tls = tls::acceptor(
+            shared.settings.tls_cert.as_deref(),
+            shared.settings.tls_key.as_deref(),
+        )?;
         let addresses = Arc::new(limits::AddressCounts::new(
             shared.settings.max_connections_per_ip,
         ));
@@ -208,6 +218,7 @@ impl Server {
             let oversight = http::Oversight {
                 stalls: stalls.clone(),
                 addresses: addresses.clone(),
+                tls: tls.clone(),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
@@ -225,11 +236,17 @@ impl Server {
             stop,
             workers,
             watchdog: Some(watchdog),
+            scheme: if tls.is_some() { "https" } else { "http" },
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// `https` when the API port speaks TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
     }
 
     /// Stops accepting, lets in-flight requests finish within the grace period, and waits for

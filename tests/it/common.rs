@@ -329,9 +329,10 @@ impl TestServer {
             .unwrap();
         let addr = line
             .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_owned();
+            .strip_prefix("listening on ")
+            .and_then(|url| url.split_once("://"))
+            .map(|(_, addr)| addr.to_owned())
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
         let key = match key {
             Some(key) => key.to_owned(),
             None => std::fs::read_to_string(data_dir.join("server.key"))

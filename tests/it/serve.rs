@@ -813,3 +813,79 @@ async fn one_client_address_holds_at_most_its_cap_of_connections() {
         error("User not found.", 604)
     );
 }
+
+#[tokio::test]
+async fn https_with_a_test_certificate() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let db = TestDb::new().await;
+    let dir = crate::common::scratch_dir("tls");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let server = TestServer::start(&db, |cmd| {
+        cmd.env("CORONIUM_TLS_CERT", &cert)
+            .env("CORONIUM_TLS_KEY", &key);
+    });
+
+    // A client that trusts only `cert`.
+    let connector_for = |cert: &rustls::pki_types::CertificateDer<'static>| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    };
+    let connector = connector_for(certified.cert.der());
+    let body = br#"{"user_id":"nope"}"#;
+    let mut request = format!(
+        "POST / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in signed_headers(&server.key, "api.users", "get", "default", unix_now()) {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+
+    let tcp = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(request.as_bytes()).await.unwrap();
+    tls.write_all(body).await.unwrap();
+    let mut answer = String::new();
+    let _ = tls.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(r#"{"result":{"error":"User not found.","status":604}}"#),
+        "{answer}"
+    );
+
+    // A renewed certificate takes effect without a restart.
+    let renewed = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(&key, renewed.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&cert, renewed.cert.pem()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let connector = connector_for(renewed.cert.der());
+    let tcp = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector
+        .connect(name, tcp)
+        .await
+        .expect("a handshake with the renewed certificate");
+
+    // Plain HTTP on the TLS port gets no answer.
+    let mut plain = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    plain.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        plain.read_to_end(&mut got),
+    )
+    .await;
+    assert!(!String::from_utf8_lossy(&got).contains("User not found"));
+}
