@@ -31,8 +31,9 @@ pub enum UserError {
     /// 614: no user in this scope is waiting for confirmation under that id.
     #[error("Pending user not found.")]
     PendingNotFound,
-    /// 810: something on our side failed; details go to the log, not to the caller.
-    #[error("Internal server error.")]
+    /// 810: something on our side failed; details go to the log, not to the caller, who learns
+    /// only whether the database is unreachable (worth trying again shortly) or not.
+    #[error("{}", .0.caller_message())]
     Internal(#[source] InternalError),
 }
 
@@ -45,6 +46,43 @@ pub enum InternalError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("password hashing: {0}")]
     Hashing(String),
+}
+
+impl InternalError {
+    /// Whether the database could not be reached: down, restarting, or the connection lost.
+    pub fn is_unavailable(&self) -> bool {
+        use deadpool_postgres::PoolError;
+        match self {
+            InternalError::Pool(PoolError::Timeout(_) | PoolError::Closed) => true,
+            InternalError::Pool(PoolError::Backend(e)) | InternalError::Postgres(e) => {
+                unreachable_database(e)
+            }
+            _ => false,
+        }
+    }
+
+    fn caller_message(&self) -> &'static str {
+        if self.is_unavailable() {
+            "The database is unavailable; try again shortly."
+        } else {
+            "Internal server error."
+        }
+    }
+}
+
+/// A connection that closed, could not be made, or a server shutting down or starting up.
+fn unreachable_database(e: &tokio_postgres::Error) -> bool {
+    use std::error::Error as _;
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+        }
+        None => e.source().is_some_and(|s| s.is::<std::io::Error>()),
+    }
 }
 
 impl UserError {

@@ -317,7 +317,7 @@ async fn the_embedded_postgresql_is_started_again_after_it_dies() {
         .trim_start_matches("listening on http://")
         .to_owned();
     let key = crate::common::TEST_SERVER_KEY;
-    let create = |name: &'static str| {
+    let create = |name: String| {
         let addr = addr.clone();
         async move {
             coronium::wire::client::call(
@@ -332,7 +332,7 @@ async fn the_embedded_postgresql_is_started_again_after_it_dies() {
             .unwrap()
         }
     };
-    assert!(create("before").await["result"]["user_id"].is_string());
+    assert!(create("before".into()).await["result"]["user_id"].is_string());
 
     let postmaster: i32 = std::fs::read_to_string(data.join("pg/data/postmaster.pid"))
         .unwrap()
@@ -345,19 +345,30 @@ async fn the_embedded_postgresql_is_started_again_after_it_dies() {
     unsafe { libc::kill(postmaster, libc::SIGKILL) };
 
     let started = Instant::now();
+    let mut unavailable = 0;
     loop {
         let (status, _) = crate::common::http_get(&addr, "/healthz").await;
-        let created = create("after").await;
+        let created = create(format!("after{unavailable}")).await;
         if status == 200 && created["result"]["user_id"].is_string() {
             break;
         }
+        // Meanwhile the answer says what is wrong.
+        let error = created["result"]["error"].as_str().unwrap_or_default();
+        assert!(
+            error == "The database is unavailable; try again shortly.",
+            "{created}"
+        );
+        unavailable += 1;
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "not back after 30 s: /healthz {status}, create {created}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    eprintln!("back after {:?}", started.elapsed());
+    eprintln!(
+        "back after {:?} ({unavailable} answers meanwhile)",
+        started.elapsed()
+    );
     assert_eq!(
         postgres_on(&data)
             .iter()
