@@ -205,9 +205,7 @@ function core.debug(value)
 end
 
 ------------------------------------------------------------------------------------------------
--- Scripts' own coroutines may call core functions that wait for the host. Such a coroutine
--- yields the host's "pending" marker; resume passes it up to the coroutine the host drives, and
--- hands what the host resumes with down to the inner one.
+-- Budget errors are not for catching.
 ------------------------------------------------------------------------------------------------
 -- A request past its CPU budget must end: an error caught then (by pcall, xpcall or resume) is
 -- raised again, or a loop around pcall would outlive every budget.
@@ -227,6 +225,11 @@ function xpcall(f, handler, ...)
   return rethrow_if_over(raw_xpcall(f, handler, ...))
 end
 
+------------------------------------------------------------------------------------------------
+-- Scripts' own coroutines may call core functions that wait for the host. Such a coroutine
+-- yields the host's "pending" marker; resume passes it up to the coroutine the host drives, and
+-- hands what the host resumes with down to the inner one.
+------------------------------------------------------------------------------------------------
 local function settle(co, ...)
   local ok, first = ...
   if ok and first == PENDING and select("#", ...) == 2 then
