@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Open connections per client address, across every worker.
 pub(crate) struct AddressCounts {
@@ -65,17 +65,18 @@ impl Drop for AddressSlot {
     }
 }
 
-/// What a connection is doing: requests under way, and when the last one ended.
+/// What a connection is doing: requests under way, and how many it has served (counted rather
+/// than timed: no clock read per request).
 pub(crate) struct Activity {
     in_flight: Cell<usize>,
-    last: Cell<Instant>,
+    served: Cell<u64>,
 }
 
 impl Activity {
     pub(crate) fn new() -> Rc<Self> {
         Rc::new(Activity {
             in_flight: Cell::new(0),
-            last: Cell::new(Instant::now()),
+            served: Cell::new(0),
         })
     }
 
@@ -85,18 +86,15 @@ impl Activity {
         RequestGuard(self.clone())
     }
 
-    /// Returns once the connection has had no request under way for `limit`.
+    /// Returns once the connection has had no request under way and started none for a whole
+    /// `limit` (so between one and two `limit`s after its last request ended).
     pub(crate) async fn idle(&self, limit: Duration) {
         loop {
-            let wait = if self.in_flight.get() > 0 {
-                limit
-            } else {
-                limit.saturating_sub(self.last.get().elapsed())
-            };
-            if wait.is_zero() {
+            let served = self.served.get();
+            tokio::time::sleep(limit).await;
+            if self.in_flight.get() == 0 && self.served.get() == served {
                 return;
             }
-            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -107,7 +105,7 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         let activity = &self.0;
         activity.in_flight.set(activity.in_flight.get() - 1);
-        activity.last.set(Instant::now());
+        activity.served.set(activity.served.get() + 1);
     }
 }
 
