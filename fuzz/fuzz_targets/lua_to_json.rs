@@ -1,6 +1,6 @@
 //! Lua values built from the input (any keys, numbers JSON cannot hold, cycles, functions, the
 //! array metatable, deep nesting) → JSON: nothing crashes, what we write is JSON, and it decodes
-//! and encodes back to the same text.
+//! and encodes back to the same text (with nulls, which decode to nil: the same after one trip).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -82,10 +82,17 @@ fuzz_target!(|data: &[u8]| {
             return;
         };
         serde_json::from_str::<serde_json::Value>(&text).expect("encode wrote invalid JSON");
-        assert_eq!(
-            json_round_trip(lua, text.as_bytes()).as_deref(),
-            Some(text.as_str()),
-            "our JSON did not come back the same"
-        );
+        let again = json_round_trip(lua, text.as_bytes()).expect("our own JSON was refused");
+        if text.contains("null") {
+            // A null (mlua's null value) decodes to nil, which an array or object drops: the
+            // text may shrink once, then holds.
+            assert_eq!(
+                json_round_trip(lua, again.as_bytes()).as_deref(),
+                Some(again.as_str()),
+                "a second trip changed our JSON"
+            );
+        } else {
+            assert_eq!(again, text, "our JSON did not come back the same");
+        }
     });
 });
