@@ -251,9 +251,16 @@ pub struct Credentials {
 
 impl Credentials {
     pub fn parse(params: &Params, form: PasswordForm) -> Result<Self, UserError> {
+        // Bounded before anything looks the name up or counts it: no account has a longer one.
         let login = match (opt_str(params, "username")?, opt_str(params, "email")?) {
-            (Some(u), _) if !u.is_empty() => Login::Username(u.to_owned()),
-            (_, Some(e)) if !e.is_empty() => Login::Email(e.to_owned()),
+            (Some(u), _) if !u.is_empty() => {
+                check_len(u, "username", MAX_USERNAME_CHARS)?;
+                Login::Username(u.to_owned())
+            }
+            (_, Some(e)) if !e.is_empty() => {
+                check_len(e, "email", MAX_EMAIL_CHARS)?;
+                Login::Email(e.to_owned())
+            }
             _ => return Err(UserError::Missing("username")),
         };
         let secret = password(required_str(params, "password")?, form)?;

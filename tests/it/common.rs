@@ -343,6 +343,16 @@ impl TestServer {
         TestServer { child, addr, key }
     }
 
+    /// The server process's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
     /// A signed call in `scope`; the whole answer.
     pub async fn call_in(
         &self,

@@ -889,3 +889,32 @@ async fn https_with_a_test_certificate() {
     .await;
     assert!(!String::from_utf8_lossy(&got).contains("User not found"));
 }
+
+#[tokio::test]
+async fn a_flood_of_huge_login_names_costs_no_memory() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {});
+    assert_eq!(
+        server
+            .call("api.users", "get", json!({"user_id": "nope"}))
+            .await,
+        error("User not found.", 604)
+    );
+    let before = server.rss_kib();
+    for n in 0..300 {
+        let name = format!("{n:06}{}", "x".repeat(1_000_000));
+        let answer = server
+            .call(
+                "api.users",
+                "login",
+                json!({"username": name, "password": md5_hex("pw")}),
+            )
+            .await;
+        assert_eq!(
+            answer,
+            error("Parameter 'username' is longer than 64 characters.", 801)
+        );
+    }
+    let grown_mb = server.rss_kib().saturating_sub(before) / 1024;
+    assert!(grown_mb < 50, "RSS grew by {grown_mb} MB");
+}
