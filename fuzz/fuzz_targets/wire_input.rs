@@ -1,0 +1,36 @@
+//! What a hostile client controls on the wire: the signed header values and the body, through
+//! the signature check, the body parser and every users input parser. Nothing may panic, and a
+//! refusal must carry a Coronium status.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+use coronium::users::input::{self, Credentials, NewUser, PasswordForm, UserPatch};
+use coronium::wire;
+
+fuzz_target!(|data: &[u8]| {
+    // Up to the first NUL: header values separated by newlines; the rest: the body.
+    let (head, body) = match data.iter().position(|&b| b == 0) {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (&data[..0], data),
+    };
+    let head = String::from_utf8_lossy(head);
+    let mut fields = head.split('\n');
+    let mut next = || fields.next().unwrap_or_default();
+    let (project, action, time, auth, scope) = (next(), next(), next(), next(), next());
+    let _ = wire::signature_matches("03624656-ca90-11e7-b8d4-fb59abeb4c03", project, action, time, auth);
+    let _ = input::scope(scope);
+    let params = match wire::parse_params(body) {
+        Ok(params) => params,
+        Err(refusal) => {
+            assert!(refusal.status > 0 && refusal.http >= 400, "{refusal:?}");
+            return;
+        }
+    };
+    for form in [PasswordForm::Plain, PasswordForm::Canonical] {
+        let _ = NewUser::parse(&params, form);
+        let _ = Credentials::parse(&params, form);
+        let _ = UserPatch::parse(params.get("update"), form);
+    }
+    let _ = input::user_id(&params);
+});
