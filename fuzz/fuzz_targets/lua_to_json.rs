@@ -37,7 +37,9 @@ fn build(lua: &Lua, bytes: &mut &[u8], depth: usize, tables: &mut Vec<Table>) ->
         4 => {
             let len = take(1).first().copied().unwrap_or(0) as usize % 24;
             let text = take(len);
-            lua.create_string(text).map(Value::String).unwrap_or(Value::Nil)
+            lua.create_string(text)
+                .map(Value::String)
+                .unwrap_or(Value::Nil)
         }
         5 | 6 | 7 if depth < 80 => {
             let Ok(table) = lua.create_table() else {
@@ -59,10 +61,7 @@ fn build(lua: &Lua, bytes: &mut &[u8], depth: usize, tables: &mut Vec<Table>) ->
             }
             Value::Table(table)
         }
-        8 => lua
-            .globals()
-            .get::<Value>("print")
-            .unwrap_or(Value::Nil),
+        8 => lua.globals().get::<Value>("print").unwrap_or(Value::Nil),
         9 if !tables.is_empty() => {
             let at = take(1).first().copied().unwrap_or(0) as usize % tables.len();
             Value::Table(tables[at].clone())

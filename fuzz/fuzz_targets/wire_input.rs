@@ -18,7 +18,13 @@ fuzz_target!(|data: &[u8]| {
     let mut fields = head.split('\n');
     let mut next = || fields.next().unwrap_or_default();
     let (project, action, time, auth, scope) = (next(), next(), next(), next(), next());
-    let _ = wire::signature_matches("03624656-ca90-11e7-b8d4-fb59abeb4c03", project, action, time, auth);
+    let _ = wire::signature_matches(
+        "03624656-ca90-11e7-b8d4-fb59abeb4c03",
+        project,
+        action,
+        time,
+        auth,
+    );
     let _ = input::scope(scope);
     let params = match wire::parse_params(body) {
         Ok(params) => params,
