@@ -10,6 +10,7 @@ use coronium::lua::fuzzing::{encode, encode_marked, json_round_trip, new_state};
 
 thread_local! {
     static LUA: Lua = new_state();
+    static INPUTS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// Reads a value from `bytes`; `tables` holds those made so far (for cycles and sharing).
@@ -73,6 +74,15 @@ fn build(lua: &Lua, bytes: &mut &[u8], depth: usize, tables: &mut Vec<Table>) ->
 
 fuzz_target!(|data: &[u8]| {
     LUA.with(|lua| {
+        // The tables each input builds are garbage after it; a full collection now and then
+        // keeps the state small (and the target fast).
+        let inputs = INPUTS.with(|n| {
+            n.set(n.get().wrapping_add(1));
+            n.get()
+        });
+        if inputs % 1000 == 0 {
+            let _ = lua.gc_collect();
+        }
         let mut bytes = data;
         let mut tables = Vec::new();
         let value = build(lua, &mut bytes, 0, &mut tables);
