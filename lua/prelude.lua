@@ -209,20 +209,28 @@ end
 ------------------------------------------------------------------------------------------------
 -- A request past its CPU budget must end: an error caught then (by pcall, xpcall or resume) is
 -- raised again, or a loop around pcall would outlive every budget.
+-- Scripts run without a budget and keep the plain functions.
 local over_budget = native.over_budget
+local raw_pcall, raw_xpcall = pcall, xpcall
 local function rethrow_if_over(ok, ...)
-  if not ok and over_budget() then
-    error((...), 0)
+  -- The error caught may be "not enough memory": asking may itself fail, and then it is not the
+  -- budget's.
+  if not ok and native.budgeted then
+    local asked, over = raw_pcall(over_budget)
+    if asked and over then
+      error((...), 0)
+    end
   end
   return ok, ...
 end
 
-local raw_pcall, raw_xpcall = pcall, xpcall
-function pcall(f, ...)
-  return rethrow_if_over(raw_pcall(f, ...))
-end
-function xpcall(f, handler, ...)
-  return rethrow_if_over(raw_xpcall(f, handler, ...))
+if native.budgeted then
+  function pcall(f, ...)
+    return rethrow_if_over(raw_pcall(f, ...))
+  end
+  function xpcall(f, handler, ...)
+    return rethrow_if_over(raw_xpcall(f, handler, ...))
+  end
 end
 
 ------------------------------------------------------------------------------------------------

@@ -111,6 +111,8 @@ pub(crate) struct Host {
     pub pending: Rc<pending::Pending>,
     /// The running request's CPU account, for host functions that can run long.
     pub meter: Rc<budget::Meter>,
+    /// Whether requests run under a CPU budget (servers; scripts do not).
+    pub budgeted: bool,
 }
 
 /// One sandboxed Luau state with `core` installed.
@@ -152,6 +154,7 @@ impl Runtime {
             ),
             pending,
             meter: meter.clone(),
+            budgeted: options.cpu_budget.is_some(),
         });
         let core = lua.create_table()?;
         let native = natives::install(&lua, host.clone())?;

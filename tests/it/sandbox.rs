@@ -480,6 +480,13 @@ function api.alloc()
   return #t + #string.rep("x", 4e6)
 end
 function api.hoard() hoard[#hoard + 1] = string.rep("x", 1e6) .. #hoard return #hoard end
+function api.catch()
+  local ok, err = pcall(function()
+    local t = {}
+    for i = 1, 1e9 do t[i] = string.rep("x", 1024) .. i end
+  end)
+  return { ok = ok, memory = tostring(err):find("memory") ~= nil }
+end
 function api.ping() return "pong" end
 return api
 "#;
@@ -556,6 +563,11 @@ async fn a_state_that_stays_full_is_replaced() {
     let root = scratch_dir("hoard");
     write_project(&root, "Hoard", &[("main.lua", HOARD)]);
     let server = serve(&db, &root, &[("CORONIUM_LUA_MEMORY_LIMIT_MB", "64")]);
+    // A handler that catches running out of memory carries on, as a script would.
+    assert_eq!(
+        server.call("Hoard", "catch", json!({})).await,
+        json!({"result": {"ok": false, "memory": true}})
+    );
     // The hoard grows by 1 MB a request until the state has no room left after a full
     // collection; then a fresh state (an empty hoard) takes the next request.
     let (mut expected, mut out_of_memory, mut replaced) = (1, 0, false);
