@@ -472,6 +472,18 @@ async fn h2c_with_prior_knowledge() {
     assert_eq!(answer, error("Missing required parameter: user_id", 804));
 }
 
+/// The head of a raw HTTP/1.1 `api.users get` request, signed, announcing `length` body bytes,
+/// with `extra` header lines.
+fn signed_get_head(key: &str, length: usize, extra: &str) -> String {
+    let mut head =
+        format!("POST / HTTP/1.1\r\nHost: localhost\r\n{extra}Content-Length: {length}\r\n");
+    for (name, value) in signed_headers(key, "api.users", "get", "default", unix_now()) {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
 /// Reads from `stream` until the server closes it or `wait` passes; true when it closed.
 async fn closed_by_server(stream: &mut tokio::net::TcpStream, wait: std::time::Duration) -> bool {
     use tokio::io::AsyncReadExt as _;
@@ -746,11 +758,7 @@ async fn slow_clients_are_closed_at_their_deadlines() {
     assert!(took < late, "partial headers: {took:?}");
 
     // Signed headers, then part of the body it announced.
-    let mut head = String::from("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n");
-    for (name, value) in signed_headers(&server.key, "api.users", "get", "default", unix_now()) {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n{\"user_id\":");
+    let head = signed_get_head(&server.key, 100, "") + "{\"user_id\":";
     let mut slow_body = connect().await.unwrap();
     slow_body.write_all(head.as_bytes()).await.unwrap();
     let (took, answer) = until_closed("slow body", &mut slow_body).await;
@@ -764,14 +772,7 @@ async fn slow_clients_are_closed_at_their_deadlines() {
     // A finished request, then silence: the kept-alive connection is closed too.
     let mut kept = connect().await.unwrap();
     let body = br#"{"user_id":"nope"}"#;
-    let mut request = format!(
-        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in signed_headers(&server.key, "api.users", "get", "default", unix_now()) {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
+    let request = signed_get_head(&server.key, body.len(), "");
     kept.write_all(request.as_bytes()).await.unwrap();
     kept.write_all(body).await.unwrap();
     let (took, answer) = until_closed("idle keep-alive", &mut kept).await;
@@ -843,14 +844,7 @@ async fn https_with_a_test_certificate() {
     };
     let connector = connector_for(certified.cert.der());
     let body = br#"{"user_id":"nope"}"#;
-    let mut request = format!(
-        "POST / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in signed_headers(&server.key, "api.users", "get", "default", unix_now()) {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
+    let request = signed_get_head(&server.key, body.len(), "Connection: close\r\n");
 
     let tcp = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
