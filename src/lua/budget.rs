@@ -40,6 +40,8 @@ struct Slice {
 pub(crate) struct Meter {
     current: Cell<Option<Slice>>,
     ticks: Cell<u32>,
+    /// What each request (and project load) may use; `None` meters nothing (scripts).
+    budget: Option<Duration>,
     /// Published at each slice's start and end, for a watchdog on another thread.
     pulse: Option<Arc<Pulse>>,
 }
@@ -77,11 +79,24 @@ impl Pulse {
 }
 
 impl Meter {
-    pub fn new(pulse: Option<Arc<Pulse>>) -> Self {
+    pub fn new(budget: Option<Duration>, pulse: Option<Arc<Pulse>>) -> Self {
         Meter {
+            budget,
             pulse,
             ..Meter::default()
         }
+    }
+
+    /// Whether this state's requests run under a CPU budget.
+    pub fn is_budgeted(&self) -> bool {
+        self.budget.is_some()
+    }
+
+    /// A fresh account for `thread` (a request's coroutine, or a project's loading one), when
+    /// there is a budget.
+    pub fn budget_for(self: &Rc<Self>, thread: &mlua::Thread) -> Option<Budget> {
+        self.budget
+            .map(|budget| Budget::new(self.clone(), thread, budget))
     }
 
     /// Installs the interrupt on `lua`. It never yields while `pending` holds an operation not
@@ -144,7 +159,7 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    pub fn new(meter: Rc<Meter>, thread: &mlua::Thread, budget: Duration) -> Self {
+    fn new(meter: Rc<Meter>, thread: &mlua::Thread, budget: Duration) -> Self {
         Budget {
             meter,
             thread: thread.to_pointer(),

@@ -111,8 +111,6 @@ pub(crate) struct Host {
     pub pending: Rc<pending::Pending>,
     /// The running request's CPU account, for host functions that can run long.
     pub meter: Rc<budget::Meter>,
-    /// Whether requests run under a CPU budget (servers; scripts do not).
-    pub budgeted: bool,
 }
 
 /// One sandboxed Luau state with `core` installed.
@@ -122,7 +120,6 @@ pub struct Runtime {
     /// The prelude's `host.request`: runs one API request in the calling coroutine.
     request: Function,
     meter: Rc<budget::Meter>,
-    cpu_budget: Option<Duration>,
     memory_limit: usize,
 }
 
@@ -141,7 +138,10 @@ impl Runtime {
         let lua = Lua::new_with(StdLib::ALL_SAFE, LuaOptions::new())?;
         lua.set_memory_limit(options.memory_limit)?;
         let pending = Rc::new(pending::Pending::default());
-        let meter = Rc::new(budget::Meter::new(options.pulse.clone()));
+        let meter = Rc::new(budget::Meter::new(
+            options.cpu_budget,
+            options.pulse.clone(),
+        ));
         let host = Rc::new(Host {
             users,
             scope: options.scope,
@@ -150,11 +150,9 @@ impl Runtime {
                 options.projects_dir.clone(),
                 pending.clone(),
                 meter.clone(),
-                options.cpu_budget,
             ),
             pending,
             meter: meter.clone(),
-            budgeted: options.cpu_budget.is_some(),
         });
         let core = lua.create_table()?;
         let native = natives::install(&lua, host.clone())?;
@@ -165,7 +163,7 @@ impl Runtime {
             .call((&core, native))?;
         host.projects.set_new_project(prelude.get("new_project")?);
         let request: Function = prelude.get("request")?;
-        if options.cpu_budget.is_some() {
+        if meter.is_budgeted() {
             meter.install(&lua, host.pending.clone());
         }
         restrict_globals(&lua)?;
@@ -186,7 +184,6 @@ impl Runtime {
             host,
             request,
             meter,
-            cpu_budget: options.cpu_budget,
             memory_limit: options.memory_limit,
         })
     }
@@ -196,8 +193,7 @@ impl Runtime {
     /// spike that goal can lie beyond the limit, where no allocation reaches it, and the garbage
     /// would stay for good. Cheap when there is room (one comparison).
     pub fn reclaim(&self) -> Health {
-        let near = |used: usize| used > self.memory_limit / 4 * 3;
-        if !near(self.lua.used_memory()) {
+        if self.lua.used_memory() <= self.memory_limit / 4 * 3 {
             return Health::Healthy;
         }
         let _ = self.lua.gc_collect();
@@ -269,9 +265,7 @@ impl Runtime {
                 ));
             }
         }
-        let mut budget = self
-            .cpu_budget
-            .map(|budget| budget::Budget::new(self.meter.clone(), &thread, budget));
+        let mut budget = self.meter.budget_for(&thread);
         let results = self.drive(&thread, args, budget.as_mut()).await?;
         let mut results = results.into_iter();
         let result = results.next().unwrap_or(Value::Nil);

@@ -325,7 +325,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         "string_split",
         split_function(lua, &host, text::Separator::Luau)?,
     )?;
-    native.set("budgeted", host.budgeted)?;
+    native.set("budgeted", host.meter.is_budgeted())?;
     let budget_host = host.clone();
     native.set(
         "over_budget",

@@ -11,11 +11,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::SystemTime;
 
-use std::time::Duration;
-
 use mlua::{Function, Lua, MultiValue, Table, Value};
 
-use super::budget::{Budget, Meter};
+use super::budget::Meter;
 use super::pending::Pending;
 
 /// Largest project file compiled: Luau compiles in C, outside the CPU budget and the state's
@@ -54,7 +52,6 @@ pub(crate) struct Projects {
     pending: Rc<Pending>,
     /// Loading code runs under the same CPU budget as a request.
     meter: Rc<Meter>,
-    cpu_budget: Option<Duration>,
 }
 
 /// A name segment: letters, digits, `_` and `-` (no dots, slashes or `..`).
@@ -73,17 +70,11 @@ fn modified(path: &Path) -> Stamp {
 }
 
 impl Projects {
-    pub fn new(
-        dir: Option<PathBuf>,
-        pending: Rc<Pending>,
-        meter: Rc<Meter>,
-        cpu_budget: Option<Duration>,
-    ) -> Self {
+    pub fn new(dir: Option<PathBuf>, pending: Rc<Pending>, meter: Rc<Meter>) -> Self {
         Projects {
             dir,
             pending,
             meter,
-            cpu_budget,
             new_project: RefCell::new(None),
             entries: RefCell::new(HashMap::new()),
             loading: RefCell::new(HashMap::new()),
@@ -149,9 +140,7 @@ impl Projects {
                 .set_environment(env)
                 .into_function()?;
             let thread = lua.create_thread(chunk)?;
-            let mut budget = self
-                .cpu_budget
-                .map(|budget| Budget::new(self.meter.clone(), &thread, budget));
+            let mut budget = self.meter.budget_for(&thread);
             let returned = super::pending::drive(
                 lua,
                 &self.pending,
