@@ -143,6 +143,39 @@ impl Meter {
     }
 }
 
+/// Host work a script sizes (a JSON walk, a split), counted step by step: every
+/// [`STEPS_PER_CHECK`] steps it looks at the running request's budget. Without a meter it only
+/// counts.
+pub(crate) struct Paced<'a> {
+    meter: Option<&'a Meter>,
+    steps: Cell<u32>,
+}
+
+/// Steps between two looks at the clock: cheap next to a step, frequent next to a budget.
+const STEPS_PER_CHECK: u32 = 1024;
+
+impl<'a> Paced<'a> {
+    pub fn new(meter: Option<&'a Meter>) -> Self {
+        Paced {
+            meter,
+            steps: Cell::new(0),
+        }
+    }
+
+    /// One step; fails once the budget is spent.
+    pub fn step(&self) -> Result<(), OverBudget> {
+        let Some(meter) = self.meter else {
+            return Ok(());
+        };
+        let steps = self.steps.get().wrapping_add(1);
+        self.steps.set(steps);
+        if steps.is_multiple_of(STEPS_PER_CHECK) {
+            meter.check()?;
+        }
+        Ok(())
+    }
+}
+
 /// The running request used more than its CPU budget.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the request used more than its CPU budget of {budget_ms} ms")]

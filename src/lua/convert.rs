@@ -8,7 +8,7 @@ use std::ffi::c_int;
 
 use mlua::{Lua, LuaSerdeExt, Value, ffi};
 
-use super::budget::{Meter, OverBudget};
+use super::budget::{Meter, OverBudget, Paced};
 use serde::Serialize;
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Number, Value as Json};
@@ -78,7 +78,7 @@ pub fn encode<T>(
     sink: impl FnOnce(&StackValue<'_>) -> serde_json::Result<T>,
 ) -> Result<T, ConvertError> {
     let error = Cell::new(None);
-    let visits = Cell::new(0);
+    let paced = Paced::new(meter);
     let mut written = None;
     // SAFETY: the closure runs in a protected call with `value` at 1 and the array metatable
     // at 2. The walk only reads; the one Lua call that may allocate is `lua_checkstack`, and its
@@ -91,8 +91,7 @@ pub fn encode<T>(
                 array_metatable: 2,
                 mode,
                 error: &error,
-                meter,
-                visits: &visits,
+                paced: &paced,
             };
             written = Some(sink(&StackValue {
                 walker: &walker,
@@ -145,13 +144,9 @@ struct Walker<'a> {
     mode: Unencodable,
     /// Why the walk stopped, when the reason is ours rather than the serializer's.
     error: &'a Cell<Option<ConvertError>>,
-    /// The budget looked at every [`VISITS_PER_CHECK`] tables, keys and elements.
-    meter: Option<&'a Meter>,
-    visits: &'a Cell<u32>,
+    /// Each table, key and element is a step against the budget.
+    paced: &'a Paced<'a>,
 }
-
-/// How many tables, keys and elements the walk visits between two looks at the CPU budget.
-const VISITS_PER_CHECK: u32 = 4096;
 
 impl Walker<'_> {
     fn fail<E: serde::ser::Error>(&self, error: ConvertError) -> E {
@@ -162,15 +157,7 @@ impl Walker<'_> {
 
     /// Counts a visit; fails once the budget is spent.
     fn visit<E: serde::ser::Error>(&self) -> Result<(), E> {
-        let Some(meter) = self.meter else {
-            return Ok(());
-        };
-        let visits = self.visits.get().wrapping_add(1);
-        self.visits.set(visits);
-        if visits.is_multiple_of(VISITS_PER_CHECK) {
-            meter.check().map_err(|e| self.fail(e.into()))?;
-        }
-        Ok(())
+        self.paced.step().map_err(|e| self.fail(e.into()))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use mlua::{Lua, LuaString, Table};
 
-use super::budget::Meter;
+use super::budget::{Meter, Paced};
 
 /// Lua's `%s` (C's `isspace` in the "C" locale).
 fn is_space(b: u8) -> bool {
@@ -75,9 +75,6 @@ pub(crate) fn find_plain(haystack: &[u8], needle: &[u8], init: i64) -> Option<(u
     Some((at + 1, at + needle.len()))
 }
 
-/// How many pieces a split makes between two looks at the CPU budget.
-const PIECES_PER_CHECK: usize = 4096;
-
 /// How a split reads its separator.
 #[derive(Clone, Copy)]
 pub(crate) enum Separator {
@@ -107,10 +104,9 @@ pub(crate) fn split_table(
         _ => split(&bytes, sep),
     };
     let table = lua.create_table()?;
+    let paced = Paced::new(Some(meter));
     for (i, piece) in pieces.enumerate() {
-        if i % PIECES_PER_CHECK == PIECES_PER_CHECK - 1 {
-            meter.check().map_err(mlua::Error::runtime)?;
-        }
+        paced.step().map_err(mlua::Error::runtime)?;
         table.raw_set(i + 1, lua.create_string(piece)?)?;
     }
     Ok(table)

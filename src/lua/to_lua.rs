@@ -6,7 +6,6 @@
 //! from the parser onto the stack ([`json_text_to_lua`]): no tree in Rust's heap, outside the
 //! state's memory limit, and the running request's CPU budget looked at as it goes.
 
-use std::cell::Cell;
 use std::ffi::c_int;
 use std::fmt;
 
@@ -14,7 +13,7 @@ use mlua::{Lua, LuaSerdeExt, Value, ffi};
 use serde::Serialize;
 use serde::ser::{self, Impossible};
 
-use super::budget::{Meter, OverBudget};
+use super::budget::{Meter, OverBudget, Paced};
 use super::convert::{ConvertError, MAX_DEPTH};
 
 /// `value` as a Lua value.
@@ -50,7 +49,7 @@ fn push_with(
     push: impl FnOnce(Pusher<'_>) -> Result<(), PushError>,
 ) -> Result<Value, Pushed> {
     let mut failure = None;
-    let pushes = Cell::new(0);
+    let paced = Paced::new(meter);
     // SAFETY: the closure runs in a protected call with the array metatable at 1 (where
     // `ARRAY_METATABLE` says). A failed allocation raises a Lua error, which unwinds through the
     // closure (`C-unwind`) to the protected call; the closure's own locals are plain data.
@@ -59,8 +58,7 @@ fn push_with(
             let pusher = Pusher {
                 state,
                 depth: 0,
-                meter,
-                pushes: &pushes,
+                paced: &paced,
             };
             match push(pusher) {
                 Ok(()) => ffi::lua_replace(state, 1),
@@ -95,9 +93,6 @@ impl ser::Error for PushError {
     }
 }
 
-/// How many values are pushed between two looks at the CPU budget.
-const PUSHES_PER_CHECK: u32 = 1024;
-
 /// Pushes one value; `depth` counts the tables around it.
 ///
 /// Its methods call the Lua C API on `state`, so a `Pusher` exists only inside [`push_with`]'s
@@ -107,8 +102,7 @@ struct Pusher<'a> {
     state: *mut ffi::lua_State,
     depth: usize,
     /// The budget looked at while pushing (`None` for host-sized data).
-    meter: Option<&'a Meter>,
-    pushes: &'a Cell<u32>,
+    paced: &'a Paced<'a>,
 }
 
 /// Where the array metatable sits (see [`to_lua`]).
@@ -135,17 +129,9 @@ impl<'a> Pusher<'a> {
         Ok(())
     }
 
-    /// Counts a compound value against the budget, when there is one.
+    /// Counts a value against the budget, when there is one.
     fn tick(self) -> Result<(), PushError> {
-        let Some(meter) = self.meter else {
-            return Ok(());
-        };
-        let pushes = self.pushes.get().wrapping_add(1);
-        self.pushes.set(pushes);
-        if pushes.is_multiple_of(PUSHES_PER_CHECK) {
-            meter.check()?;
-        }
-        Ok(())
+        Ok(self.paced.step()?)
     }
 
     /// Pushes a new table for a compound value; its entries go one level deeper.
