@@ -300,18 +300,24 @@ pub const TEST_SERVER_KEY: &str = "03624656-ca90-11e7-b8d4-fb59abeb4c03";
 impl TestServer {
     /// Starts a server with 2 workers; `configure` may add arguments or environment.
     pub fn start(db: &TestDb, configure: impl FnOnce(&mut Command)) -> TestServer {
-        Self::start_with_key(db, &scratch_dir("serve"), Some(TEST_SERVER_KEY), configure)
+        Self::start_with_key(
+            Some(db),
+            &scratch_dir("serve"),
+            Some(TEST_SERVER_KEY),
+            configure,
+        )
     }
 
     /// Starts a server on `data_dir`; with `key: None` it uses (or makes) the key file there.
+    /// Without `db`, the server runs on its embedded PostgreSQL in `data_dir`.
     pub fn start_with_key(
-        db: &TestDb,
+        db: Option<&TestDb>,
         data_dir: &Path,
         key: Option<&str>,
         configure: impl FnOnce(&mut Command),
     ) -> TestServer {
         use std::io::BufRead as _;
-        let mut cmd = coronium(Some(db));
+        let mut cmd = coronium(db);
         if let Some(key) = key {
             cmd.env("CORONIUM_SERVER_KEY", key);
         }

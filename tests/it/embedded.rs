@@ -289,33 +289,17 @@ fn a_data_directory_postgres_cannot_reach_is_explained() {
 
 #[tokio::test]
 async fn the_embedded_postgresql_is_started_again_after_it_dies() {
-    use std::io::BufRead as _;
     let dir = scratch_dir("supervised");
     let data = dir.join("data");
-    let mut child = coronium(None)
-        .env("CORONIUM_SERVER_KEY", crate::common::TEST_SERVER_KEY)
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--workers",
-            "1",
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .trim_start_matches("listening on http://")
-        .to_owned();
+    let server = crate::common::TestServer::start_with_key(
+        None,
+        &data,
+        Some(crate::common::TEST_SERVER_KEY),
+        |cmd| {
+            cmd.env("CORONIUM_WORKERS", "1");
+        },
+    );
+    let addr = server.addr.clone();
     let key = crate::common::TEST_SERVER_KEY;
     let create = |name: String| {
         let addr = addr.clone();
@@ -376,9 +360,7 @@ async fn the_embedded_postgresql_is_started_again_after_it_dies() {
             .count(),
         0
     );
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    assert!(server.stop().success());
     assert_eq!(
         postgres_on(&data),
         Vec::<i32>::new(),

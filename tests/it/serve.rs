@@ -342,7 +342,7 @@ async fn key_file_and_the_call_command() {
     );
     assert_eq!(mode & 0o777, 0o600);
 
-    let server = TestServer::start_with_key(&db, &data, None, |_| {});
+    let server = TestServer::start_with_key(Some(&db), &data, None, |_| {});
     assert_eq!(server.key, second);
     // A client signing with the old key is refused.
     let stale = coronium::wire::client::call(
@@ -470,6 +470,16 @@ async fn h2c_with_prior_knowledge() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let answer: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(answer, error("Missing required parameter: user_id", 804));
+}
+
+/// The server answers a plain signed request (a user that does not exist: nothing written).
+async fn assert_serves(server: &TestServer) {
+    assert_eq!(
+        server
+            .call("api.users", "get", json!({"user_id": "nope"}))
+            .await,
+        error("User not found.", 604)
+    );
 }
 
 /// The head of a raw HTTP/1.1 `api.users get` request, signed, announcing `length` body bytes,
@@ -780,12 +790,7 @@ async fn slow_clients_are_closed_at_their_deadlines() {
     assert!(took < late, "idle keep-alive: {took:?}");
 
     // And the server still serves.
-    assert_eq!(
-        server
-            .call("api.users", "get", json!({"user_id": "nope"}))
-            .await,
-        error("User not found.", 604)
-    );
+    assert_serves(&server).await;
 }
 
 #[tokio::test]
@@ -807,12 +812,7 @@ async fn one_client_address_holds_at_most_its_cap_of_connections() {
     assert!(took < std::time::Duration::from_secs(1), "{took:?}");
     held.pop();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_eq!(
-        server
-            .call("api.users", "get", json!({"user_id": "nope"}))
-            .await,
-        error("User not found.", 604)
-    );
+    assert_serves(&server).await;
 }
 
 #[tokio::test]
@@ -888,12 +888,7 @@ async fn https_with_a_test_certificate() {
 async fn a_flood_of_huge_login_names_costs_no_memory() {
     let db = TestDb::new().await;
     let server = TestServer::start(&db, |_| {});
-    assert_eq!(
-        server
-            .call("api.users", "get", json!({"user_id": "nope"}))
-            .await,
-        error("User not found.", 604)
-    );
+    assert_serves(&server).await;
     let before = server.rss_kib();
     for n in 0..300 {
         let name = format!("{n:06}{}", "x".repeat(1_000_000));
