@@ -66,6 +66,13 @@ local function scope()
   return ctx and ctx.scope
 end
 
+-- The address of the client whose request runs (for the failed-login throttle); nil outside a
+-- request.
+local function client()
+  local ctx = contexts[coroutine.running()]
+  return ctx and ctx.client
+end
+
 local users = { NULL = NULL }
 core.users = users
 
@@ -75,7 +82,7 @@ function users.create(params, listener)
 end
 
 function users.login(params, listener)
-  native.login(params, scope())
+  native.login(params, scope(), client())
   return deliver(listener, wait())
 end
 
@@ -122,7 +129,7 @@ function users.register(username, password, in_scope, meta, listener)
   native.create(params, scope())
   local user_id, err, status = wait()
   if err == nil and meta.login then
-    native.login({ username = username, password = password, scope = params.scope }, scope())
+    native.login({ username = username, password = password, scope = params.scope }, scope(), client())
     return deliver(listener, wait())
   end
   return deliver(listener, user_id, err, status)
@@ -383,9 +390,9 @@ end
 -- For the host: the entry point of a request, and the environment maker for projects.
 local host = {}
 
-function host.request(api, method, input, in_scope, project)
+function host.request(api, method, input, in_scope, project, from)
   -- `globals` is made on the request's first global write; most requests write none.
-  contexts[coroutine.running()] = { scope = in_scope, project = project }
+  contexts[coroutine.running()] = { scope = in_scope, project = project, client = from }
   return invoke(api, method, input, in_scope)
 end
 

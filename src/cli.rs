@@ -100,11 +100,27 @@ pub enum Command {
         #[arg(long, default_value_t = 15)]
         samples: usize,
     },
+    /// Manage users.
+    #[command(subcommand)]
+    Users(UsersCommand),
     /// Print the server key clients sign requests with (created on first use).
     Key {
         /// Replace the key with a new one (clients must be given the new key).
         #[arg(long)]
         regenerate: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Clear the failed-login throttle of an account (from every address), so its owner can log
+    /// in at once.
+    Unlock {
+        /// The username or email the account logs in with.
+        name: String,
+        /// The account's scope.
+        #[arg(long, default_value = "default")]
+        scope: String,
     },
 }
 
@@ -160,6 +176,9 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             local.block_on(&runtime, serve(config))
         }
         Command::Key { regenerate } => key(&config, regenerate),
+        Command::Users(UsersCommand::Unlock { name, scope }) => {
+            local.block_on(&runtime, unlock(config, &name, &scope))
+        }
         Command::Sign {
             project,
             action,
@@ -286,6 +305,7 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
         server_key,
         public_url: config.public_url.clone(),
         hasher: Arc::new(hasher),
+        login_throttle: config.login_throttle,
         connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
         lua_memory_limit: config.lua.memory_limit_mb.saturating_mul(1024 * 1024),
         metrics: crate::server::install_metrics(),
@@ -325,7 +345,8 @@ async fn run_script(
         database.pool().clone(),
         Arc::new(hasher),
         &config.public_url,
-    );
+    )
+    .with_login_throttle(config.login_throttle);
     let outcome = match Runtime::new(
         users,
         RuntimeOptions {
@@ -347,6 +368,25 @@ async fn run_script(
     };
     database.shutdown().await;
     outcome.map_err(CliError::Script)
+}
+
+/// `coronium users unlock NAME --scope S`.
+async fn unlock(config: Config, name: &str, scope: &str) -> Result<ExitCode, CliError> {
+    let database = Database::open(&config.database_location(), 2).await?;
+    let hasher = PasswordHasher::new(config.argon2).map_err(|e| CliError::Setup(e.to_string()))?;
+    let users = Users::new(
+        database.pool().clone(),
+        Arc::new(hasher),
+        &config.public_url,
+    );
+    let cleared = users.unlock(scope, name).await;
+    database.shutdown().await;
+    let cleared = cleared.map_err(|e| match e {
+        crate::users::UserError::Internal(cause) => CliError::Setup(cause.to_string()),
+        other => CliError::Setup(other.to_string()),
+    })?;
+    println!("cleared {cleared} failed-login counter(s) of {name:?} in scope {scope:?}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Waits for SIGINT or SIGTERM and returns its number.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::db::{EmbeddedOptions, Location};
-use crate::users::HashParams;
+use crate::users::{HashParams, ThrottleSettings};
 
 /// The config file read when `--config` is not given and it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "coronium.toml";
@@ -47,6 +47,8 @@ pub struct Config {
     /// Database connections per pool.
     pub pool_size: usize,
     pub argon2: HashParams,
+    /// Failed-login limits (`[login_throttle]`).
+    pub login_throttle: ThrottleSettings,
     pub lua: LuaSettings,
     pub postgres: PostgresSettings,
     pub server: ServerSettings,
@@ -93,6 +95,10 @@ pub struct ServerSettings {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Proxies (addresses or networks, `"10.0.0.0/8"`) whose `X-Forwarded-For` names the client.
+    /// From any other peer the header is ignored: the client is the socket's peer.
+    #[serde(deserialize_with = "networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ServerSettings {
@@ -115,6 +121,7 @@ impl Default for ServerSettings {
             shutdown_grace_secs: 10,
             tls_cert: None,
             tls_key: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -144,6 +151,7 @@ impl Default for Config {
             public_url: "http://localhost:10001".into(),
             pool_size: 8,
             argon2: HashParams::default(),
+            login_throttle: ThrottleSettings::default(),
             lua: LuaSettings::default(),
             postgres: PostgresSettings::default(),
             server: ServerSettings::default(),
@@ -238,6 +246,26 @@ impl Config {
             "CORONIUM_MAX_CONNECTIONS" => self.server.max_connections,
             "CORONIUM_CPU_BUDGET_MS" => self.server.cpu_budget_ms,
             "CORONIUM_SHUTDOWN_GRACE_SECS" => self.server.shutdown_grace_secs,
+            "CORONIUM_LOGIN_THROTTLE" => self.login_throttle.enabled,
+            "CORONIUM_LOGIN_THROTTLE_WINDOW_SECS" => self.login_throttle.window_secs,
+            "CORONIUM_LOGIN_THROTTLE_PER_ACCOUNT_ADDRESS" => self.login_throttle.per_account_address,
+            "CORONIUM_LOGIN_THROTTLE_PER_ACCOUNT" => self.login_throttle.per_account,
+            "CORONIUM_LOGIN_THROTTLE_PER_ADDRESS" => self.login_throttle.per_address,
+            "CORONIUM_LOGIN_THROTTLE_MAX_DELAY_SECS" => self.login_throttle.max_delay_secs,
+        }
+        if let Some(v) = var("CORONIUM_TRUSTED_PROXIES") {
+            self.server.trusted_proxies = v
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| {
+                    parse_network(item).map_err(|reason| ConfigError::Env {
+                        name: "CORONIUM_TRUSTED_PROXIES",
+                        value: v.clone(),
+                        reason,
+                    })
+                })
+                .collect::<Result<_, _>>()?;
         }
         if let Some(v) = var("CORONIUM_DATABASE_URL").or_else(|| var("DATABASE_URL")) {
             self.database_url = Some(v).filter(|v| !v.is_empty());
@@ -270,6 +298,20 @@ impl Config {
     }
 }
 
+/// A network (`10.0.0.0/8`) or a single address (`192.0.2.1`, taken as `/32` or `/128`).
+fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an IP address or network"))
+}
+
+fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|text| parse_network(text).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +333,33 @@ mod tests {
         assert!(matches!(config.database_location(), Location::Url(_)));
         let bad = config.apply_env(|name| (name == "CORONIUM_POOL_SIZE").then(|| "many".into()));
         assert!(bad.unwrap_err().to_string().contains("CORONIUM_POOL_SIZE"));
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_networks() {
+        let mut config = Config::default();
+        config
+            .apply_env(|name| {
+                (name == "CORONIUM_TRUSTED_PROXIES").then(|| "127.0.0.1, 10.0.0.0/8,::1".into())
+            })
+            .unwrap();
+        let nets: Vec<String> = config
+            .server
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
+        let bad = config.apply_env(|name| (name == "CORONIUM_TRUSTED_PROXIES").then(|| "x".into()));
+        assert!(
+            bad.unwrap_err()
+                .to_string()
+                .contains("CORONIUM_TRUSTED_PROXIES")
+        );
+        let from_file: Config =
+            toml::from_str("[server]\ntrusted_proxies = [\"192.0.2.0/24\", \"::1\"]").unwrap();
+        assert_eq!(from_file.server.trusted_proxies.len(), 2);
+        assert!(toml::from_str::<Config>("[server]\ntrusted_proxies = [\"nope\"]").is_err());
     }
 
     #[test]

@@ -4,8 +4,14 @@
 use tokio_postgres::Client;
 
 /// (version, name, SQL). Append only: a released migration never changes.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "users", include_str!("../../migrations/0001_users.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "users", include_str!("../../migrations/0001_users.sql")),
+    (
+        2,
+        "login throttle",
+        include_str!("../../migrations/0002_login_throttle.sql"),
+    ),
+];
 
 /// Arbitrary constant naming "coronium schema migration" among advisory locks.
 const MIGRATION_LOCK_KEY: i64 = 0x636f_726f_6e69_756d;

@@ -9,6 +9,7 @@ mod projects;
 mod text;
 mod to_lua;
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
@@ -205,13 +206,15 @@ impl Runtime {
     }
 
     /// Runs `project`'s `action` with `input` in `scope`, in a coroutine (and global
-    /// environment) of its own, under the CPU budget.
+    /// environment) of its own, under the CPU budget. `client` is the address the request came
+    /// from (what `core.users.login` counts failed attempts against).
     pub async fn handle(
         &self,
         project: &str,
         action: &str,
         input: serde_json::Value,
         scope: &str,
+        client: Option<IpAddr>,
     ) -> HandlerOutcome {
         let api = match self.host.projects.api(&self.lua, project).await {
             Ok(Some(api)) => api,
@@ -224,7 +227,10 @@ impl Runtime {
                 };
             }
         };
-        match self.run_request(api, project, action, input, scope).await {
+        match self
+            .run_request(api, project, action, input, scope, client)
+            .await
+        {
             Ok(outcome) => outcome,
             Err(e) => {
                 let text = describe(&e);
@@ -244,11 +250,13 @@ impl Runtime {
         action: &str,
         input: serde_json::Value,
         scope: &str,
+        client: Option<IpAddr>,
     ) -> mlua::Result<HandlerOutcome> {
         let (thread, args) = convert::host_sized(&self.lua, || -> mlua::Result<_> {
             let input = convert::json_to_lua(&self.lua, &input)?;
             let thread = self.lua.create_thread(self.request.clone())?;
-            let args = (api, action, input, scope, project).into_lua_multi(&self.lua)?;
+            let client = client.map(|ip| ip.to_string());
+            let args = (api, action, input, scope, project, client).into_lua_multi(&self.lua)?;
             Ok((thread, args))
         })?;
         // Converted: a handler that waits keeps only its Lua copy.

@@ -1,6 +1,7 @@
 //! The Rust functions behind `core`: the users operations (returning `result, err, status`) and
 //! the utilities that need the host (uuid, md5, sleep, log, json, output).
 
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use super::budget::Meter;
 use super::convert::{self, ConvertError, Unencodable};
 use super::{Host, Output, pending, text, to_lua};
 use crate::users::input::{self, Credentials, NewUser, PasswordForm, UserPatch};
-use crate::users::{User, UserError, password};
+use crate::users::{ClientAddress, User, UserError, password};
 
 /// `result` alone on success, `nil, err, status` on failure, as the prelude's `deliver` expects
 /// them.
@@ -105,6 +106,13 @@ enum Takes {
     ParamsOrUserId,
 }
 
+/// Who a users operation acts for: the scope, and the client address of the request whose code
+/// runs (the prelude passes both; `None` outside a request).
+struct Caller {
+    scope: String,
+    client: ClientAddress,
+}
+
 /// Registers a users operation: parse the Lua argument, leave the async domain call for the
 /// coroutine's driver (see [`super::pending`]), and turn its outcome into `result, err, status`.
 fn users_op<F, Fut>(
@@ -116,39 +124,44 @@ fn users_op<F, Fut>(
     op: F,
 ) -> mlua::Result<()>
 where
-    F: Fn(Rc<Host>, Lua, input::Params, String) -> Fut + 'static,
+    F: Fn(Rc<Host>, Lua, input::Params, Caller) -> Fut + 'static,
     Fut: Future<Output = Result<Value, OpError>> + 'static,
 {
     let host = host.clone();
     let op = Rc::new(op);
     native.set(
         name,
-        lua.create_function(move |lua, (arg, request_scope): (Value, Option<String>)| {
-            let parsed = match &arg {
-                Value::String(id) if takes == Takes::ParamsOrUserId => Ok(Map::from_iter([(
-                    "user_id".to_owned(),
-                    Json::String(id.to_string_lossy()),
-                )])),
-                _ => params(lua, &host.meter, &arg),
-            };
-            let parsed = parsed.map(|params| {
-                let scope = scope(&host, &params, request_scope);
-                (params, scope)
-            });
-            let (op_host, op, lua) = (host.clone(), op.clone(), lua.clone());
-            host.pending.start(async move {
-                let outcome = match parsed {
-                    Ok((params, scope)) => op(op_host, lua.clone(), params, scope).await,
-                    Err(e) => Err(e),
+        lua.create_function(
+            move |lua, (arg, request_scope, client): (Value, Option<String>, Option<String>)| {
+                let parsed = match &arg {
+                    Value::String(id) if takes == Takes::ParamsOrUserId => Ok(Map::from_iter([(
+                        "user_id".to_owned(),
+                        Json::String(id.to_string_lossy()),
+                    )])),
+                    _ => params(lua, &host.meter, &arg),
                 };
-                match outcome {
-                    Ok(value) => Ok(success(value)),
-                    Err(OpError::User(e)) => failure(&lua, &e),
-                    Err(OpError::Lua(e)) => Err(e),
-                }
-            });
-            Ok(())
-        })?,
+                let parsed = parsed.map(|params| {
+                    let scope = scope(&host, &params, request_scope);
+                    let client = client
+                        .and_then(|ip| ip.parse::<IpAddr>().ok())
+                        .map_or_else(ClientAddress::local, ClientAddress::from_ip);
+                    (params, Caller { scope, client })
+                });
+                let (op_host, op, lua) = (host.clone(), op.clone(), lua.clone());
+                host.pending.start(async move {
+                    let outcome = match parsed {
+                        Ok((params, caller)) => op(op_host, lua.clone(), params, caller).await,
+                        Err(e) => Err(e),
+                    };
+                    match outcome {
+                        Ok(value) => Ok(success(value)),
+                        Err(OpError::User(e)) => failure(&lua, &e),
+                        Err(OpError::Lua(e)) => Err(e),
+                    }
+                });
+                Ok(())
+            },
+        )?,
     )
 }
 
@@ -161,7 +174,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         "create",
         Takes::Params,
         &host,
-        |host, lua, params, scope| async move {
+        |host, lua, params, Caller { scope, .. }| async move {
             let new_user = NewUser::parse(&params, PasswordForm::Plain)?;
             let user = host.users.create(&scope, new_user).await?;
             Ok(Value::String(lua.create_string(user.user_id.to_string())?))
@@ -174,9 +187,9 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         "login",
         Takes::Params,
         &host,
-        |host, lua, params, scope| async move {
+        |host, lua, params, Caller { scope, client }| async move {
             let credentials = Credentials::parse(&params, PasswordForm::Plain)?;
-            let user = host.users.login(&scope, credentials).await?;
+            let user = host.users.login(&scope, credentials, &client).await?;
             Ok(user_value(&lua, &user)?)
         },
     )?;
@@ -187,7 +200,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         "get",
         Takes::ParamsOrUserId,
         &host,
-        |host, lua, params, scope| async move {
+        |host, lua, params, Caller { scope, .. }| async move {
             let user_id = input::user_id(&params)?;
             let user = host.users.get(&scope, user_id).await?;
             Ok(user_value(&lua, &user)?)
@@ -200,7 +213,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         "update",
         Takes::Params,
         &host,
-        |host, lua, params, scope| async move {
+        |host, lua, params, Caller { scope, .. }| async move {
             let user_id = input::user_id(&params)?;
             let patch = UserPatch::parse(params.get("update"), PasswordForm::Plain)?;
             let user = host.users.update(&scope, user_id, patch).await?;
@@ -214,7 +227,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         "delete",
         Takes::ParamsOrUserId,
         &host,
-        |host, _lua, params, scope| async move {
+        |host, _lua, params, Caller { scope, .. }| async move {
             let user_id = input::user_id(&params)?;
             let count = host.users.delete(&scope, user_id).await?;
             Ok(Value::Number(count as f64))

@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::net::TcpListener as StdListener;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,10 +23,11 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use super::forwarded;
 use super::limits::{Activity, AddressCounts};
 use super::{Shared, Stalls, secs};
 use crate::lua::{HandlerOutcome, Health, Output, Runtime, RuntimeOptions};
-use crate::users::Users;
+use crate::users::{ClientAddress, Users};
 use crate::wire::{self, WireError};
 
 /// Runs spawned futures on the worker's `LocalSet`, so connection tasks need not be `Send`.
@@ -79,6 +81,7 @@ async fn serve<I>(
     watcher: hyper_util::server::graceful::Watcher,
     worker: Rc<Worker>,
     keep_alive_idle: Duration,
+    peer: IpAddr,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
@@ -88,7 +91,7 @@ async fn serve<I>(
         let request = for_service.begin();
         let worker = worker.clone();
         async move {
-            let response = handle(worker, req).await;
+            let response = handle(worker, req, peer).await;
             drop(request);
             response
         }
@@ -148,7 +151,8 @@ pub(super) fn run_worker(
             .max_concurrent_streams(128)
             .max_header_list_size(64 * 1024);
         let grace = secs(settings.shutdown_grace_secs);
-        let users = Users::new(pool.clone(), shared.hasher.clone(), &shared.public_url);
+        let users = Users::new(pool.clone(), shared.hasher.clone(), &shared.public_url)
+            .with_login_throttle(shared.login_throttle);
         let lua_options = RuntimeOptions {
             scope: wire::DEFAULT_SCOPE.to_owned(),
             memory_limit: shared.lua_memory_limit,
@@ -212,13 +216,13 @@ pub(super) fn run_worker(
                             _ => return,
                         }
                         let Some(tls) = &tls else {
-                            serve(stream, &builder, watcher, worker, keep_alive_idle).await;
+                            serve(stream, &builder, watcher, worker, keep_alive_idle, peer.ip()).await;
                             return;
                         };
                         // The handshake is part of what the client must send in time.
                         match tokio::time::timeout(first_byte, tls.accept(stream)).await {
                             Ok(Ok(stream)) => {
-                                serve(stream, &builder, watcher, worker, keep_alive_idle).await;
+                                serve(stream, &builder, watcher, worker, keep_alive_idle, peer.ip()).await;
                             }
                             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!("TLS handshake not done in time"),
@@ -275,8 +279,11 @@ async fn report_pool(index: usize, worker: Rc<Worker>) {
     let waiting = metrics::gauge!("coronium_db_pool_waiting", &label);
     let lua_memory = metrics::gauge!("coronium_lua_memory_bytes", &label);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    for second in 0u64.. {
         tick.tick().await;
+        if index == 0 && second % 60 == 59 {
+            tokio::task::spawn_local(forget_old_login_failures(worker.users.clone()));
+        }
         let status = worker.pool.status();
         size.set(status.size as f64);
         idle.set(status.available as f64);
@@ -289,6 +296,16 @@ async fn report_pool(index: usize, worker: Rc<Worker>) {
         {
             handle.run_upkeep();
         }
+    }
+}
+
+/// Counters of failed logins stop counting after their window; dropping them keeps the table
+/// small. Every instance does it; the statement is cheap when there is nothing to drop.
+async fn forget_old_login_failures(users: Users) {
+    match users.forget_old_login_failures().await {
+        Ok(0) => {}
+        Ok(dropped) => tracing::debug!(dropped, "forgot old failed-login counters"),
+        Err(e) => tracing::warn!(error = %e, "cannot forget old failed-login counters"),
     }
 }
 
@@ -308,6 +325,7 @@ fn json_bytes_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
 async fn handle(
     worker: Rc<Worker>,
     request: Request<Incoming>,
+    peer: IpAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = match (request.method(), request.uri().path()) {
         // Boxed: its database round trip would otherwise size every request's future.
@@ -323,7 +341,7 @@ async fn handle(
             }
             None => json_response(404, &json!({ "error": "Metrics are off." })),
         },
-        (&Method::POST, "/") => wire_call(&worker, request).await,
+        (&Method::POST, "/") => wire_call(&worker, request, peer).await,
         _ => json_response(404, &json!({ "error": "Not found." })),
     };
     Ok(response)
@@ -338,12 +356,17 @@ struct Route {
 }
 
 /// One wire request, measured and logged.
-async fn wire_call(worker: &Worker, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn wire_call(
+    worker: &Worker,
+    request: Request<Incoming>,
+    peer: IpAddr,
+) -> Response<Full<Bytes>> {
     let started = std::time::Instant::now();
     let in_flight = metrics::gauge!("coronium_requests_in_flight");
     in_flight.increment(1.0);
     let mut route = Route::default();
-    let (http, status, outcome, body) = match wire_request(worker, request, &mut route).await {
+    let (http, status, outcome, body) = match wire_request(worker, request, peer, &mut route).await
+    {
         Ok(result) => (200, 0, "ok", wire::envelope(&result)),
         Err(Answer::Refused(e)) => (e.http, e.status, "refused", e.envelope()),
         Err(Answer::Failed { message, status }) => {
@@ -429,19 +452,26 @@ struct WireCall {
     action: String,
     scope: String,
     params: serde_json::Map<String, Value>,
+    /// Where the request came from (through trusted proxies).
+    client: IpAddr,
 }
 
 async fn wire_request(
     worker: &Worker,
     request: Request<Incoming>,
+    peer: IpAddr,
     route: &mut Route,
 ) -> Result<Box<RawValue>, Answer> {
-    let call = read_call(worker, request).await?;
+    let call = read_call(worker, request, peer).await?;
     run_call(worker, call, route).await
 }
 
 /// Checks the headers and the signature, and reads the body.
-async fn read_call(worker: &Worker, request: Request<Incoming>) -> Result<WireCall, Answer> {
+async fn read_call(
+    worker: &Worker,
+    request: Request<Incoming>,
+    peer: IpAddr,
+) -> Result<WireCall, Answer> {
     let settings = &worker.shared.settings;
     let (parts, body) = request.into_parts();
     let header = |name: &'static str| {
@@ -499,11 +529,18 @@ async fn read_call(worker: &Worker, request: Request<Incoming>) -> Result<WireCa
         }
     };
     let params = wire::parse_params(&body)?;
+    let forwarded_for = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let client = forwarded::client_ip(peer, forwarded_for, &settings.trusted_proxies);
     Ok(WireCall {
         project: project.to_owned(),
         action: action.to_owned(),
         scope: scope.to_owned(),
         params,
+        client,
     })
 }
 
@@ -518,6 +555,7 @@ async fn run_call(
         action,
         scope,
         params,
+        client,
     } = call;
     let (project, action, scope) = (project.as_str(), action.as_str(), scope.as_str());
     let timeout = secs(worker.shared.settings.request_timeout_secs);
@@ -536,6 +574,7 @@ async fn run_call(
                 scope,
                 users_action,
                 params,
+                &ClientAddress::from_ip(client),
             ))
             .await
             .map_err(|e| Answer::Failed {
@@ -545,7 +584,7 @@ async fn run_call(
         } else {
             let lua = worker.lua.borrow().clone();
             let outcome = lua
-                .handle(project, action, Value::Object(params), scope)
+                .handle(project, action, Value::Object(params), scope, Some(client))
                 .await;
             if let HandlerOutcome::Error { .. } = outcome {
                 worker.look_after(&lua);

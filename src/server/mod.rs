@@ -2,6 +2,7 @@
 //! own database pool and (for API projects) its own Lua state. Every worker has its own
 //! `SO_REUSEPORT` listener on the same address, so the kernel spreads connections over them.
 
+mod forwarded;
 mod http;
 mod limits;
 mod tls;
@@ -19,7 +20,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::config::ServerSettings;
 use crate::lua::Pulse;
-use crate::users::PasswordHasher;
+use crate::users::{PasswordHasher, ThrottleSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -46,6 +47,7 @@ pub struct Shared {
     pub server_key: String,
     pub public_url: String,
     pub hasher: Arc<PasswordHasher>,
+    pub login_throttle: ThrottleSettings,
     /// One permit per open connection (`max_connections`).
     pub connections: Arc<Semaphore>,
     /// Memory limit of each worker's Lua state, in bytes.

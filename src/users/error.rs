@@ -22,9 +22,10 @@ pub enum UserError {
     /// 603: unknown user or wrong password; deliberately the same answer for both.
     #[error("Invalid username or password.")]
     BadCredentials,
-    /// 603 as well: too many failed logins for this name lately; the password was not checked.
-    #[error("Too many failed login attempts; try again later.")]
-    TooManyAttempts,
+    /// 603 as well: too many failed logins for this account or address lately; the password
+    /// was not checked. Carries the seconds to wait.
+    #[error("Too many failed login attempts; try again in {0} s.")]
+    TooManyAttempts(u64),
     /// 604: no such user in this scope (malformed ids included).
     #[error("User not found.")]
     NotFound,
@@ -93,7 +94,7 @@ impl UserError {
             UserError::BadParameter(_) => 801,
             UserError::InvalidEmail => 704,
             UserError::AlreadyExists(_) => 600,
-            UserError::BadCredentials | UserError::TooManyAttempts => 603,
+            UserError::BadCredentials | UserError::TooManyAttempts(_) => 603,
             UserError::NotFound => 604,
             UserError::PendingNotFound => 614,
             UserError::Internal(_) => 810,

@@ -5,7 +5,7 @@ mod error;
 pub mod input;
 pub mod password;
 mod store;
-mod throttle;
+pub mod throttle;
 
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ use uuid::Uuid;
 pub use error::{EXTRA_TYPES_MESSAGE, InternalError, UserError};
 pub use input::{ConfirmationRequest, Credentials, NewUser, Params, PasswordForm, UserPatch};
 pub use password::{HashParams, PasswordHasher};
+pub use throttle::{ClientAddress, ThrottleSettings};
 
 /// A user as callers see it (compat §2): never the password or its hash.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -81,6 +82,7 @@ pub struct Users {
     writes: Arc<SharedConnections>,
     hasher: Arc<PasswordHasher>,
     public_url: Arc<str>,
+    throttle: ThrottleSettings,
 }
 
 impl Users {
@@ -94,7 +96,14 @@ impl Users {
             writes: Arc::new(SharedConnections::new(pool, write_connections(size))),
             hasher,
             public_url: public_url.trim_end_matches('/').into(),
+            throttle: ThrottleSettings::default(),
         }
+    }
+
+    /// Replaces the default failed-login throttle settings.
+    pub fn with_login_throttle(mut self, settings: ThrottleSettings) -> Self {
+        self.throttle = settings;
+        self
     }
 
     /// Creates a user; with `confirmation`, the user starts inactive and pending.
@@ -160,19 +169,37 @@ impl Users {
 
     /// Logs a user in by username or email. Unknown users and wrong passwords are answered alike
     /// (603) after the same amount of hashing work. Inactive or pending users get their record
-    /// (`active = false`, `validated = false`) and no login event.
-    pub async fn login(&self, scope: &str, credentials: Credentials) -> Result<User, UserError> {
+    /// (`active = false`, `validated = false`) and no login event. Attempts pass the failed-login
+    /// throttle first, counted from `client` (see [`throttle`]).
+    pub async fn login(
+        &self,
+        scope: &str,
+        credentials: Credentials,
+        client: &ClientAddress,
+    ) -> Result<User, UserError> {
         let scope = input::scope(scope)?;
-        let name = match &credentials.login {
-            input::Login::Username(name) | input::Login::Email(name) => name.as_str(),
-        };
-        if !throttle::allowed(&scope, name) {
-            return Err(UserError::TooManyAttempts);
-        }
         let (scope_ref, login) = (scope.as_str(), &credentials.login);
-        let candidate = self
-            .read(|client| async move { store::find_for_login(&*client, scope_ref, login).await })
-            .await?;
+        let (candidate, throttled_as) = if self.throttle.enabled && !client.is_local() {
+            let (address, limits) = (client.as_str(), &self.throttle);
+            let attempt = self
+                .write(|client| async move {
+                    store::attempt_login(&*client, scope_ref, login, address, limits).await
+                })
+                .await?;
+            if attempt.wait_secs > 0.0 {
+                return Err(UserError::TooManyAttempts(throttle::wait_secs(
+                    attempt.wait_secs,
+                )));
+            }
+            (attempt.candidate, Some(attempt.account))
+        } else {
+            let candidate = self
+                .read(
+                    |client| async move { store::find_for_login(&*client, scope_ref, login).await },
+                )
+                .await?;
+            (candidate, None)
+        };
         let verdict = self
             .hasher
             .verify(
@@ -182,10 +209,15 @@ impl Users {
             .await
             .map_err(UserError::Internal)?;
         let Some(candidate) = candidate.filter(|_| verdict.matched) else {
-            throttle::failed(&scope, name);
             return Err(UserError::BadCredentials);
         };
-        throttle::succeeded(&scope, name);
+        if let Some(account) = &throttled_as {
+            let (account, address) = (account.as_str(), client.as_str());
+            self.write(|client| async move {
+                store::login_succeeded(&*client, scope_ref, account, address).await
+            })
+            .await?;
+        }
         let rehash = if verdict.needs_rehash {
             Some(
                 self.hasher
@@ -259,6 +291,22 @@ impl Users {
             self.writes.discard(&client);
         }
         outcome
+    }
+
+    /// Clears the failed-login counters of the account `name` (username or email) finds in
+    /// `scope`, from every address; the number of counters removed.
+    pub async fn unlock(&self, scope: &str, name: &str) -> Result<u64, UserError> {
+        let scope = input::scope(scope)?;
+        let scope = scope.as_str();
+        self.write(|client| async move { store::unlock(&*client, scope, name).await })
+            .await
+    }
+
+    /// Drops failed-login counters that no longer count (run now and then; any instance will do).
+    pub async fn forget_old_login_failures(&self) -> Result<u64, UserError> {
+        let window = self.throttle.window_secs;
+        self.write(|client| async move { store::forget_old_login_failures(&*client, window).await })
+            .await
     }
 
     /// Checks the database answers (`/healthz`).

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::User;
 use super::error::UserError;
 use super::input::{Login, NewUser, UserPatch};
+use super::throttle::ThrottleSettings;
 
 /// The columns every query returns to build a [`User`], in [`user_from_row`]'s order.
 macro_rules! user_columns {
@@ -141,6 +142,131 @@ pub async fn find_for_login(
         password_hash: row.get(1),
         records_login: row.get(2),
     }))
+}
+
+/// What a throttled login attempt learned in one statement: the candidate, the key its failures
+/// are counted under, and how long the client must wait first (0: it may check its password now,
+/// and the attempt is already counted as a failure until [`login_succeeded`] takes it back).
+pub struct LoginAttempt {
+    pub candidate: Option<LoginCandidate>,
+    pub account: String,
+    pub wait_secs: f64,
+}
+
+/// Finds the login's user and passes the attempt through the throttle
+/// (`coronium_login_attempt`, migration 0002), both in one statement.
+pub async fn attempt_login(
+    client: &impl GenericClient,
+    scope: &str,
+    login: &Login,
+    address: &str,
+    limits: &ThrottleSettings,
+) -> Result<LoginAttempt, UserError> {
+    // Both forms key an unknown name by the lower() the lookup compares with.
+    macro_rules! attempt {
+        ($column:literal) => {
+            concat!(
+                "WITH cand AS (
+                   SELECT user_id, password_hash, active AND confirmation IS NULL AS records
+                   FROM users WHERE scope = $1 AND lower(",
+                $column,
+                ") = lower($2)
+                 ), acct AS (
+                   SELECT COALESCE((SELECT user_id::text FROM cand), 'name:' || lower($2)) AS key
+                 )
+                 SELECT cand.user_id, cand.password_hash, cand.records, acct.key,
+                        coronium_login_attempt($1, acct.key, $3, $4, $5, $6, $7, $8)
+                 FROM acct LEFT JOIN cand ON true"
+            )
+        };
+    }
+    let (sql, name) = match login {
+        Login::Username(u) => (attempt!("username"), u),
+        Login::Email(e) => (attempt!("email"), e),
+    };
+    let as_i32 = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    let stmt = client.prepare_cached(sql).await?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[
+                &scope,
+                name,
+                &address,
+                &as_i32(limits.window_secs),
+                &as_i32(limits.per_account_address),
+                &as_i32(limits.per_account),
+                &as_i32(limits.per_address),
+                &as_i32(limits.max_delay_secs),
+            ],
+        )
+        .await?;
+    let candidate = row.get::<_, Option<Uuid>>(0).map(|user_id| LoginCandidate {
+        user_id,
+        password_hash: row.get(1),
+        records_login: row.get(2),
+    });
+    Ok(LoginAttempt {
+        candidate,
+        account: row.get(3),
+        wait_secs: row.get(4),
+    })
+}
+
+/// A login succeeded: its account is no longer throttled from this address, and the attempt
+/// [`attempt_login`] counted is taken back from the wider counters.
+pub async fn login_succeeded(
+    client: &impl GenericClient,
+    scope: &str,
+    account: &str,
+    address: &str,
+) -> Result<(), UserError> {
+    let stmt = client
+        .prepare_cached(
+            "WITH pair AS (
+               DELETE FROM login_failures WHERE scope = $1 AND account = $2 AND address = $3
+             )
+             UPDATE login_failures SET failures = greatest(failures - 1, 0)
+             WHERE (scope = $1 AND account = $2 AND address = '')
+                OR (scope = '' AND account = '' AND address = $3)",
+        )
+        .await?;
+    client.execute(&stmt, &[&scope, &account, &address]).await?;
+    Ok(())
+}
+
+/// Drops failure counters nobody has added to for `window_secs`: they no longer count.
+pub async fn forget_old_login_failures(
+    client: &impl GenericClient,
+    window_secs: u32,
+) -> Result<u64, UserError> {
+    let stmt = client
+        .prepare_cached(
+            "DELETE FROM login_failures
+             WHERE last_failure < now() - make_interval(secs => $1::integer)",
+        )
+        .await?;
+    let window = i32::try_from(window_secs).unwrap_or(i32::MAX);
+    Ok(client.execute(&stmt, &[&window]).await?)
+}
+
+/// Clears every failure counter of the account `name` finds in `scope` (as username or email,
+/// compared as login compares), and of the name itself. The number of counters removed.
+pub async fn unlock(
+    client: &impl GenericClient,
+    scope: &str,
+    name: &str,
+) -> Result<u64, UserError> {
+    let stmt = client
+        .prepare_cached(
+            "DELETE FROM login_failures
+             WHERE scope = $1 AND account IN (
+               SELECT user_id::text FROM users
+               WHERE scope = $1 AND (lower(username) = lower($2) OR lower(email) = lower($2))
+               UNION ALL SELECT 'name:' || lower($2))",
+        )
+        .await?;
+    Ok(client.execute(&stmt, &[&scope, &name]).await?)
 }
 
 /// Marks a login event: last_login, login_count and the day's statistics in one statement.

@@ -1,73 +1,94 @@
-//! Failed-login throttling: after too many failed logins for one account name within a window,
-//! further attempts are refused without checking the password, until the window has passed.
-//! Names that do not exist are counted the same way, so the refusal reveals nothing.
+//! Failed-login throttling, kept in PostgreSQL (`login_failures`, migration 0002) so every
+//! instance on one database shares it and a restart forgets nothing.
 //!
-//! Best effort and per process (several servers behind a balancer each count on their own):
-//! it bounds password guessing and the hashing work an attacker can make us do.
+//! An attempt is counted against the account it names (the user's id, so every spelling the
+//! lookup accepts, case variants and the email included, counts against one user; a name no user
+//! has counts under its lower-cased self, so the answers reveal nothing), from the client's
+//! address. Three limits: one account from one address (low: a guesser at one place), one
+//! account from every address (higher: a stranger from a few places cannot lock a player out
+//! cheaply), and one address against every account (a sprayer). Past a limit the attempts are
+//! not refused for good: each must wait twice as long as the one before.
 
-use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::net::IpAddr;
 
-/// Failed attempts allowed per account name and window.
-const MAX_FAILURES: u32 = 10;
-const WINDOW: Duration = Duration::from_secs(15 * 60);
-/// Names tracked at once; beyond it, expired entries are dropped, then the oldest.
-const MAX_TRACKED: usize = 100_000;
+use serde::Deserialize;
 
-static THROTTLE: LazyLock<Mutex<HashMap<String, Failures>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-#[derive(Clone, Copy)]
-struct Failures {
-    count: u32,
-    since: Instant,
+/// `[login_throttle]` in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThrottleSettings {
+    /// Off means every attempt checks its password (only for tests of hashing cost).
+    pub enabled: bool,
+    /// How long failures are remembered: an account's counter from one address is forgotten
+    /// after this long without a failure; the wider counters count per window of this length.
+    pub window_secs: u32,
+    /// Failures one address may make against one account before delays start.
+    pub per_account_address: u32,
+    /// Failures against one account from all addresses together before delays start.
+    pub per_account: u32,
+    /// Failures from one address against all accounts together before delays start.
+    pub per_address: u32,
+    /// The longest wait between attempts once a limit is reached.
+    pub max_delay_secs: u32,
 }
 
-fn key(scope: &str, login: &str) -> String {
-    format!("{scope}\u{0}{}", login.to_lowercase())
-}
-
-/// Whether `login` in `scope` may try a password now.
-pub fn allowed(scope: &str, login: &str) -> bool {
-    let map = THROTTLE.lock().unwrap_or_else(|e| e.into_inner());
-    match map.get(&key(scope, login)) {
-        Some(f) if f.since.elapsed() < WINDOW => f.count < MAX_FAILURES,
-        _ => true,
-    }
-}
-
-/// Records a failed attempt.
-pub fn failed(scope: &str, login: &str) {
-    let mut map = THROTTLE.lock().unwrap_or_else(|e| e.into_inner());
-    if map.len() >= MAX_TRACKED {
-        map.retain(|_, f| f.since.elapsed() < WINDOW);
-        if map.len() >= MAX_TRACKED
-            && let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, f)| f.since)
-                .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        ThrottleSettings {
+            enabled: true,
+            window_secs: 15 * 60,
+            per_account_address: 10,
+            per_account: 100,
+            per_address: 300,
+            max_delay_secs: 15 * 60,
         }
     }
-    let entry = map.entry(key(scope, login)).or_insert(Failures {
-        count: 0,
-        since: Instant::now(),
-    });
-    if entry.since.elapsed() >= WINDOW {
-        *entry = Failures {
-            count: 0,
-            since: Instant::now(),
-        };
-    }
-    entry.count += 1;
 }
 
-/// A successful login clears the account's failures.
-pub fn succeeded(scope: &str, login: &str) {
-    let mut map = THROTTLE.lock().unwrap_or_else(|e| e.into_inner());
-    map.remove(&key(scope, login));
+const LOCAL: &str = "local";
+
+/// Where a login attempt comes from, as the throttle counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAddress(String);
+
+impl ClientAddress {
+    /// A client's IP address. An IPv6 client is counted by its /64 (one subscriber's network:
+    /// a client holding one has billions of addresses to rotate through).
+    pub fn from_ip(ip: IpAddr) -> Self {
+        let ip = ip.to_canonical();
+        ClientAddress(match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("{}/64", std::net::Ipv6Addr::from(prefix))
+            }
+        })
+    }
+
+    /// Code on this server with no client behind it (a `coronium run` script, a job): the
+    /// operator's own code, which the throttle does not hold back.
+    pub fn local() -> Self {
+        ClientAddress(LOCAL.into())
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.0 == LOCAL
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<Option<IpAddr>> for ClientAddress {
+    fn from(ip: Option<IpAddr>) -> Self {
+        ip.map_or_else(ClientAddress::local, ClientAddress::from_ip)
+    }
+}
+
+/// Whole seconds a throttled client is told to wait (never 0: it was refused).
+pub fn wait_secs(wait: f64) -> u64 {
+    (wait.ceil() as u64).max(1)
 }
 
 #[cfg(test)]
@@ -75,15 +96,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ten_failures_lock_the_name_and_success_clears_it() {
-        for _ in 0..MAX_FAILURES {
-            assert!(allowed("s", "Locked"));
-            failed("s", "Locked");
-        }
-        assert!(!allowed("s", "locked"), "names compare case-insensitively");
-        assert!(allowed("other-scope", "locked"));
-        assert!(allowed("s", "someone-else"));
-        succeeded("s", "LOCKED");
-        assert!(allowed("s", "locked"));
+    fn addresses_are_counted_by_ipv4_or_ipv6_prefix() {
+        let v4: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(ClientAddress::from_ip(v4).as_str(), "203.0.113.7");
+        let mapped: IpAddr = "::ffff:203.0.113.7".parse().unwrap();
+        assert_eq!(ClientAddress::from_ip(mapped), ClientAddress::from_ip(v4));
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ClientAddress::from_ip(a).as_str(), "2001:db8:1:2::/64");
+        assert_eq!(ClientAddress::from_ip(a), ClientAddress::from_ip(b));
+        assert_ne!(ClientAddress::from_ip(a), ClientAddress::from_ip(other));
+        assert_eq!(ClientAddress::from(None).as_str(), "local");
+    }
+
+    #[test]
+    fn waits_round_up() {
+        assert_eq!(wait_secs(0.2), 1);
+        assert_eq!(wait_secs(1.5), 2);
+        assert_eq!(wait_secs(900.0), 900);
     }
 }

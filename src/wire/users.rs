@@ -6,7 +6,9 @@ use serde_json::{Value, json};
 
 use super::json_text;
 use crate::users::input::{self, Params};
-use crate::users::{Credentials, NewUser, PasswordForm, UserError, UserPatch, Users};
+use crate::users::{
+    ClientAddress, Credentials, NewUser, PasswordForm, UserError, UserPatch, Users,
+};
 
 /// An `api.users` action (compat §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,12 +43,13 @@ pub async fn execute(
     scope: &str,
     action: Action,
     mut params: Params,
+    client: &ClientAddress,
 ) -> Result<Box<RawValue>, UserError> {
     params.remove("scope");
     Ok(match action {
         Action::Login => {
             let credentials = Credentials::parse(&params, PasswordForm::Canonical)?;
-            json_text(&users.login(scope, credentials).await?)
+            json_text(&users.login(scope, credentials, client).await?)
         }
         Action::Get => json_text(&users.get(scope, input::user_id(&params)?).await?),
         Action::Create => {

@@ -247,13 +247,17 @@ async fn two_processes_migrating_at_once_both_start() {
     let versions: Vec<i32> = db
         .client()
         .await
-        .query("SELECT version FROM schema_migrations", &[])
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [coronium::db::migrate::latest_version()]);
+    let all: Vec<i32> = (1..=coronium::db::migrate::latest_version()).collect();
+    assert_eq!(versions, all, "each migration applied once");
 }
 
 #[test]

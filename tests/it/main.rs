@@ -9,4 +9,5 @@ mod projects;
 mod sandbox;
 mod seed;
 mod serve;
+mod throttle;
 mod users;

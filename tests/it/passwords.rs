@@ -2,10 +2,15 @@
 //! the configured parameters change, and the same answer for unknown users and wrong passwords.
 
 use coronium::users::password::md5_hex;
-use coronium::users::{Credentials, HashParams, NewUser, PasswordForm, UserError};
+use coronium::users::{ClientAddress, Credentials, HashParams, NewUser, PasswordForm, UserError};
 use serde_json::json;
 
 use crate::common::{TEST_HASH, TestDb};
+
+/// Logins from this process: no client address.
+fn here() -> ClientAddress {
+    ClientAddress::local()
+}
 
 fn params(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
     v.as_object().unwrap().clone()
@@ -43,7 +48,14 @@ async fn argon2id_of_the_canonical_secret_so_lua_and_wire_agree() {
         PasswordForm::Canonical,
     )
     .unwrap();
-    assert_eq!(users.login("default", wire).await.unwrap().username, "tiny");
+    assert_eq!(
+        users
+            .login("default", wire, &here())
+            .await
+            .unwrap()
+            .username,
+        "tiny"
+    );
 }
 
 #[tokio::test]
@@ -65,7 +77,10 @@ async fn legacy_md5_rows_log_in_once_and_are_upgraded() {
         )
         .unwrap()
     };
-    let err = users.login("default", login("wrong")).await.unwrap_err();
+    let err = users
+        .login("default", login("wrong"), &here())
+        .await
+        .unwrap_err();
     assert_eq!(err.status(), 603);
     assert_eq!(
         stored_hash(&db, "old").await,
@@ -73,12 +88,15 @@ async fn legacy_md5_rows_log_in_once_and_are_upgraded() {
         "a failed login upgrades nothing"
     );
 
-    let user = users.login("default", login("secret")).await.unwrap();
+    let user = users
+        .login("default", login("secret"), &here())
+        .await
+        .unwrap();
     assert_eq!(user.login_count, 1);
     assert!(stored_hash(&db, "old").await.starts_with("$argon2id$"));
     assert_eq!(
         users
-            .login("default", login("secret"))
+            .login("default", login("secret"), &here())
             .await
             .unwrap()
             .login_count,
@@ -112,7 +130,7 @@ async fn rehash_when_the_configured_parameters_change() {
         )
         .unwrap()
     };
-    stronger.login("default", login()).await.unwrap();
+    stronger.login("default", login(), &here()).await.unwrap();
     let after = stored_hash(&db, "u").await;
     assert_ne!(before, after);
     assert!(
@@ -120,7 +138,7 @@ async fn rehash_when_the_configured_parameters_change() {
         "{after}"
     );
     // With matching parameters the hash is left alone.
-    stronger.login("default", login()).await.unwrap();
+    stronger.login("default", login(), &here()).await.unwrap();
     assert_eq!(stored_hash(&db, "u").await, after);
 }
 
@@ -141,7 +159,10 @@ async fn unknown_user_and_wrong_password_are_indistinguishable() {
         attempt(json!({"username": "ghost", "password": "pw"})),
         attempt(json!({"email": "ghost@example.com", "password": "pw"})),
     ] {
-        let err = users.login("default", credentials).await.unwrap_err();
+        let err = users
+            .login("default", credentials, &here())
+            .await
+            .unwrap_err();
         assert!(matches!(err, UserError::BadCredentials));
         assert_eq!(
             (err.status(), err.to_string().as_str()),
@@ -153,6 +174,7 @@ async fn unknown_user_and_wrong_password_are_indistinguishable() {
         .login(
             "elsewhere",
             attempt(json!({"username": "real", "password": "pw"})),
+            &here(),
         )
         .await
         .unwrap_err();

@@ -1,0 +1,330 @@
+//! The failed-login throttle (kept in PostgreSQL): one count per account whatever spelling finds
+//! it, shared by instances, per client address so a stranger cannot lock a player out, with
+//! progressive delays, per-address limits, `X-Forwarded-For` only from trusted proxies, and
+//! `coronium users unlock`.
+
+use coronium::users::password::md5_hex;
+use coronium::wire::client::{signed_headers, unix_now};
+use serde_json::{Value, json};
+
+use crate::common::{TestDb, TestServer, coronium};
+
+const INVALID: &str = "Invalid username or password.";
+
+/// A server that believes `X-Forwarded-For` from the tests (they connect from 127.0.0.1).
+fn behind_proxy(db: &TestDb, env: &[(&str, &str)]) -> TestServer {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    TestServer::start(db, move |cmd| {
+        cmd.env("CORONIUM_TRUSTED_PROXIES", "127.0.0.1");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+    })
+}
+
+/// A wire login, as if from the client address `from` (through the proxy).
+async fn login_from(server: &TestServer, from: &str, params: Value) -> Value {
+    let mut headers = signed_headers(&server.key, "api.users", "login", "default", unix_now());
+    headers.push(("X-Forwarded-For", from.to_owned()));
+    server.post(&headers, params.to_string().as_bytes()).await.1
+}
+
+fn by_name(name: &str, password: &str) -> Value {
+    json!({"username": name, "password": md5_hex(password)})
+}
+
+fn by_email(email: &str, password: &str) -> Value {
+    json!({"email": email, "password": md5_hex(password)})
+}
+
+async fn create(server: &TestServer, name: &str, email: &str) {
+    let created = server
+        .call(
+            "api.users",
+            "create",
+            json!({"username": name, "email": email, "password": md5_hex("right")}),
+        )
+        .await;
+    assert!(created["result"]["user_id"].is_string(), "{created}");
+}
+
+/// The error message of an answer, and its status.
+fn failure(answer: &Value) -> (String, i64) {
+    (
+        answer["result"]["error"].as_str().unwrap_or("").to_owned(),
+        answer["result"]["status"].as_i64().unwrap_or(0),
+    )
+}
+
+fn is_throttled(answer: &Value) -> bool {
+    let (message, status) = failure(answer);
+    status == 603 && message.starts_with("Too many failed login attempts; try again in ")
+}
+
+fn logged_in_as(answer: &Value, name: &str) -> bool {
+    answer["result"]["username"] == json!(name)
+}
+
+#[tokio::test]
+async fn every_spelling_that_finds_the_account_counts_against_it() {
+    let db = TestDb::new().await;
+    let server = behind_proxy(&db, &[]);
+    create(&server, "victim", "victim@example.com").await;
+    let from = "198.51.100.20";
+    // Each of these finds the account (PostgreSQL's lower() folds İ to i, as the lookup does).
+    let spellings = [
+        by_name("victim", "right"),
+        by_name("VICTIM", "right"),
+        by_name("vİctim", "right"),
+        by_email("Victim@Example.com", "right"),
+    ];
+    for spelling in &spellings {
+        assert!(
+            logged_in_as(&login_from(&server, from, spelling.clone()).await, "victim"),
+            "{spelling} finds the account"
+        );
+    }
+    // Ten failures, spread over the spellings.
+    let wrong = [
+        by_name("victim", "wrong"),
+        by_name("Victim", "wrong"),
+        by_name("vİctim", "wrong"),
+        by_name("VİCTİM", "wrong"),
+        by_email("victim@example.com", "wrong"),
+        by_email("VICTIM@EXAMPLE.COM", "wrong"),
+    ];
+    for n in 0..10 {
+        let answer = login_from(&server, from, wrong[n % wrong.len()].clone()).await;
+        assert_eq!(failure(&answer), (INVALID.to_owned(), 603), "failure {n}");
+    }
+    for spelling in &spellings {
+        let answer = login_from(&server, from, spelling.clone()).await;
+        assert!(
+            is_throttled(&answer),
+            "the right password through {spelling} waits: {answer}"
+        );
+    }
+    // Unknown names are throttled alike, so the refusal tells nothing about who exists.
+    for _ in 0..10 {
+        login_from(&server, from, by_name("nobody", "x")).await;
+    }
+    assert!(is_throttled(
+        &login_from(&server, from, by_name("NOBODY", "x")).await
+    ));
+    // Another account from the same address is not affected.
+    create(&server, "bystander", "bystander@example.com").await;
+    assert!(logged_in_as(
+        &login_from(&server, from, by_name("bystander", "right")).await,
+        "bystander"
+    ));
+}
+
+#[tokio::test]
+async fn a_stranger_cannot_lock_a_player_out_from_another_address() {
+    let db = TestDb::new().await;
+    let server = behind_proxy(&db, &[]);
+    create(&server, "player", "player@example.com").await;
+    let stranger = "203.0.113.66";
+    // The stranger keeps hammering, past the limit.
+    for _ in 0..25 {
+        login_from(&server, stranger, by_name("player", "guess")).await;
+    }
+    assert!(is_throttled(
+        &login_from(&server, stranger, by_name("player", "right")).await
+    ));
+    // The player, elsewhere, gets in at once.
+    assert!(logged_in_as(
+        &login_from(&server, "192.0.2.10", by_name("player", "right")).await,
+        "player"
+    ));
+}
+
+#[tokio::test]
+async fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
+    let db = TestDb::new().await;
+    // No trusted proxies: the header is the client's own claim.
+    let server = TestServer::start(&db, |_| {});
+    create(&server, "target", "target@example.com").await;
+    for n in 0..10 {
+        let answer = login_from(&server, &format!("198.51.100.{n}"), by_name("target", "x")).await;
+        assert_eq!(failure(&answer), (INVALID.to_owned(), 603));
+    }
+    assert!(
+        is_throttled(&login_from(&server, "198.51.100.99", by_name("target", "right")).await),
+        "a made-up X-Forwarded-For does not buy fresh attempts"
+    );
+}
+
+#[tokio::test]
+async fn two_instances_share_the_throttle_and_it_outlives_them() {
+    let db = TestDb::new().await;
+    let first = behind_proxy(&db, &[]);
+    let second = behind_proxy(&db, &[]);
+    create(&first, "shared", "shared@example.com").await;
+    let from = "198.51.100.5";
+    for n in 0..10 {
+        let server = if n % 2 == 0 { &first } else { &second };
+        let answer = login_from(server, from, by_name("shared", "wrong")).await;
+        assert_eq!(failure(&answer), (INVALID.to_owned(), 603));
+    }
+    for server in [&first, &second] {
+        assert!(is_throttled(
+            &login_from(server, from, by_name("shared", "right")).await
+        ));
+    }
+    drop((first, second));
+    let restarted = behind_proxy(&db, &[]);
+    assert!(
+        is_throttled(&login_from(&restarted, from, by_name("shared", "right")).await),
+        "a restart forgets nothing"
+    );
+}
+
+#[tokio::test]
+async fn past_the_limit_each_attempt_waits_twice_as_long_and_success_clears() {
+    let db = TestDb::new().await;
+    let server = behind_proxy(&db, &[("CORONIUM_LOGIN_THROTTLE_PER_ACCOUNT_ADDRESS", "2")]);
+    create(&server, "slow", "slow@example.com").await;
+    let from = "198.51.100.7";
+    for _ in 0..2 {
+        login_from(&server, from, by_name("slow", "wrong")).await;
+    }
+    let refused = login_from(&server, from, by_name("slow", "right")).await;
+    assert_eq!(
+        failure(&refused),
+        (
+            "Too many failed login attempts; try again in 1 s.".to_owned(),
+            603
+        )
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // After the wait the password is checked again; a wrong one doubles the next wait.
+    let answer = login_from(&server, from, by_name("slow", "wrong")).await;
+    assert_eq!(failure(&answer), (INVALID.to_owned(), 603));
+    let refused = login_from(&server, from, by_name("slow", "right")).await;
+    assert_eq!(
+        failure(&refused).0,
+        "Too many failed login attempts; try again in 2 s."
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert!(logged_in_as(
+        &login_from(&server, from, by_name("slow", "right")).await,
+        "slow"
+    ));
+    // The success cleared this address's count: two fresh failures before any wait.
+    for _ in 0..2 {
+        let answer = login_from(&server, from, by_name("slow", "wrong")).await;
+        assert_eq!(failure(&answer), (INVALID.to_owned(), 603));
+    }
+}
+
+#[tokio::test]
+async fn an_address_spraying_names_and_a_swarm_on_one_account_are_limited() {
+    let db = TestDb::new().await;
+    let server = behind_proxy(
+        &db,
+        &[
+            ("CORONIUM_LOGIN_THROTTLE_PER_ADDRESS", "5"),
+            ("CORONIUM_LOGIN_THROTTLE_PER_ACCOUNT", "6"),
+        ],
+    );
+    create(&server, "popular", "popular@example.com").await;
+    // One address, five different names: then every name waits from there.
+    let sprayer = "198.51.100.50";
+    for n in 0..5 {
+        let answer = login_from(&server, sprayer, by_name(&format!("user{n}"), "x")).await;
+        assert_eq!(failure(&answer), (INVALID.to_owned(), 603));
+    }
+    assert!(is_throttled(
+        &login_from(&server, sprayer, by_name("popular", "right")).await
+    ));
+    // Six addresses, one failure each on one account: the account waits, from anywhere.
+    for n in 0..6 {
+        let answer = login_from(&server, &format!("192.0.2.{n}"), by_name("popular", "x")).await;
+        assert_eq!(failure(&answer), (INVALID.to_owned(), 603));
+    }
+    assert!(is_throttled(
+        &login_from(&server, "192.0.2.200", by_name("popular", "right")).await
+    ));
+}
+
+#[tokio::test]
+async fn users_unlock_clears_an_account_from_every_address() {
+    let db = TestDb::new().await;
+    let server = behind_proxy(&db, &[]);
+    create(&server, "locked", "locked@example.com").await;
+    for from in ["198.51.100.1", "198.51.100.2"] {
+        for _ in 0..10 {
+            login_from(&server, from, by_name("locked", "wrong")).await;
+        }
+        assert!(is_throttled(
+            &login_from(&server, from, by_name("locked", "right")).await
+        ));
+    }
+    let out = coronium(Some(&db))
+        .args([
+            "users",
+            "unlock",
+            "LOCKED@example.com",
+            "--scope",
+            "default",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("cleared 3 failed-login counter(s)"),
+        "{printed}"
+    );
+    for from in ["198.51.100.1", "198.51.100.2"] {
+        assert!(logged_in_as(
+            &login_from(&server, from, by_name("locked", "right")).await,
+            "locked"
+        ));
+    }
+}
+
+/// Server-side code logs players in for the request's client: the same throttle holds.
+#[tokio::test]
+async fn lua_logins_count_against_the_request_client() {
+    let db = TestDb::new().await;
+    let root = crate::common::scratch_dir("throttle-projects");
+    crate::common::write_project(
+        &root,
+        "Game",
+        &[(
+            "main.lua",
+            r#"local api = core.api()
+function api.signIn(input)
+  return core.users.login({username = input.name, password = input.password})
+end
+return api"#,
+        )],
+    );
+    let server = crate::common::serve_projects(
+        &db,
+        &root,
+        "2",
+        &[("CORONIUM_TRUSTED_PROXIES", "127.0.0.1")],
+    );
+    create(&server, "luaplayer", "luaplayer@example.com").await;
+    let sign_in = |from: &'static str, password: &'static str| {
+        let mut headers = signed_headers(&server.key, "Game", "signIn", "default", unix_now());
+        headers.push(("X-Forwarded-For", from.to_owned()));
+        let body = json!({"name": "luaplayer", "password": password}).to_string();
+        let server = &server;
+        async move { server.post(&headers, body.as_bytes()).await.1 }
+    };
+    for _ in 0..10 {
+        assert_eq!(failure(&sign_in("198.51.100.30", "wrong").await).1, 603);
+    }
+    assert!(is_throttled(&sign_in("198.51.100.30", "right").await));
+    assert!(logged_in_as(
+        &sign_in("192.0.2.30", "right").await,
+        "luaplayer"
+    ));
+}
