@@ -1,6 +1,6 @@
-//! What a hostile client controls on the wire: the signed header values and the body, through
-//! the signature check, the body parser and every users input parser. Nothing may panic, and a
-//! refusal must carry a Coronium status.
+//! What a hostile client controls on the wire: the signed header values, `X-Forwarded-For` and
+//! the body, through the signature check, the client address, the body parser and every users
+//! input parser. Nothing may panic, and a refusal must carry a Coronium status.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let mut fields = head.split('\n');
     let mut next = || fields.next().unwrap_or_default();
     let (project, action, time, auth, scope) = (next(), next(), next(), next(), next());
+    let forwarded_for = next();
     let _ = wire::signature_matches(
         "03624656-ca90-11e7-b8d4-fb59abeb4c03",
         project,
@@ -26,6 +27,12 @@ fuzz_target!(|data: &[u8]| {
         auth,
     );
     let _ = input::scope(scope);
+    // A trusted proxy's X-Forwarded-For: whatever it says, the client is one of its addresses
+    // or the proxy itself.
+    let proxy = std::net::IpAddr::from([10, 0, 0, 1]);
+    let trusted = ["10.0.0.0/8".parse().unwrap()];
+    let client = coronium::server::forwarded::client_ip(proxy, [forwarded_for], &trusted);
+    assert!(client == proxy || forwarded_for.contains(&client.to_string()) || client.is_ipv6());
     let params = match wire::parse_params(body) {
         Ok(params) => params,
         Err(refusal) => {

@@ -27,7 +27,7 @@ use super::forwarded;
 use super::limits::{Activity, AddressCounts};
 use super::{Shared, Stalls, secs};
 use crate::lua::{HandlerOutcome, Health, Output, Runtime, RuntimeOptions};
-use crate::users::{ClientAddress, Users};
+use crate::users::Users;
 use crate::wire::{self, WireError};
 
 /// Runs spawned futures on the worker's `LocalSet`, so connection tasks need not be `Send`.
@@ -574,7 +574,7 @@ async fn run_call(
                 scope,
                 users_action,
                 params,
-                &ClientAddress::from_ip(client),
+                client,
             ))
             .await
             .map_err(|e| Answer::Failed {

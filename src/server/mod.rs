@@ -2,7 +2,7 @@
 //! own database pool and (for API projects) its own Lua state. Every worker has its own
 //! `SO_REUSEPORT` listener on the same address, so the kernel spreads connections over them.
 
-mod forwarded;
+pub mod forwarded;
 mod http;
 mod limits;
 mod tls;

@@ -5,6 +5,8 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::json_text;
+use std::net::IpAddr;
+
 use crate::users::input::{self, Params};
 use crate::users::{
     ClientAddress, Credentials, NewUser, PasswordForm, UserError, UserPatch, Users,
@@ -43,13 +45,14 @@ pub async fn execute(
     scope: &str,
     action: Action,
     mut params: Params,
-    client: &ClientAddress,
+    client: IpAddr,
 ) -> Result<Box<RawValue>, UserError> {
     params.remove("scope");
     Ok(match action {
         Action::Login => {
             let credentials = Credentials::parse(&params, PasswordForm::Canonical)?;
-            json_text(&users.login(scope, credentials, client).await?)
+            let client = ClientAddress::from_ip(client);
+            json_text(&users.login(scope, credentials, &client).await?)
         }
         Action::Get => json_text(&users.get(scope, input::user_id(&params)?).await?),
         Action::Create => {
