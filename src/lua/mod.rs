@@ -255,7 +255,9 @@ impl Runtime {
         let (thread, args) = convert::host_sized(&self.lua, || -> mlua::Result<_> {
             let input = convert::json_to_lua(&self.lua, &input)?;
             let thread = self.lua.create_thread(self.request.clone())?;
-            let client = client.map(|ip| ip.to_string());
+            let client = client
+                .map(|ip| natives::client_to_lua(&self.lua, ip))
+                .transpose()?;
             let args = (api, action, input, scope, project, client).into_lua_multi(&self.lua)?;
             Ok((thread, args))
         })?;

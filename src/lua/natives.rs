@@ -113,6 +113,30 @@ struct Caller {
     client: ClientAddress,
 }
 
+/// A request's client address as the prelude keeps it in the request's context: an IPv4
+/// address as a number (no string to make on every request), an IPv6 one as text.
+pub(crate) fn client_to_lua(lua: &Lua, ip: IpAddr) -> mlua::Result<Value> {
+    Ok(match ip.to_canonical() {
+        IpAddr::V4(v4) => Value::Integer(i64::from(u32::from(v4))),
+        IpAddr::V6(v6) => Value::String(lua.create_string(v6.to_string())?),
+    })
+}
+
+/// The address [`client_to_lua`] made; anything else (no request) is the server's own code.
+fn client_from_lua(value: &Value) -> ClientAddress {
+    let ip = match value {
+        Value::Integer(n) => u32::try_from(*n)
+            .ok()
+            .map(|n| IpAddr::from(n.to_be_bytes())),
+        Value::Number(n) if n.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(n) => {
+            Some(IpAddr::from((*n as u32).to_be_bytes()))
+        }
+        Value::String(s) => s.to_str().ok().and_then(|s| s.parse().ok()),
+        _ => None,
+    };
+    ip.map_or_else(ClientAddress::local, ClientAddress::from_ip)
+}
+
 /// Registers a users operation: parse the Lua argument, leave the async domain call for the
 /// coroutine's driver (see [`super::pending`]), and turn its outcome into `result, err, status`.
 fn users_op<F, Fut>(
@@ -132,7 +156,7 @@ where
     native.set(
         name,
         lua.create_function(
-            move |lua, (arg, request_scope, client): (Value, Option<String>, Option<String>)| {
+            move |lua, (arg, request_scope, client): (Value, Option<String>, Value)| {
                 let parsed = match &arg {
                     Value::String(id) if takes == Takes::ParamsOrUserId => Ok(Map::from_iter([(
                         "user_id".to_owned(),
@@ -142,9 +166,7 @@ where
                 };
                 let parsed = parsed.map(|params| {
                     let scope = scope(&host, &params, request_scope);
-                    let client = client
-                        .and_then(|ip| ip.parse::<IpAddr>().ok())
-                        .map_or_else(ClientAddress::local, ClientAddress::from_ip);
+                    let client = client_from_lua(&client);
                     (params, Caller { scope, client })
                 });
                 let (op_host, op, lua) = (host.clone(), op.clone(), lua.clone());

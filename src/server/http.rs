@@ -445,6 +445,9 @@ impl From<WireError> for Answer {
     }
 }
 
+const X_FORWARDED_FOR: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("x-forwarded-for");
+
 /// A signed request, read and checked: what the call needs and nothing of the HTTP request (a
 /// handler that waits should not keep its request's headers and body alive).
 struct WireCall {
@@ -529,12 +532,16 @@ async fn read_call(
         }
     };
     let params = wire::parse_params(&body)?;
-    let forwarded_for = parts
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok());
-    let client = forwarded::client_ip(peer, forwarded_for, &settings.trusted_proxies);
+    let client = if settings.trusted_proxies.is_empty() {
+        peer
+    } else {
+        let forwarded_for = parts
+            .headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        forwarded::client_ip(peer, forwarded_for, &settings.trusted_proxies)
+    };
     Ok(WireCall {
         project: project.to_owned(),
         action: action.to_owned(),

@@ -1,12 +1,12 @@
 //! `api.users` over the wire: the v2 and v1 action names, with the client's md5 passwords and
 //! the request's scope, answering in Coronium 2.x result shapes.
 
+use std::net::IpAddr;
+
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::json_text;
-use std::net::IpAddr;
-
 use crate::users::input::{self, Params};
 use crate::users::{
     ClientAddress, Credentials, NewUser, PasswordForm, UserError, UserPatch, Users,
