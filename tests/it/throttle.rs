@@ -328,3 +328,61 @@ return api"#,
         "luaplayer"
     ));
 }
+
+/// Guesses sent all at once are each counted before the next one is let through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_guesses_cannot_slip_past_the_limit_together() {
+    let db = TestDb::new().await;
+    let server = behind_proxy(&db, &[]);
+    create(&server, "raced", "raced@example.com").await;
+    let mut guesses = tokio::task::JoinSet::new();
+    for n in 0..40 {
+        let (addr, key) = (server.addr.clone(), server.key.clone());
+        guesses.spawn(async move {
+            let mut headers = signed_headers(&key, "api.users", "login", "default", unix_now());
+            headers.push(("X-Forwarded-For", "198.51.100.77".to_owned()));
+            let body = by_name("raced", &format!("guess{n}")).to_string();
+            coronium::wire::client::post(&addr, &headers, body.into_bytes())
+                .await
+                .unwrap()
+                .1
+        });
+    }
+    let (mut checked, mut held_back) = (0, 0);
+    while let Some(answer) = guesses.join_next().await {
+        let answer = answer.unwrap();
+        if is_throttled(&answer) {
+            held_back += 1;
+        } else {
+            assert_eq!(failure(&answer), (INVALID.to_owned(), 603));
+            checked += 1;
+        }
+    }
+    assert_eq!((checked, held_back), (10, 30));
+}
+
+/// An address already held back can send made-up names for ever: the table does not grow.
+#[tokio::test]
+async fn a_held_back_address_adds_no_rows() {
+    let db = TestDb::new().await;
+    let server = behind_proxy(&db, &[("CORONIUM_LOGIN_THROTTLE_PER_ADDRESS", "3")]);
+    let from = "198.51.100.88";
+    for n in 0..3 {
+        login_from(&server, from, by_name(&format!("made-up-{n}"), "x")).await;
+    }
+    let rows = || async {
+        db.client()
+            .await
+            .query_one("SELECT count(*) FROM login_failures", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let before = rows().await;
+    assert_eq!(before, 7, "one address row, and two rows per name");
+    for n in 0..50 {
+        let answer = login_from(&server, from, by_name(&format!("flood-{n}"), "x")).await;
+        assert!(is_throttled(&answer), "{answer}");
+    }
+    assert_eq!(rows().await, before);
+}
