@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{Config, ConfigError};
 use crate::db::{Database, DbError};
@@ -186,9 +187,13 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
         } => {
             let key = server_key(&config)?;
             let time = time.unwrap_or_else(crate::wire::client::unix_now);
-            for (name, value) in
-                crate::wire::client::signed_headers(&key, &project, &action, "default", time)
-            {
+            for (name, value) in crate::wire::client::signed_headers(
+                key.expose_secret(),
+                &project,
+                &action,
+                "default",
+                time,
+            ) {
                 if name.starts_with("X-Request") {
                     println!("{name}: {value}");
                 }
@@ -210,10 +215,10 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
 }
 
 /// The configured server key, else the data directory's (made on first use).
-fn server_key(config: &Config) -> Result<String, CliError> {
+fn server_key(config: &Config) -> Result<SecretString, CliError> {
     Ok(match &config.server.server_key {
         Some(key) => key.clone(),
-        None => crate::wire::key::load_or_create(&config.data_dir)?,
+        None => crate::wire::key::load_or_create(&config.data_dir)?.into(),
     })
 }
 
@@ -254,9 +259,10 @@ async fn call(
     let params: serde_json::Value = serde_json::from_str(params)
         .map_err(|e| CliError::Setup(format!("the parameters are not JSON: {e}")))?;
     let key = server_key(config)?;
-    let answer = crate::wire::client::call(addr, &key, project, action, scope, &params)
-        .await
-        .map_err(|e| CliError::Setup(e.to_string()))?;
+    let answer =
+        crate::wire::client::call(addr, key.expose_secret(), project, action, scope, &params)
+            .await
+            .map_err(|e| CliError::Setup(e.to_string()))?;
     println!(
         "{}",
         serde_json::to_string_pretty(&answer).unwrap_or_else(|_| answer.to_string())
@@ -279,10 +285,11 @@ fn key(config: &Config, regenerate: bool) -> Result<ExitCode, CliError> {
                     .into(),
             ));
         }
-        (true, false) => crate::wire::key::write_new(&config.data_dir)?,
+        (true, false) => crate::wire::key::write_new(&config.data_dir)?.into(),
         (false, _) => server_key(config)?,
     };
-    println!("{key}");
+    // Printing the key is what this command is for.
+    println!("{}", key.expose_secret());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::db::{EmbeddedOptions, Location};
@@ -39,7 +40,7 @@ pub struct Config {
     /// Where the embedded cluster (and later the server key) live.
     pub data_dir: PathBuf,
     /// A PostgreSQL server to use instead of the embedded default.
-    pub database_url: Option<String>,
+    pub database_url: Option<SecretString>,
     /// The scope `coronium run` scripts act in.
     pub scope: String,
     /// The base URL links in mails point to.
@@ -67,7 +68,7 @@ pub struct ServerSettings {
     /// Where API projects live (`<projects_dir>/<Name>/main.lua`).
     pub projects_dir: PathBuf,
     /// The server key clients sign with; generated into the data directory when unset.
-    pub server_key: Option<String>,
+    pub server_key: Option<SecretString>,
     /// Refuse requests whose `X-Request-Time` is further than this from our clock (seconds);
     /// 0 turns the check off.
     pub request_window_secs: u64,
@@ -268,10 +269,10 @@ impl Config {
                 .collect::<Result<_, _>>()?;
         }
         if let Some(v) = var("CORONIUM_DATABASE_URL").or_else(|| var("DATABASE_URL")) {
-            self.database_url = Some(v).filter(|v| !v.is_empty());
+            self.database_url = Some(v).filter(|v| !v.is_empty()).map(SecretString::from);
         }
         if let Some(v) = var("CORONIUM_SERVER_KEY") {
-            self.server.server_key = Some(v).filter(|v| !v.is_empty());
+            self.server.server_key = Some(v).filter(|v| !v.is_empty()).map(SecretString::from);
         }
         if let Some(v) = var("CORONIUM_TLS_CERT") {
             self.server.tls_cert = Some(v.into());
@@ -360,6 +361,21 @@ mod tests {
             toml::from_str("[server]\ntrusted_proxies = [\"192.0.2.0/24\", \"::1\"]").unwrap();
         assert_eq!(from_file.server.trusted_proxies.len(), 2);
         assert!(toml::from_str::<Config>("[server]\ntrusted_proxies = [\"nope\"]").is_err());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let mut config = Config::default();
+        config
+            .apply_env(|name| match name {
+                "DATABASE_URL" => Some("postgres://app:hunter2@db.example/game".into()),
+                "CORONIUM_SERVER_KEY" => Some("0123-secret-key".into()),
+                _ => None,
+            })
+            .unwrap();
+        let shown = format!("{config:?} {:?}", config.database_location());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("0123-secret-key"), "{shown}");
     }
 
     #[test]

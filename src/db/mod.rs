@@ -5,6 +5,7 @@ pub mod embedded;
 pub mod migrate;
 pub mod shared;
 
+use secrecy::{ExposeSecret, SecretString};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -36,8 +37,9 @@ pub enum DbError {
 /// Where the database is.
 #[derive(Debug, Clone)]
 pub enum Location {
-    /// A server the operator runs (`DATABASE_URL`).
-    Url(String),
+    /// A server the operator runs (`DATABASE_URL`; it may hold a password, so it is kept out of
+    /// `Debug`).
+    Url(SecretString),
     /// The private cluster under the data directory.
     Embedded(EmbeddedOptions),
 }
@@ -53,7 +55,7 @@ impl Database {
     /// `pool_size` connections (checked once, so a bad database fails here, not on first use).
     pub async fn open(location: &Location, pool_size: usize) -> Result<Self, DbError> {
         let (config, embedded) = match location {
-            Location::Url(url) => (url.parse().map_err(DbError::BadUrl)?, None),
+            Location::Url(url) => (url.expose_secret().parse().map_err(DbError::BadUrl)?, None),
             Location::Embedded(options) => {
                 let options = options.clone();
                 let server = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&options))

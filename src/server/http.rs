@@ -19,6 +19,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use secrecy::ExposeSecret;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -491,7 +492,8 @@ async fn read_call(
     let time = required("X-Request-Time")?;
     let auth = required("X-Request-Auth")?;
     let scope = header("X-Scope").unwrap_or(wire::DEFAULT_SCOPE);
-    if !wire::signature_matches(&worker.shared.server_key, project, action, time, auth) {
+    let key = worker.shared.server_key.expose_secret();
+    if !wire::signature_matches(key, project, action, time, auth) {
         return Err(WireError::bad_signature().into());
     }
     if settings.request_window_secs > 0 {

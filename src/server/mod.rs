@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use secrecy::SecretString;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{Semaphore, watch};
 
@@ -44,7 +45,7 @@ pub enum ServerError {
 /// What every worker shares: settings, the server key, process-wide limits.
 pub struct Shared {
     pub settings: ServerSettings,
-    pub server_key: String,
+    pub server_key: SecretString,
     pub public_url: String,
     pub hasher: Arc<PasswordHasher>,
     pub login_throttle: ThrottleSettings,

@@ -159,7 +159,9 @@ impl TestDb {
 
     /// The library's own database handle on this test database.
     pub async fn open(&self) -> Database {
-        Database::open(&Location::Url(self.url()), 8).await.unwrap()
+        Database::open(&Location::Url(self.url().into()), 8)
+            .await
+            .unwrap()
     }
 
     /// A users service on this database with the given hashing parameters.
