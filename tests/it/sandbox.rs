@@ -562,7 +562,15 @@ async fn a_state_that_stays_full_is_replaced() {
     let db = TestDb::new().await;
     let root = scratch_dir("hoard");
     write_project(&root, "Hoard", &[("main.lua", HOARD)]);
-    let server = serve(&db, &root, &[("CORONIUM_LUA_MEMORY_LIMIT_MB", "64")]);
+    // Memory is what runs out here: a busy machine filling 64 MB must not hit the CPU budget first.
+    let server = serve(
+        &db,
+        &root,
+        &[
+            ("CORONIUM_LUA_MEMORY_LIMIT_MB", "64"),
+            ("CORONIUM_CPU_BUDGET_MS", "10000"),
+        ],
+    );
     // A handler that catches running out of memory carries on, as a script would.
     assert_eq!(
         server.call("Hoard", "catch", json!({})).await,
