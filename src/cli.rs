@@ -301,11 +301,11 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
         0 => default_workers(),
         n => n,
     };
-    let database = Database::open(&config.database_location(), 1).await?;
+    let database = Database::open(&config.database_location()).await?;
     let server_key = server_key(&config)?;
     let per_worker = config.pool_size.div_ceil(workers).max(2);
-    let pools = (0..workers)
-        .map(|_| database.new_pool(per_worker))
+    let handles = (0..workers)
+        .map(|_| database.new_handle(per_worker))
         .collect::<Result<Vec<_>, _>>()?;
     let hasher = PasswordHasher::new(config.argon2).map_err(|e| CliError::Setup(e.to_string()))?;
     let shared = Arc::new(Shared {
@@ -318,7 +318,7 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
         metrics: crate::server::install_metrics(),
         settings: config.server.clone(),
     });
-    let server = Server::start(shared, pools)?;
+    let server = Server::start(shared, handles)?;
     {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
@@ -346,10 +346,10 @@ async fn run_script(
     file: &Path,
     scope: Option<String>,
 ) -> Result<ExitCode, CliError> {
-    let database = Database::open(&config.database_location(), config.pool_size).await?;
+    let database = Database::open(&config.database_location()).await?;
     let hasher = PasswordHasher::new(config.argon2).map_err(|e| CliError::Setup(e.to_string()))?;
     let users = Users::new(
-        database.pool().clone(),
+        database.new_handle(config.pool_size)?,
         Arc::new(hasher),
         &config.public_url,
     )
@@ -379,10 +379,10 @@ async fn run_script(
 
 /// `coronium users unlock NAME --scope S`.
 async fn unlock(config: Config, name: &str, scope: &str) -> Result<ExitCode, CliError> {
-    let database = Database::open(&config.database_location(), 2).await?;
+    let database = Database::open(&config.database_location()).await?;
     let hasher = PasswordHasher::new(config.argon2).map_err(|e| CliError::Setup(e.to_string()))?;
     let users = Users::new(
-        database.pool().clone(),
+        database.new_handle(2)?,
         Arc::new(hasher),
         &config.public_url,
     );

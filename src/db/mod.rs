@@ -2,22 +2,27 @@
 //! the data directory. Opening it also applies the migrations; the pool is ready on return.
 
 pub mod embedded;
+mod handle;
 pub mod migrate;
-pub mod shared;
+mod shared;
+
+use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
-use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 pub use embedded::{EmbeddedOptions, EmbeddedPostgres};
+pub use handle::{DbHandle, PingError, StatementError};
 
 /// The database the server uses on the embedded cluster.
 pub const EMBEDDED_DATABASE: &str = "coronium";
-/// Reads and writes each share connections of their own (see [`shared`]): at least one each.
+/// Reads and writes each share connections of their own (see [`handle`]): at least one each.
 const MIN_POOL_SIZE: usize = 2;
+/// Connections a handle lends whole, for transactions (made when first needed).
+const RESERVED_CONNECTIONS: usize = 2;
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -45,15 +50,14 @@ pub enum Location {
 }
 
 pub struct Database {
-    pool: Pool,
     config: tokio_postgres::Config,
     embedded: Option<EmbeddedPostgres>,
 }
 
 impl Database {
-    /// Starts the embedded cluster if that is the location, migrates, and builds a pool of
-    /// `pool_size` connections (checked once, so a bad database fails here, not on first use).
-    pub async fn open(location: &Location, pool_size: usize) -> Result<Self, DbError> {
+    /// Starts the embedded cluster if that is the location, and migrates (so a bad database
+    /// fails here, not on first use).
+    pub async fn open(location: &Location) -> Result<Self, DbError> {
         let (config, embedded) = match location {
             Location::Url(url) => (url.expose_secret().parse().map_err(DbError::BadUrl)?, None),
             Location::Embedded(options) => {
@@ -82,28 +86,22 @@ impl Database {
         }
         drop(client);
         let _ = driver.await;
-        let pool = new_pool(&config, pool_size)?;
-        drop(pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?);
-        Ok(Database {
-            pool,
-            config,
-            embedded,
-        })
+        Ok(Database { config, embedded })
     }
 
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// A handle with `size` shared connections (and a few reserved for transactions), made
+    /// when first used. One per worker thread keeps each connection's I/O on the thread that
+    /// uses it.
+    pub fn new_handle(&self, size: usize) -> Result<DbHandle, DbError> {
+        Ok(DbHandle::new(
+            new_pool(&self.config, size)?,
+            new_pool(&self.config, RESERVED_CONNECTIONS)?,
+        ))
     }
 
-    /// A further pool on the same database (one per worker thread keeps each connection's I/O on
-    /// the thread that uses it).
-    pub fn new_pool(&self, size: usize) -> Result<Pool, DbError> {
-        new_pool(&self.config, size)
-    }
-
-    /// Closes the pool, then stops the embedded cluster (if any) and waits for it to exit.
+    /// Stops the embedded cluster (if any) and waits for it to exit. Handles still open lose
+    /// their connections.
     pub async fn shutdown(mut self) {
-        self.pool.close();
         if let Some(mut server) = self.embedded.take() {
             let _ = tokio::task::spawn_blocking(move || server.stop()).await;
         }

@@ -1,4 +1,4 @@
-//! Connections shared by concurrent requests.
+//! Connections shared by concurrent requests (lent by [`super::DbHandle`]).
 //!
 //! Every users operation is one statement (its own implicit transaction), so a request needs no
 //! exclusive connection. Requests that run at the same time on one connection are pipelined by

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_postgres::Pool;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -27,6 +26,7 @@ use tokio::sync::watch;
 use super::forwarded;
 use super::limits::{Activity, AddressCounts};
 use super::{Shared, Stalls, secs};
+use crate::db::DbHandle;
 use crate::lua::{HandlerOutcome, Health, Output, Runtime, RuntimeOptions};
 use crate::users::Users;
 use crate::wire::{self, WireError};
@@ -48,7 +48,7 @@ struct Worker {
     /// Every worker's pulse, for `/healthz`.
     stalls: Arc<Stalls>,
     users: Users,
-    pool: Pool,
+    db: DbHandle,
     /// The worker's Lua state, replaced when it runs out of room for good (requests under way
     /// finish on the state they started on).
     lua: RefCell<Rc<Runtime>>,
@@ -109,7 +109,7 @@ async fn serve<I>(
 pub(super) fn run_worker(
     index: usize,
     listener: StdListener,
-    pool: Pool,
+    db: DbHandle,
     shared: Arc<Shared>,
     oversight: Oversight,
     mut stopped: watch::Receiver<bool>,
@@ -152,7 +152,7 @@ pub(super) fn run_worker(
             .max_concurrent_streams(128)
             .max_header_list_size(64 * 1024);
         let grace = secs(settings.shutdown_grace_secs);
-        let users = Users::new(pool.clone(), shared.hasher.clone(), &shared.public_url)
+        let users = Users::new(db.clone(), shared.hasher.clone(), &shared.public_url)
             .with_login_throttle(shared.login_throttle);
         let lua_options = RuntimeOptions {
             scope: wire::DEFAULT_SCOPE.to_owned(),
@@ -173,7 +173,7 @@ pub(super) fn run_worker(
             index,
             stalls,
             users,
-            pool,
+            db,
             lua: RefCell::new(Rc::new(lua)),
             lua_options,
             shared: shared.clone(),
@@ -285,7 +285,7 @@ async fn report_pool(index: usize, worker: Rc<Worker>) {
         if index == 0 && second % 60 == 59 {
             tokio::task::spawn_local(forget_old_login_failures(worker.users.clone()));
         }
-        let status = worker.pool.status();
+        let status = worker.db.status();
         size.set(status.size as f64);
         idle.set(status.available as f64);
         waiting.set(status.waiting as f64);
@@ -417,14 +417,8 @@ async fn health(worker: &Worker) -> Response<Full<Bytes>> {
         );
         return json_response(503, &json!({ "status": "unavailable", "error": error }));
     }
-    // Through the users service's own connections: the pool's connections are all lent to them.
-    let check = async {
-        worker.users.ping().await.map_err(|e| match e {
-            // The operator asking wants the cause, not the callers' generic message.
-            crate::users::UserError::Internal(cause) => cause.to_string(),
-            other => other.to_string(),
-        })
-    };
+    // The operator asking wants the cause, not the callers' generic message.
+    let check = async { worker.db.ping().await.map_err(|e| e.to_string()) };
     match tokio::time::timeout(Duration::from_secs(5), check).await {
         Ok(Ok(_)) => json_response(200, &json!({ "status": "ok" })),
         Ok(Err(e)) => json_response(503, &json!({ "status": "unavailable", "error": e })),

@@ -1,5 +1,5 @@
 //! `coronium serve`: N worker threads, each a current-thread tokio runtime with a `LocalSet`, its
-//! own database pool and (for API projects) its own Lua state. Every worker has its own
+//! own database handle and (for API projects) its own Lua state. Every worker has its own
 //! `SO_REUSEPORT` listener on the same address, so the kernel spreads connections over them.
 
 pub mod forwarded;
@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use secrecy::SecretString;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::ServerSettings;
+use crate::db::DbHandle;
 use crate::lua::Pulse;
 use crate::users::{PasswordHasher, ThrottleSettings};
 
@@ -195,16 +195,17 @@ fn listeners(addr: SocketAddr, count: usize) -> Result<Vec<TcpListener>, ServerE
 }
 
 impl Server {
-    /// Binds the listeners and starts one worker per pool. Returns once every worker listens.
-    pub fn start(shared: Arc<Shared>, pools: Vec<Pool>) -> Result<Server, ServerError> {
+    /// Binds the listeners and starts one worker per database handle. Returns once every worker
+    /// listens.
+    pub fn start(shared: Arc<Shared>, handles: Vec<DbHandle>) -> Result<Server, ServerError> {
         let addr = SocketAddr::new(shared.settings.host, shared.settings.port);
-        let listeners = listeners(addr, pools.len())?;
+        let listeners = listeners(addr, handles.len())?;
         let local_addr = listeners[0]
             .local_addr()
             .map_err(|source| ServerError::Listen { addr, source })?;
         let (stop, stopped) = watch::channel(false);
         let stalls = Arc::new(Stalls::new(
-            pools.len(),
+            handles.len(),
             Duration::from_millis(shared.settings.cpu_budget_ms.max(1)) + STALL_MARGIN,
         ));
         let tls = tls::acceptor(
@@ -215,7 +216,7 @@ impl Server {
             shared.settings.max_connections_per_ip,
         ));
         let mut workers = Vec::new();
-        for (index, (listener, pool)) in listeners.into_iter().zip(pools).enumerate() {
+        for (index, (listener, db)) in listeners.into_iter().zip(handles).enumerate() {
             let shared = shared.clone();
             let stopped = stopped.clone();
             let oversight = http::Oversight {
@@ -225,7 +226,7 @@ impl Server {
             };
             let handle = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
-                .spawn(move || http::run_worker(index, listener, pool, shared, oversight, stopped))
+                .spawn(move || http::run_worker(index, listener, db, shared, oversight, stopped))
                 .map_err(ServerError::Thread)?;
             workers.push(handle);
         }

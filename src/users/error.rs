@@ -106,6 +106,15 @@ impl UserError {
     }
 }
 
+impl crate::db::StatementError for UserError {
+    fn postgres(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            UserError::Internal(InternalError::Postgres(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for UserError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         UserError::Internal(e.into())

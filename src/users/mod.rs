@@ -9,9 +9,7 @@ pub mod throttle;
 
 use std::sync::Arc;
 
-use deadpool_postgres::{Object, Pool};
-
-use crate::db::shared::SharedConnections;
+use crate::db::DbHandle;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -44,42 +42,10 @@ pub struct User {
     pub login_count: i64,
 }
 
-/// Connections of each pool that reads share; writes share the others. Every statement is its
-/// own transaction, so requests need no connection of their own: concurrent statements on one
-/// connection are pipelined (see `db::shared`). Reads get their own connection so they never queue
-/// behind a commit's WAL flush; writes spread over several so commits can share flushes. Measured
-/// with `bench/run` on 2 cores: one read connection per worker served ~1.5x the gets of exclusive
-/// checkouts (more served fewer), and pipelined writes ~1.1x the updates of exclusive ones.
-const READ_CONNECTIONS: usize = 1;
-
-/// Whether a statement failed because its connection's session is over (rather than because of
-/// the statement itself).
-fn connection_lost<T>(outcome: &Result<T, UserError>, client: &Object) -> bool {
-    use tokio_postgres::error::SqlState;
-    let Err(UserError::Internal(InternalError::Postgres(e))) = outcome else {
-        return false;
-    };
-    client.is_closed()
-        || e.is_closed()
-        || [
-            SqlState::ADMIN_SHUTDOWN,
-            SqlState::CRASH_SHUTDOWN,
-            SqlState::CANNOT_CONNECT_NOW,
-        ]
-        .iter()
-        .any(|state| e.code() == Some(state))
-}
-
-/// What a pool of `size` leaves for writes once reads have theirs (pools hold at least two).
-fn write_connections(size: usize) -> usize {
-    size.saturating_sub(READ_CONNECTIONS).max(1)
-}
-
-/// The users service: one per database pool, sharing one password hasher process-wide.
+/// The users service: one per database handle, sharing one password hasher process-wide.
 #[derive(Clone)]
 pub struct Users {
-    reads: Arc<SharedConnections>,
-    writes: Arc<SharedConnections>,
+    db: DbHandle,
     hasher: Arc<PasswordHasher>,
     public_url: Arc<str>,
     throttle: ThrottleSettings,
@@ -87,13 +53,9 @@ pub struct Users {
 
 impl Users {
     /// `public_url` is where confirmation links point (`<public_url>/_confirmation?code=...`).
-    /// Takes the pool over: its connections become this service's shared ones, so build one
-    /// service per pool (clone it to share it).
-    pub fn new(pool: Pool, hasher: Arc<PasswordHasher>, public_url: &str) -> Self {
-        let size = pool.status().max_size;
+    pub fn new(db: DbHandle, hasher: Arc<PasswordHasher>, public_url: &str) -> Self {
         Users {
-            reads: Arc::new(SharedConnections::new(pool.clone(), READ_CONNECTIONS)),
-            writes: Arc::new(SharedConnections::new(pool, write_connections(size))),
+            db,
             hasher,
             public_url: public_url.trim_end_matches('/').into(),
             throttle: ThrottleSettings::default(),
@@ -125,6 +87,7 @@ impl Users {
             code.as_deref(),
         );
         let user = self
+            .db
             .write(|client| async move {
                 store::insert(&*client, scope, new_user_ref, hash, code_ref).await
             })
@@ -158,6 +121,7 @@ impl Users {
         let code = Uuid::new_v4().simple().to_string();
         let code_ref = code.as_str();
         let user = self
+            .db
             .write(|client| async move {
                 store::renew_confirmation(&*client, scope, user_id, code_ref).await
             })
@@ -182,6 +146,7 @@ impl Users {
         let (candidate, throttled_as) = if self.throttle.enabled && !client.is_local() {
             let (address, limits) = (client.as_str(), &self.throttle);
             let attempt = self
+                .db
                 .write(|client| async move {
                     store::attempt_login(&*client, scope_ref, login, address, limits).await
                 })
@@ -194,6 +159,7 @@ impl Users {
             (attempt.candidate, Some(attempt.account))
         } else {
             let candidate = self
+                .db
                 .read(
                     |client| async move { store::find_for_login(&*client, scope_ref, login).await },
                 )
@@ -213,10 +179,11 @@ impl Users {
         };
         if let Some(account) = &throttled_as {
             let (account, address) = (account.as_str(), client.as_str());
-            self.write(|client| async move {
-                store::login_succeeded(&*client, scope_ref, account, address).await
-            })
-            .await?;
+            self.db
+                .write(|client| async move {
+                    store::login_succeeded(&*client, scope_ref, account, address).await
+                })
+                .await?;
         }
         let rehash = if verdict.needs_rehash {
             Some(
@@ -230,21 +197,24 @@ impl Users {
         };
         if candidate.records_login {
             let (id, hash, rehash) = (candidate.user_id, &candidate.password_hash, &rehash);
-            self.write(|client| async move {
-                store::record_login(&*client, id, hash, rehash.as_deref()).await
-            })
-            .await?
-            .ok_or(UserError::BadCredentials)
+            self.db
+                .write(|client| async move {
+                    store::record_login(&*client, id, hash, rehash.as_deref()).await
+                })
+                .await?
+                .ok_or(UserError::BadCredentials)
         } else {
             if let Some(new_hash) = &rehash {
                 let (id, hash) = (candidate.user_id, &candidate.password_hash);
-                self.write(|client| async move {
-                    store::replace_hash(&*client, id, hash, new_hash).await
-                })
-                .await?;
+                self.db
+                    .write(|client| async move {
+                        store::replace_hash(&*client, id, hash, new_hash).await
+                    })
+                    .await?;
             }
             let (scope, id) = (scope.as_str(), candidate.user_id);
-            self.read(|client| async move { store::get(&*client, scope, id).await })
+            self.db
+                .read(|client| async move { store::get(&*client, scope, id).await })
                 .await?
                 .ok_or(UserError::BadCredentials)
         }
@@ -253,44 +223,10 @@ impl Users {
     /// A user's record; no login event. `None` (a malformed id) is simply not found.
     pub async fn get(&self, scope: &str, user_id: Option<Uuid>) -> Result<User, UserError> {
         let user_id = user_id.ok_or(UserError::NotFound)?;
-        self.read(|client| async move { store::get(&*client, scope, user_id).await })
+        self.db
+            .read(|client| async move { store::get(&*client, scope, user_id).await })
             .await?
             .ok_or(UserError::NotFound)
-    }
-
-    /// Runs a read on a shared connection. A read is safe to repeat, so one whose connection
-    /// turned out to be gone (the database restarted, an admin ended the backend) is retried once
-    /// on a fresh connection instead of failing the request.
-    async fn read<T, F, Fut>(&self, statement: F) -> Result<T, UserError>
-    where
-        F: Fn(Arc<Object>) -> Fut,
-        Fut: Future<Output = Result<T, UserError>>,
-    {
-        let client = self.reads.get().await?;
-        let outcome = statement(client.clone()).await;
-        if !connection_lost(&outcome, &client) {
-            return outcome;
-        }
-        self.reads.discard(&client);
-        // The pool gets a connection back only when its last holder lets go: don't hold it while
-        // waiting for its replacement.
-        drop(client);
-        statement(self.reads.get().await?).await
-    }
-
-    /// Runs a write on a shared connection. A write is not repeated (it may have been applied
-    /// before the connection went), but a lost connection is replaced for the next one.
-    async fn write<T, F, Fut>(&self, statement: F) -> Result<T, UserError>
-    where
-        F: FnOnce(Arc<Object>) -> Fut,
-        Fut: Future<Output = Result<T, UserError>>,
-    {
-        let client = self.writes.get().await?;
-        let outcome = statement(client.clone()).await;
-        if connection_lost(&outcome, &client) {
-            self.writes.discard(&client);
-        }
-        outcome
     }
 
     /// Clears the failed-login counters of the account `name` (username or email) finds in
@@ -298,20 +234,16 @@ impl Users {
     pub async fn unlock(&self, scope: &str, name: &str) -> Result<u64, UserError> {
         let scope = input::scope(scope)?;
         let scope = scope.as_str();
-        self.write(|client| async move { store::unlock(&*client, scope, name).await })
+        self.db
+            .write(|client| async move { store::unlock(&*client, scope, name).await })
             .await
     }
 
     /// Drops failed-login counters that no longer count (run now and then; any instance will do).
     pub async fn forget_old_login_failures(&self) -> Result<u64, UserError> {
         let window = self.throttle.window_secs;
-        self.write(|client| async move { store::forget_old_login_failures(&*client, window).await })
-            .await
-    }
-
-    /// Checks the database answers (`/healthz`).
-    pub async fn ping(&self) -> Result<(), UserError> {
-        self.read(|client| async move { store::ping(&*client).await })
+        self.db
+            .write(|client| async move { store::forget_old_login_failures(&*client, window).await })
             .await
     }
 
@@ -333,11 +265,12 @@ impl Users {
             None => None,
         };
         let (patch, hash) = (&patch, password_hash.as_deref());
-        self.write(
-            |client| async move { store::update(&*client, scope, user_id, patch, hash).await },
-        )
-        .await?
-        .ok_or(UserError::NotFound)
+        self.db
+            .write(
+                |client| async move { store::update(&*client, scope, user_id, patch, hash).await },
+            )
+            .await?
+            .ok_or(UserError::NotFound)
     }
 
     /// Deletes a user; the number of records removed (0 when there was none).
@@ -345,7 +278,8 @@ impl Users {
         let Some(user_id) = user_id else {
             return Ok(0);
         };
-        self.write(|client| async move { store::delete(&*client, scope, user_id).await })
+        self.db
+            .write(|client| async move { store::delete(&*client, scope, user_id).await })
             .await
     }
 }

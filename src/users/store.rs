@@ -409,9 +409,3 @@ pub async fn renew_confirmation(
     let row = client.query_opt(&stmt, &[&user_id, &scope, &code]).await?;
     Ok(row.as_ref().map(user_from_row))
 }
-
-/// A round trip that touches no table: is the database there?
-pub async fn ping(client: &impl GenericClient) -> Result<(), UserError> {
-    client.query_one("SELECT 1", &[]).await?;
-    Ok(())
-}

@@ -159,7 +159,7 @@ impl TestDb {
 
     /// The library's own database handle on this test database.
     pub async fn open(&self) -> Database {
-        Database::open(&Location::Url(self.url().into()), 8)
+        Database::open(&Location::Url(self.url().into()))
             .await
             .unwrap()
     }
@@ -167,7 +167,7 @@ impl TestDb {
     /// A users service on this database with the given hashing parameters.
     pub async fn users_with(&self, params: HashParams) -> Users {
         Users::new(
-            self.open().await.pool().clone(),
+            self.open().await.new_handle(8).unwrap(),
             Arc::new(PasswordHasher::new(params).unwrap()),
             "http://localhost:10001",
         )

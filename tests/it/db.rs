@@ -1,0 +1,82 @@
+//! The per-worker database handle: shared statements and reserved transactions side by side.
+
+use std::time::Duration;
+
+use coronium::db::PingError;
+
+use crate::common::TestDb;
+
+/// A transaction holds a connection of its own: shared reads and writes go on while it is open,
+/// and see its work only once it commits.
+#[tokio::test]
+async fn a_transaction_runs_beside_shared_statements() {
+    let db = TestDb::new().await;
+    let handle = db.open().await.new_handle(2).unwrap();
+    let mut reserved = handle.reserve().await.unwrap();
+    let tx = reserved.transaction().await.unwrap();
+    tx.batch_execute(
+        "CREATE TABLE ledger (n integer); INSERT INTO ledger VALUES (1); INSERT INTO ledger VALUES (2)",
+    )
+    .await
+    .unwrap();
+    let count = || {
+        handle.read(|client| async move {
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM pg_tables WHERE tablename = 'ledger'",
+                    &[],
+                )
+                .await?;
+            Ok::<i64, PingError>(row.get(0))
+        })
+    };
+    let before = tokio::time::timeout(Duration::from_secs(5), count())
+        .await
+        .expect("a shared read does not wait for the open transaction")
+        .unwrap();
+    assert_eq!(before, 0, "uncommitted work is not seen");
+    tokio::time::timeout(Duration::from_secs(5), handle.ping())
+        .await
+        .expect("the health check does not wait either")
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(count().await.unwrap(), 1);
+    let sum = handle
+        .write(|client| async move {
+            let row = client
+                .query_one("SELECT sum(n)::bigint FROM ledger", &[])
+                .await?;
+            Ok::<i64, PingError>(row.get(0))
+        })
+        .await
+        .unwrap();
+    assert_eq!(sum, 3);
+}
+
+/// A transaction dropped without commit leaves nothing behind, and its connection serves again.
+#[tokio::test]
+async fn a_dropped_transaction_rolls_back() {
+    let db = TestDb::new().await;
+    let handle = db.open().await.new_handle(2).unwrap();
+    for _ in 0..3 {
+        let mut reserved = handle.reserve().await.unwrap();
+        let tx = reserved.transaction().await.unwrap();
+        tx.batch_execute("CREATE TABLE scratch (n integer)")
+            .await
+            .unwrap();
+        drop(tx);
+    }
+    let left = handle
+        .read(|client| async move {
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM pg_tables WHERE tablename = 'scratch'",
+                    &[],
+                )
+                .await?;
+            Ok::<i64, PingError>(row.get(0))
+        })
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
