@@ -8,6 +8,10 @@ local core, native = ...
 local HOST = _G
 local raw_setfenv, raw_loadstring = setfenv, loadstring
 
+-- Coronium status codes by name (from Rust's `Status`), and what `invoke` answers as its error
+-- when an api has no such method (the host and `core.callApi` word that error themselves).
+local STATUS, NO_SUCH_ACTION = native.STATUS, native.NO_SUCH_ACTION
+
 local NULL = "_NULL"
 core.NULL = NULL
 core.FACEBOOK, core.GOOGLE, core.OPENUDID = "facebook", "google", "openudid"
@@ -289,7 +293,7 @@ end
 
 -- core.error(msg, code): return it from a handler to answer with an error.
 function core.error(message, status)
-  return setmetatable({ error = message, status = tonumber(status) or -1 }, ERROR_MT)
+  return setmetatable({ error = message, status = tonumber(status) or STATUS.DEFAULT }, ERROR_MT)
 end
 
 -- Turns what a handler returned into result, err, status.
@@ -299,18 +303,17 @@ local function outcome(result, err, status)
   end
   if result == nil then
     if err ~= nil then
-      return nil, tostring(err), tonumber(status) or -1
+      return nil, tostring(err), tonumber(status) or STATUS.DEFAULT
     end
-    return nil, "Result was not valid", 800
+    return nil, "Result was not valid", STATUS.INVALID_RESULT
   end
   return result
 end
 
--- Status 0 means the api has no such method (the caller words the error).
 local function invoke(api, method, input, in_scope)
   local handler = type(api) == "table" and rawget(api, method)
   if type(handler) ~= "function" then
-    return nil, "unknown action", 0
+    return nil, NO_SUCH_ACTION
   end
   return outcome(handler(input, in_scope))
 end
@@ -378,11 +381,11 @@ function core.callApi(project, method, params)
   native.project_api(project)
   local api = wait()
   if api == nil then
-    return nil, "Unknown project '" .. tostring(project) .. "'.", 810
+    return nil, "Unknown project '" .. tostring(project) .. "'.", STATUS.GENERAL
   end
   local result, err, status = invoke_as(tostring(project), api, method, params or {})
-  if status == 0 then
-    return nil, "Unknown action '" .. tostring(method) .. "' in project '" .. tostring(project) .. "'.", 810
+  if err == NO_SUCH_ACTION then
+    return nil, "Unknown action '" .. tostring(method) .. "' in project '" .. tostring(project) .. "'.", STATUS.GENERAL
   end
   return result, err, status
 end

@@ -2,7 +2,8 @@
 //!
 //! Module map (see ARCHITECTURE.md for the invariants):
 //! - [`config`]: typed settings from `coronium.toml`, the environment and flags.
-//! - [`db`]: the pool, migrations, and the embedded PostgreSQL cluster.
+//! - [`status`]: Coronium status codes and the error answer, shared by every layer.
+//! - [`db`]: the per-worker database handle, migrations, and the embedded PostgreSQL cluster.
 //! - [`users`]: the users domain (validation, passwords, SQL); no Lua or HTTP in it.
 //! - [`lua`]: the Luau runtime, the only module that touches mlua.
 //! - [`wire`]: the Coronium wire protocol (signature, envelopes, `api.users`, a client).
@@ -14,5 +15,6 @@ pub mod config;
 pub mod db;
 pub mod lua;
 pub mod server;
+pub mod status;
 pub mod users;
 pub mod wire;

@@ -21,6 +21,7 @@ use mlua::{
 pub use budget::Pulse;
 pub use convert::MAX_DEPTH;
 
+use crate::status::{ErrorAnswer, Status};
 use crate::users::Users;
 
 const PRELUDE: &str = include_str!("../../lua/prelude.lua");
@@ -53,11 +54,8 @@ pub struct RuntimeOptions {
 pub enum HandlerOutcome {
     /// The handler's result as JSON text, for `{"result": ...}`.
     Result(Box<serde_json::value::RawValue>),
-    /// `core.error(...)`, `return nil, err`, no result, or a failure: message and status.
-    Error {
-        message: String,
-        status: i64,
-    },
+    /// `core.error(...)`, `return nil, err`, no result, or a failure.
+    Error(ErrorAnswer),
     UnknownProject,
     UnknownAction,
 }
@@ -120,6 +118,8 @@ pub struct Runtime {
     host: Rc<Host>,
     /// The prelude's `host.request`: runs one API request in the calling coroutine.
     request: Function,
+    /// What the prelude answers, as its error, for a method the project's api lacks.
+    no_such_action: Table,
     meter: Rc<budget::Meter>,
     memory_limit: usize,
 }
@@ -157,6 +157,9 @@ impl Runtime {
         });
         let core = lua.create_table()?;
         let native = natives::install(&lua, host.clone())?;
+        let no_such_action = lua.create_table()?;
+        no_such_action.set_readonly(true);
+        native.set("NO_SUCH_ACTION", &no_such_action)?;
         lua.globals().set("core", &core)?;
         let prelude: Table = lua
             .load(PRELUDE)
@@ -184,6 +187,7 @@ impl Runtime {
             lua,
             host,
             request,
+            no_such_action,
             meter,
             memory_limit: options.memory_limit,
         })
@@ -221,10 +225,7 @@ impl Runtime {
             Ok(None) => return HandlerOutcome::UnknownProject,
             Err(e) => {
                 tracing::error!(project, "{e}");
-                return HandlerOutcome::Error {
-                    message: e.summary(),
-                    status: 810,
-                };
+                return HandlerOutcome::Error(ErrorAnswer::new(Status::GENERAL, e.summary()));
             }
         };
         match self
@@ -235,10 +236,8 @@ impl Runtime {
             Err(e) => {
                 let text = describe(&e);
                 tracing::error!(project, action, "handler failed: {text}");
-                HandlerOutcome::Error {
-                    message: text.lines().next().unwrap_or("handler failed").to_owned(),
-                    status: 810,
-                }
+                let first_line = text.lines().next().unwrap_or("handler failed");
+                HandlerOutcome::Error(ErrorAnswer::new(Status::GENERAL, first_line))
             }
         }
     }
@@ -282,18 +281,16 @@ impl Runtime {
         let message = results.next().unwrap_or(Value::Nil);
         let status = results.next().unwrap_or(Value::Nil);
         if let Value::Nil = result {
-            let status = match status {
-                Value::Integer(i) => i,
-                Value::Number(n) => n as i64,
-                _ => -1,
-            };
-            if status == 0 {
+            if message == Value::Table(self.no_such_action.clone()) {
                 return Ok(HandlerOutcome::UnknownAction);
             }
-            return Ok(HandlerOutcome::Error {
-                message: message.to_string().unwrap_or_default(),
-                status,
-            });
+            let status = match status {
+                Value::Integer(i) => Status::from_code(i),
+                Value::Number(n) => Status::from_code(n as i64),
+                _ => Status::DEFAULT,
+            };
+            let message = message.to_string().unwrap_or_default();
+            return Ok(HandlerOutcome::Error(ErrorAnswer::new(status, message)));
         }
         // The result is the handler's to size: encoded under what is left of its budget.
         let encode = || {
@@ -316,10 +313,10 @@ impl Runtime {
         }
         Ok(match json {
             Ok(json) => HandlerOutcome::Result(json),
-            Err(e) => HandlerOutcome::Error {
-                message: format!("JSON encode failed: {e}"),
-                status: 831,
-            },
+            Err(e) => HandlerOutcome::Error(ErrorAnswer::new(
+                Status::JSON_ENCODE_FAILED,
+                format!("JSON encode failed: {e}"),
+            )),
         })
     }
 

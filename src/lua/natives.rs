@@ -11,6 +11,7 @@ use serde_json::{Map, Value as Json};
 use super::budget::Meter;
 use super::convert::{self, ConvertError, Unencodable};
 use super::{Host, Output, pending, text, to_lua};
+use crate::status::Status;
 use crate::users::input::{self, Credentials, NewUser, PasswordForm, UserPatch};
 use crate::users::{ClientAddress, User, UserError, password};
 
@@ -29,7 +30,7 @@ fn failure(lua: &Lua, error: &UserError) -> mlua::Result<Outcome> {
     Ok(MultiValue::from_iter([
         Value::Nil,
         Value::String(lua.create_string(error.to_string())?),
-        Value::Integer(error.status()),
+        Value::Integer(error.status().code()),
     ]))
 }
 
@@ -189,6 +190,12 @@ where
 
 pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
     let native = lua.create_table()?;
+    let statuses = lua.create_table()?;
+    for (name, status) in Status::NAMED {
+        statuses.set(*name, status.code())?;
+    }
+    statuses.set_readonly(true);
+    native.set("STATUS", statuses)?;
 
     users_op(
         lua,

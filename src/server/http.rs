@@ -28,6 +28,7 @@ use super::limits::{Activity, AddressCounts};
 use super::{Shared, Stalls, secs};
 use crate::db::DbHandle;
 use crate::lua::{HandlerOutcome, Health, Output, Runtime, RuntimeOptions};
+use crate::status::{ErrorAnswer, Status};
 use crate::users::Users;
 use crate::wire::{self, WireError};
 
@@ -369,10 +370,13 @@ async fn wire_call(
     let (http, status, outcome, body) = match wire_request(worker, request, peer, &mut route).await
     {
         Ok(result) => (200, 0, "ok", wire::envelope(&result)),
-        Err(Answer::Refused(e)) => (e.http, e.status, "refused", e.envelope()),
-        Err(Answer::Failed { message, status }) => {
-            (200, status, "error", wire::error_envelope(&message, status))
-        }
+        Err(Answer::Refused(e)) => (e.http, e.status.code(), "refused", e.envelope()),
+        Err(Answer::Failed(failed)) => (
+            200,
+            failed.status.code(),
+            "error",
+            wire::error_envelope(&failed.message, failed.status),
+        ),
     };
     in_flight.decrement(1.0);
     let elapsed = started.elapsed();
@@ -431,7 +435,7 @@ enum Answer {
     /// Refused before anything ran (headers, signature, body).
     Refused(WireError),
     /// The call ran and failed with a Coronium status.
-    Failed { message: String, status: i64 },
+    Failed(ErrorAnswer),
 }
 
 impl From<WireError> for Answer {
@@ -515,16 +519,19 @@ async fn read_call(
             return Err(WireError::too_large(limit).into());
         }
         Ok(Err(e)) => {
-            return Err(
-                WireError::new(810, 400, format!("Cannot read the request body: {e}")).into(),
-            );
+            return Err(WireError::new(
+                Status::GENERAL,
+                400,
+                format!("Cannot read the request body: {e}"),
+            )
+            .into());
         }
         Err(_) => {
             let message = format!(
                 "The request body did not arrive within {} s.",
                 settings.body_read_timeout_secs
             );
-            return Err(WireError::new(810, 408, message).into());
+            return Err(WireError::new(Status::GENERAL, 408, message).into());
         }
     };
     let params = wire::parse_params(&body)?;
@@ -580,16 +587,13 @@ async fn run_call(
                 client,
             ))
             .await
-            .map_err(|e| Answer::Failed {
-                message: e.to_string(),
-                status: e.status(),
-            })
+            .map_err(|e| Answer::Failed(e.answer()))
         } else {
             let lua = worker.lua.borrow().clone();
             let outcome = lua
                 .handle(project, action, Value::Object(params), scope, Some(client))
                 .await;
-            if let HandlerOutcome::Error { .. } = outcome {
+            if let HandlerOutcome::Error(_) = outcome {
                 worker.look_after(&lua);
             }
             if !matches!(
@@ -603,9 +607,7 @@ async fn run_call(
             }
             match outcome {
                 HandlerOutcome::Result(text) => Ok(text),
-                HandlerOutcome::Error { message, status } => {
-                    Err(Answer::Failed { message, status })
-                }
+                HandlerOutcome::Error(failed) => Err(Answer::Failed(failed)),
                 HandlerOutcome::UnknownProject => Err(WireError::unknown_project(project).into()),
                 HandlerOutcome::UnknownAction => {
                     Err(WireError::unknown_action(project, action).into())
@@ -615,6 +617,6 @@ async fn run_call(
     };
     match tokio::time::timeout(timeout, call).await {
         Ok(outcome) => outcome,
-        Err(_) => Err(WireError::new(810, 504, "The request timed out.").into()),
+        Err(_) => Err(WireError::new(Status::GENERAL, 504, "The request timed out.").into()),
     }
 }

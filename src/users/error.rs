@@ -1,6 +1,8 @@
 //! The one error type of the users domain. Every variant carries a Coronium status code, so the
 //! Lua and wire layers can answer `nil, message, status` without knowing the domain's internals.
 
+use crate::status::{ErrorAnswer, Status};
+
 /// Coronium's message for an `extra` table holding something other than flat scalars.
 pub const EXTRA_TYPES_MESSAGE: &str =
     "Extra table can only contain string, number, or boolean types.";
@@ -88,17 +90,22 @@ fn unreachable_database(e: &tokio_postgres::Error) -> bool {
 
 impl UserError {
     /// The Coronium status code of this error (compat spec §5).
-    pub fn status(&self) -> i64 {
+    pub fn status(&self) -> Status {
         match self {
-            UserError::Missing(_) => 804,
-            UserError::BadParameter(_) => 801,
-            UserError::InvalidEmail => 704,
-            UserError::AlreadyExists(_) => 600,
-            UserError::BadCredentials | UserError::TooManyAttempts(_) => 603,
-            UserError::NotFound => 604,
-            UserError::PendingNotFound => 614,
-            UserError::Internal(_) => 810,
+            UserError::Missing(_) => Status::MISSING_PARAMETER,
+            UserError::BadParameter(_) => Status::MISMATCHED_PARAMETER,
+            UserError::InvalidEmail => Status::EMAIL_INVALID,
+            UserError::AlreadyExists(_) => Status::USER_EXISTS,
+            UserError::BadCredentials | UserError::TooManyAttempts(_) => Status::PASSWORD_INVALID,
+            UserError::NotFound => Status::USER_NOT_FOUND,
+            UserError::PendingNotFound => Status::PENDING_USER_NOT_FOUND,
+            UserError::Internal(_) => Status::GENERAL,
         }
+    }
+
+    /// The answer a caller gets.
+    pub fn answer(&self) -> ErrorAnswer {
+        ErrorAnswer::new(self.status(), self.to_string())
     }
 
     pub(crate) fn bad(message: impl Into<String>) -> Self {

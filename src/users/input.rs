@@ -340,18 +340,18 @@ mod tests {
         let err =
             NewUser::parse(&params(json!({"password": "x"})), PasswordForm::Plain).unwrap_err();
         assert_eq!(
-            (err.status(), err.to_string().as_str()),
+            (err.status().code(), err.to_string().as_str()),
             (804, "Missing required parameter: username")
         );
         let err =
             NewUser::parse(&params(json!({"username": "a"})), PasswordForm::Plain).unwrap_err();
-        assert_eq!(err.status(), 804);
+        assert_eq!(err.status().code(), 804);
         let err = NewUser::parse(
             &params(json!({"username": "", "password": "x"})),
             PasswordForm::Plain,
         )
         .unwrap_err();
-        assert_eq!(err.status(), 804);
+        assert_eq!(err.status().code(), 804);
     }
 
     #[test]
@@ -365,7 +365,7 @@ mod tests {
             let p = params(json!({"username": "a", "password": "b", "extra": bad}));
             let err = NewUser::parse(&p, PasswordForm::Plain).unwrap_err();
             assert_eq!(
-                (err.status(), err.to_string().as_str()),
+                (err.status().code(), err.to_string().as_str()),
                 (801, EXTRA_TYPES_MESSAGE)
             );
         }
@@ -385,7 +385,8 @@ mod tests {
             assert_eq!(
                 NewUser::parse(&p, PasswordForm::Plain)
                     .unwrap_err()
-                    .status(),
+                    .status()
+                    .code(),
                 704,
                 "{bad}"
             );
@@ -427,13 +428,15 @@ mod tests {
         assert_eq!(
             UserPatch::parse(None, PasswordForm::Plain)
                 .unwrap_err()
-                .status(),
+                .status()
+                .code(),
             804
         );
         assert_eq!(
             UserPatch::parse(Some(&json!({"login_count": 5})), PasswordForm::Plain)
                 .unwrap_err()
-                .status(),
+                .status()
+                .code(),
             801
         );
     }
@@ -444,6 +447,9 @@ mod tests {
             user_id(&params(json!({"user_id": "not-a-uuid"}))).unwrap(),
             None
         );
-        assert_eq!(user_id(&params(json!({}))).unwrap_err().status(), 804);
+        assert_eq!(
+            user_id(&params(json!({}))).unwrap_err().status().code(),
+            804
+        );
     }
 }

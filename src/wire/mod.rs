@@ -5,6 +5,7 @@ pub mod client;
 pub mod key;
 pub mod users;
 
+use crate::status::Status;
 use std::sync::LazyLock;
 
 use base64::Engine as _;
@@ -65,13 +66,13 @@ pub fn signature_matches(
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct WireError {
-    pub status: i64,
+    pub status: Status,
     pub message: String,
     pub http: u16,
 }
 
 impl WireError {
-    pub fn new(status: i64, http: u16, message: impl Into<String>) -> Self {
+    pub fn new(status: Status, http: u16, message: impl Into<String>) -> Self {
         WireError {
             status,
             message: message.into(),
@@ -80,40 +81,52 @@ impl WireError {
     }
 
     pub fn missing_header(name: &str) -> Self {
-        Self::new(804, 400, format!("Missing required header: {name}"))
+        Self::new(
+            Status::MISSING_PARAMETER,
+            400,
+            format!("Missing required header: {name}"),
+        )
     }
 
     pub fn bad_signature() -> Self {
-        Self::new(810, 401, "Request signature is invalid.")
+        Self::new(Status::GENERAL, 401, "Request signature is invalid.")
     }
 
     pub fn stale(window: u64) -> Self {
         Self::new(
-            810,
+            Status::GENERAL,
             401,
             format!("Request time is more than {window} seconds away from the server's clock."),
         )
     }
 
     pub fn bad_json(detail: impl std::fmt::Display) -> Self {
-        Self::new(830, 400, format!("JSON decode failed: {detail}"))
+        Self::new(
+            Status::JSON_DECODE_FAILED,
+            400,
+            format!("JSON decode failed: {detail}"),
+        )
     }
 
     pub fn too_large(limit: usize) -> Self {
         Self::new(
-            810,
+            Status::GENERAL,
             413,
             format!("Request body is larger than {limit} bytes."),
         )
     }
 
     pub fn unknown_project(project: &str) -> Self {
-        Self::new(810, 404, format!("Unknown project '{project}'."))
+        Self::new(
+            Status::GENERAL,
+            404,
+            format!("Unknown project '{project}'."),
+        )
     }
 
     pub fn unknown_action(project: &str, action: &str) -> Self {
         Self::new(
-            810,
+            Status::GENERAL,
             404,
             format!("Unknown action '{action}' in project '{project}'."),
         )
@@ -144,7 +157,7 @@ pub fn envelope(result: &RawValue) -> Vec<u8> {
 }
 
 /// `{"result": {"error": message, "status": status}}`, as the response body.
-pub fn error_envelope(message: &str, status: i64) -> Vec<u8> {
+pub fn error_envelope(message: &str, status: Status) -> Vec<u8> {
     serde_json::to_vec(&json!({ "result": { "error": message, "status": status } }))
         .unwrap_or_default()
 }
@@ -216,7 +229,13 @@ mod tests {
         assert!(parse_params(b"[]").unwrap().is_empty());
         assert!(parse_params(b"").unwrap().is_empty());
         assert_eq!(parse_params(b"{\"a\":1}").unwrap()["a"], 1);
-        assert_eq!(parse_params(b"{nope").unwrap_err().status, 830);
-        assert_eq!(parse_params(b"[1]").unwrap_err().status, 830);
+        assert_eq!(
+            parse_params(b"{nope").unwrap_err().status,
+            Status::JSON_DECODE_FAILED
+        );
+        assert_eq!(
+            parse_params(b"[1]").unwrap_err().status,
+            Status::JSON_DECODE_FAILED
+        );
     }
 }

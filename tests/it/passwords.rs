@@ -81,7 +81,7 @@ async fn legacy_md5_rows_log_in_once_and_are_upgraded() {
         .login("default", login("wrong"), &here())
         .await
         .unwrap_err();
-    assert_eq!(err.status(), 603);
+    assert_eq!(err.status().code(), 603);
     assert_eq!(
         stored_hash(&db, "old").await,
         md5_hex("secret"),
@@ -165,7 +165,7 @@ async fn unknown_user_and_wrong_password_are_indistinguishable() {
             .unwrap_err();
         assert!(matches!(err, UserError::BadCredentials));
         assert_eq!(
-            (err.status(), err.to_string().as_str()),
+            (err.status().code(), err.to_string().as_str()),
             (603, "Invalid username or password.")
         );
     }
