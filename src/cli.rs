@@ -3,15 +3,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::app::{App, AppError};
 use crate::config::{Config, ConfigError};
-use crate::db::{Database, DbError};
 use crate::lua::{Output, Runtime, RuntimeOptions, ScriptError};
-use crate::users::{PasswordHasher, Users};
+use crate::users::PasswordHasher;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -129,8 +128,6 @@ pub enum UsersCommand {
 pub enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error(transparent)]
-    Database(#[from] DbError),
     #[error("{0}")]
     Setup(String),
     #[error("{0}")]
@@ -139,6 +136,8 @@ pub enum CliError {
     Key(#[from] crate::wire::key::KeyError),
     #[error(transparent)]
     Server(#[from] crate::server::ServerError),
+    #[error(transparent)]
+    App(#[from] AppError),
 }
 
 impl Cli {
@@ -216,10 +215,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
 
 /// The configured server key, else the data directory's (made on first use).
 fn server_key(config: &Config) -> Result<SecretString, CliError> {
-    Ok(match &config.server.server_key {
-        Some(key) => key.clone(),
-        None => crate::wire::key::load_or_create(&config.data_dir)?.into(),
-    })
+    Ok(crate::app::server_key(config)?)
 }
 
 /// `coronium hash-time`: the cost of one password hash, for the benchmark's hashing ceiling.
@@ -296,29 +292,8 @@ fn key(config: &Config, regenerate: bool) -> Result<ExitCode, CliError> {
 /// `coronium serve`: runs until SIGINT or SIGTERM, then drains in-flight requests and stops the
 /// embedded database last.
 async fn serve(config: Config) -> Result<ExitCode, CliError> {
-    use crate::server::{Server, Shared, default_workers};
-    let workers = match config.server.workers {
-        0 => default_workers(),
-        n => n,
-    };
-    let database = Database::open(&config.database_location()).await?;
-    let server_key = server_key(&config)?;
-    let per_worker = config.pool_size.div_ceil(workers).max(2);
-    let handles = (0..workers)
-        .map(|_| database.new_handle(per_worker))
-        .collect::<Result<Vec<_>, _>>()?;
-    let hasher = PasswordHasher::new(config.argon2).map_err(|e| CliError::Setup(e.to_string()))?;
-    let shared = Arc::new(Shared {
-        server_key,
-        public_url: config.public_url.clone(),
-        hasher: Arc::new(hasher),
-        login_throttle: config.login_throttle,
-        connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
-        lua_memory_limit: config.lua.memory_limit_mb.saturating_mul(1024 * 1024),
-        metrics: crate::server::install_metrics(),
-        settings: config.server.clone(),
-    });
-    let server = Server::start(shared, handles)?;
+    let app = App::build(config).await?;
+    let server = crate::server::Server::start(&app)?;
     {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
@@ -330,11 +305,11 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
         );
         let _ = out.flush();
     }
-    tracing::info!(addr = %server.local_addr(), workers, "coronium serving");
+    tracing::info!(addr = %server.local_addr(), workers = server.workers(), "coronium serving");
     let signal = shutdown_signal().await;
     tracing::info!(signal, "shutting down: draining in-flight requests");
     let _ = tokio::task::spawn_blocking(move || server.shutdown()).await;
-    database.shutdown().await;
+    app.shutdown().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -346,52 +321,50 @@ async fn run_script(
     file: &Path,
     scope: Option<String>,
 ) -> Result<ExitCode, CliError> {
-    let database = Database::open(&config.database_location()).await?;
-    let hasher = PasswordHasher::new(config.argon2).map_err(|e| CliError::Setup(e.to_string()))?;
-    let users = Users::new(
-        database.new_handle(config.pool_size)?,
-        Arc::new(hasher),
-        &config.public_url,
-    )
-    .with_login_throttle(config.login_throttle);
-    let outcome = match Runtime::new(
-        users,
-        RuntimeOptions {
-            scope: scope.unwrap_or(config.scope.clone()),
-            memory_limit: config.lua.memory_limit_mb.saturating_mul(1024 * 1024),
-            output: Output::Stdout,
-            projects_dir: None,
-            cpu_budget: None,
-            pulse: None,
-        },
-    ) {
-        Ok(lua) => {
-            tokio::select! {
-                result = lua.run_file(file) => result.map(|()| ExitCode::SUCCESS),
-                signal = shutdown_signal() => Ok(ExitCode::from(128 + signal)),
-            }
-        }
-        Err(e) => Err(e),
+    let app = App::build(config).await?;
+    let config = app.config();
+    let options = RuntimeOptions {
+        scope: scope.unwrap_or(config.scope.clone()),
+        memory_limit: config.lua.memory_limit_mb.saturating_mul(1024 * 1024),
+        output: Output::Stdout,
+        projects_dir: None,
+        cpu_budget: None,
+        pulse: None,
     };
-    database.shutdown().await;
-    outcome.map_err(CliError::Script)
+    let outcome = match app.services(config.pool_size) {
+        Ok(services) => match Runtime::new(services, options) {
+            Ok(lua) => {
+                tokio::select! {
+                    result = lua.run_file(file) => result
+                        .map(|()| ExitCode::SUCCESS)
+                        .map_err(CliError::Script),
+                    signal = shutdown_signal() => Ok(ExitCode::from(128 + signal)),
+                }
+            }
+            Err(e) => Err(CliError::Script(e)),
+        },
+        Err(e) => Err(e.into()),
+    };
+    app.shutdown().await;
+    outcome
 }
 
 /// `coronium users unlock NAME --scope S`.
 async fn unlock(config: Config, name: &str, scope: &str) -> Result<ExitCode, CliError> {
-    let database = Database::open(&config.database_location()).await?;
-    let hasher = PasswordHasher::new(config.argon2).map_err(|e| CliError::Setup(e.to_string()))?;
-    let users = Users::new(
-        database.new_handle(2)?,
-        Arc::new(hasher),
-        &config.public_url,
-    );
-    let cleared = users.unlock(scope, name).await;
-    database.shutdown().await;
-    let cleared = cleared.map_err(|e| match e {
-        crate::users::UserError::Internal(cause) => CliError::Setup(cause.to_string()),
-        other => CliError::Setup(other.to_string()),
-    })?;
+    let app = App::build(config).await?;
+    let cleared = match app.services(2) {
+        Ok(services) => services
+            .users
+            .unlock(scope, name)
+            .await
+            .map_err(|e| match e {
+                crate::users::UserError::Internal(cause) => CliError::Setup(cause.to_string()),
+                other => CliError::Setup(other.to_string()),
+            }),
+        Err(e) => Err(e.into()),
+    };
+    app.shutdown().await;
+    let cleared = cleared?;
     println!("cleared {cleared} failed-login counter(s) of {name:?} in scope {scope:?}");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! coronium: a Coronium Core compatible Lua application server on PostgreSQL.
 //!
 //! Module map (see ARCHITECTURE.md for the invariants):
+//! - [`app`]: the composition root: `App::build(config)`, and each worker's `Services`.
 //! - [`config`]: typed settings from `coronium.toml`, the environment and flags.
 //! - [`status`]: Coronium status codes and the error answer, shared by every layer.
 //! - [`db`]: the per-worker database handle, migrations, and the embedded PostgreSQL cluster.
@@ -10,6 +11,7 @@
 //! - [`server`]: `coronium serve`: workers, listeners, HTTP.
 //! - [`cli`]: the `coronium` command line and its subcommands.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -21,8 +21,8 @@ use mlua::{
 pub use budget::Pulse;
 pub use convert::MAX_DEPTH;
 
+use crate::app::Services;
 use crate::status::{ErrorAnswer, Status};
-use crate::users::Users;
 
 const PRELUDE: &str = include_str!("../../lua/prelude.lua");
 
@@ -102,7 +102,7 @@ fn describe(error: &mlua::Error) -> String {
 
 /// Per-state host context shared by the native functions.
 pub(crate) struct Host {
-    pub users: Users,
+    pub services: Services,
     pub scope: String,
     pub output: Output,
     pub projects: projects::Projects,
@@ -134,7 +134,7 @@ pub enum Health {
 }
 
 impl Runtime {
-    pub fn new(users: Users, options: RuntimeOptions) -> Result<Self, ScriptError> {
+    pub fn new(services: Services, options: RuntimeOptions) -> Result<Self, ScriptError> {
         // Luau's safe libraries: no io, no os.execute, no file or process access.
         let lua = Lua::new_with(StdLib::ALL_SAFE, LuaOptions::new())?;
         lua.set_memory_limit(options.memory_limit)?;
@@ -144,7 +144,7 @@ impl Runtime {
             options.pulse.clone(),
         ));
         let host = Rc::new(Host {
-            users,
+            services,
             scope: options.scope,
             output: options.output,
             projects: projects::Projects::new(

@@ -205,7 +205,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         &host,
         |host, lua, params, Caller { scope, .. }| async move {
             let new_user = NewUser::parse(&params, PasswordForm::Plain)?;
-            let user = host.users.create(&scope, new_user).await?;
+            let user = host.services.users.create(&scope, new_user).await?;
             Ok(Value::String(lua.create_string(user.user_id.to_string())?))
         },
     )?;
@@ -218,7 +218,11 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         &host,
         |host, lua, params, Caller { scope, client }| async move {
             let credentials = Credentials::parse(&params, PasswordForm::Plain)?;
-            let user = host.users.login(&scope, credentials, &client).await?;
+            let user = host
+                .services
+                .users
+                .login(&scope, credentials, &client)
+                .await?;
             Ok(user_value(&lua, &user)?)
         },
     )?;
@@ -231,7 +235,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         &host,
         |host, lua, params, Caller { scope, .. }| async move {
             let user_id = input::user_id(&params)?;
-            let user = host.users.get(&scope, user_id).await?;
+            let user = host.services.users.get(&scope, user_id).await?;
             Ok(user_value(&lua, &user)?)
         },
     )?;
@@ -245,7 +249,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         |host, lua, params, Caller { scope, .. }| async move {
             let user_id = input::user_id(&params)?;
             let patch = UserPatch::parse(params.get("update"), PasswordForm::Plain)?;
-            let user = host.users.update(&scope, user_id, patch).await?;
+            let user = host.services.users.update(&scope, user_id, patch).await?;
             Ok(user_value(&lua, &user)?)
         },
     )?;
@@ -258,7 +262,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         &host,
         |host, _lua, params, Caller { scope, .. }| async move {
             let user_id = input::user_id(&params)?;
-            let count = host.users.delete(&scope, user_id).await?;
+            let count = host.services.users.delete(&scope, user_id).await?;
             Ok(Value::Number(count as f64))
         },
     )?;

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use super::forwarded;
 use super::limits::{Activity, AddressCounts};
 use super::{Shared, Stalls, secs};
-use crate::db::DbHandle;
+use crate::app::Services;
 use crate::lua::{HandlerOutcome, Health, Output, Runtime, RuntimeOptions};
 use crate::status::{ErrorAnswer, Status};
 use crate::users::Users;
@@ -48,8 +48,7 @@ struct Worker {
     shared: Arc<Shared>,
     /// Every worker's pulse, for `/healthz`.
     stalls: Arc<Stalls>,
-    users: Users,
-    db: DbHandle,
+    services: Services,
     /// The worker's Lua state, replaced when it runs out of room for good (requests under way
     /// finish on the state they started on).
     lua: RefCell<Rc<Runtime>>,
@@ -110,7 +109,7 @@ async fn serve<I>(
 pub(super) fn run_worker(
     index: usize,
     listener: StdListener,
-    db: DbHandle,
+    services: Services,
     shared: Arc<Shared>,
     oversight: Oversight,
     mut stopped: watch::Receiver<bool>,
@@ -153,8 +152,6 @@ pub(super) fn run_worker(
             .max_concurrent_streams(128)
             .max_header_list_size(64 * 1024);
         let grace = secs(settings.shutdown_grace_secs);
-        let users = Users::new(db.clone(), shared.hasher.clone(), &shared.public_url)
-            .with_login_throttle(shared.login_throttle);
         let lua_options = RuntimeOptions {
             scope: wire::DEFAULT_SCOPE.to_owned(),
             memory_limit: shared.lua_memory_limit,
@@ -163,7 +160,7 @@ pub(super) fn run_worker(
             cpu_budget: Some(Duration::from_millis(settings.cpu_budget_ms.max(1))),
             pulse: Some(stalls.pulses[index].clone()),
         };
-        let lua = match Runtime::new(users.clone(), lua_options.clone()) {
+        let lua = match Runtime::new(services.clone(), lua_options.clone()) {
             Ok(lua) => lua,
             Err(e) => {
                 tracing::error!(worker = index, error = %e, "cannot create the Lua state");
@@ -173,8 +170,7 @@ pub(super) fn run_worker(
         let worker = Rc::new(Worker {
             index,
             stalls,
-            users,
-            db,
+            services,
             lua: RefCell::new(Rc::new(lua)),
             lua_options,
             shared: shared.clone(),
@@ -254,7 +250,7 @@ impl Worker {
         if lua.reclaim() == Health::Healthy || !Rc::ptr_eq(&self.lua.borrow(), lua) {
             return;
         }
-        match Runtime::new(self.users.clone(), self.lua_options.clone()) {
+        match Runtime::new(self.services.clone(), self.lua_options.clone()) {
             Ok(fresh) => {
                 tracing::warn!(
                     worker = self.index,
@@ -284,9 +280,9 @@ async fn report_pool(index: usize, worker: Rc<Worker>) {
     for second in 0u64.. {
         tick.tick().await;
         if index == 0 && second % 60 == 59 {
-            tokio::task::spawn_local(forget_old_login_failures(worker.users.clone()));
+            tokio::task::spawn_local(forget_old_login_failures(worker.services.users.clone()));
         }
-        let status = worker.db.status();
+        let status = worker.services.db.status();
         size.set(status.size as f64);
         idle.set(status.available as f64);
         waiting.set(status.waiting as f64);
@@ -422,7 +418,7 @@ async fn health(worker: &Worker) -> Response<Full<Bytes>> {
         return json_response(503, &json!({ "status": "unavailable", "error": error }));
     }
     // The operator asking wants the cause, not the callers' generic message.
-    let check = async { worker.db.ping().await.map_err(|e| e.to_string()) };
+    let check = async { worker.services.db.ping().await.map_err(|e| e.to_string()) };
     match tokio::time::timeout(Duration::from_secs(5), check).await {
         Ok(Ok(_)) => json_response(200, &json!({ "status": "ok" })),
         Ok(Err(e)) => json_response(503, &json!({ "status": "unavailable", "error": e })),
@@ -580,7 +576,7 @@ async fn run_call(
             // Boxed: its future (~2.4 KB, hashing and two statements deep) would otherwise size
             // every request's future, parked Lua handlers included.
             Box::pin(wire::users::execute(
-                &worker.users,
+                &worker.services.users,
                 scope,
                 users_action,
                 params,

@@ -18,10 +18,9 @@ use secrecy::SecretString;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{Semaphore, watch};
 
+use crate::app::{App, AppError, Services};
 use crate::config::ServerSettings;
-use crate::db::DbHandle;
 use crate::lua::Pulse;
-use crate::users::{PasswordHasher, ThrottleSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -40,15 +39,14 @@ pub enum ServerError {
     Thread(#[source] std::io::Error),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    App(#[from] AppError),
 }
 
 /// What every worker shares: settings, the server key, process-wide limits.
 pub struct Shared {
     pub settings: ServerSettings,
     pub server_key: SecretString,
-    pub public_url: String,
-    pub hasher: Arc<PasswordHasher>,
-    pub login_throttle: ThrottleSettings,
     /// One permit per open connection (`max_connections`).
     pub connections: Arc<Semaphore>,
     /// Memory limit of each worker's Lua state, in bytes.
@@ -195,17 +193,38 @@ fn listeners(addr: SocketAddr, count: usize) -> Result<Vec<TcpListener>, ServerE
 }
 
 impl Server {
-    /// Binds the listeners and starts one worker per database handle. Returns once every worker
-    /// listens.
-    pub fn start(shared: Arc<Shared>, handles: Vec<DbHandle>) -> Result<Server, ServerError> {
+    /// Binds the listeners and starts the workers (`server.workers`; 0 is one per core), each
+    /// with its own services from `app` and a share of `pool_size` connections (at least two).
+    /// Returns once every worker listens.
+    pub fn start(app: &App) -> Result<Server, ServerError> {
+        let config = app.config();
+        let workers = match config.server.workers {
+            0 => default_workers(),
+            n => n,
+        };
+        let per_worker = config.pool_size.div_ceil(workers).max(2);
+        let services = (0..workers)
+            .map(|_| app.services(per_worker))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shared = Arc::new(Shared {
+            server_key: app.server_key()?,
+            connections: Arc::new(Semaphore::new(config.server.max_connections)),
+            lua_memory_limit: config.lua.memory_limit_mb.saturating_mul(1024 * 1024),
+            metrics: install_metrics(),
+            settings: config.server.clone(),
+        });
+        Self::start_workers(shared, services)
+    }
+
+    fn start_workers(shared: Arc<Shared>, services: Vec<Services>) -> Result<Server, ServerError> {
         let addr = SocketAddr::new(shared.settings.host, shared.settings.port);
-        let listeners = listeners(addr, handles.len())?;
+        let listeners = listeners(addr, services.len())?;
         let local_addr = listeners[0]
             .local_addr()
             .map_err(|source| ServerError::Listen { addr, source })?;
         let (stop, stopped) = watch::channel(false);
         let stalls = Arc::new(Stalls::new(
-            handles.len(),
+            services.len(),
             Duration::from_millis(shared.settings.cpu_budget_ms.max(1)) + STALL_MARGIN,
         ));
         let tls = tls::acceptor(
@@ -216,7 +235,7 @@ impl Server {
             shared.settings.max_connections_per_ip,
         ));
         let mut workers = Vec::new();
-        for (index, (listener, db)) in listeners.into_iter().zip(handles).enumerate() {
+        for (index, (listener, services)) in listeners.into_iter().zip(services).enumerate() {
             let shared = shared.clone();
             let stopped = stopped.clone();
             let oversight = http::Oversight {
@@ -226,7 +245,9 @@ impl Server {
             };
             let handle = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
-                .spawn(move || http::run_worker(index, listener, db, shared, oversight, stopped))
+                .spawn(move || {
+                    http::run_worker(index, listener, services, shared, oversight, stopped)
+                })
                 .map_err(ServerError::Thread)?;
             workers.push(handle);
         }
@@ -246,6 +267,10 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
     }
 
     /// `https` when the API port speaks TLS, else `http`.

@@ -6,11 +6,13 @@ use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
+use coronium::app::App;
+use coronium::config::Config;
 use coronium::db::{Database, EmbeddedOptions, EmbeddedPostgres, Location, embedded, migrate};
 use coronium::lua::{Output as LuaOutput, Runtime, RuntimeOptions};
-use coronium::users::{HashParams, PasswordHasher, Users};
+use coronium::users::{HashParams, Users};
 use tokio_postgres::NoTls;
 
 const TEMPLATE: &str = "coronium_template";
@@ -164,19 +166,26 @@ impl TestDb {
             .unwrap()
     }
 
+    /// The application on this database, with the given hashing parameters and the test key.
+    pub async fn app_with(&self, params: HashParams) -> App {
+        let mut config = Config {
+            database_url: Some(self.url().into()),
+            argon2: params,
+            ..Config::default()
+        };
+        config.server.server_key = Some(TEST_SERVER_KEY.into());
+        App::build(config).await.unwrap()
+    }
+
     /// A users service on this database with the given hashing parameters.
     pub async fn users_with(&self, params: HashParams) -> Users {
-        Users::new(
-            self.open().await.new_handle(8).unwrap(),
-            Arc::new(PasswordHasher::new(params).unwrap()),
-            "http://localhost:10001",
-        )
+        self.app_with(params).await.services(8).unwrap().users
     }
 
     /// A Lua runtime (scope "default", output to the log) on this database.
     pub async fn runtime(&self) -> Runtime {
         Runtime::new(
-            self.users_with(TEST_HASH).await,
+            self.app_with(TEST_HASH).await.services(8).unwrap(),
             RuntimeOptions {
                 scope: "default".into(),
                 memory_limit: 64 * 1024 * 1024,

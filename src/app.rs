@@ -1,0 +1,84 @@
+//! The composition root. [`App::build`] turns the configuration into what runs: the database
+//! (embedded or by URL, migrated) and the password hasher; [`App::services`]
+//! hands each worker (or a script) its own [`Services`]. `cli.rs` only parses and calls in here;
+//! tests build an `App` to run a whole server in-process.
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+
+use crate::config::Config;
+use crate::db::{Database, DbError, DbHandle};
+use crate::users::{PasswordHasher, Users};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Database(#[from] DbError),
+    #[error(transparent)]
+    Key(#[from] crate::wire::key::KeyError),
+    #[error("argon2: {0}")]
+    Hasher(String),
+}
+
+/// What one worker thread (or one script) works with: its own database handle and the domain
+/// services on it. Cheap to clone; never shared between threads once a worker has it.
+#[derive(Clone)]
+pub struct Services {
+    pub db: DbHandle,
+    pub users: Users,
+}
+
+/// The running configuration's resources, built once per process.
+pub struct App {
+    config: Config,
+    database: Database,
+    hasher: Arc<PasswordHasher>,
+}
+
+impl App {
+    /// Checks the argon2 parameters, then opens the database (starting the embedded cluster
+    /// when no URL is set) and migrates it.
+    pub async fn build(config: Config) -> Result<App, AppError> {
+        // Cheap checks first: a bad setting should not wait for a database to start.
+        let hasher =
+            PasswordHasher::new(config.argon2).map_err(|e| AppError::Hasher(e.to_string()))?;
+        let database = Database::open(&config.database_location()).await?;
+        Ok(App {
+            config,
+            database,
+            hasher: Arc::new(hasher),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The key clients sign requests with: the configured one, else the data directory's (made
+    /// there on first use). Only a server needs it: a script run makes no key file.
+    pub fn server_key(&self) -> Result<SecretString, AppError> {
+        server_key(&self.config)
+    }
+
+    /// Services on a database handle of `connections` shared connections of its own.
+    pub fn services(&self, connections: usize) -> Result<Services, AppError> {
+        let db = self.database.new_handle(connections)?;
+        let users = Users::new(db.clone(), self.hasher.clone(), &self.config.public_url)
+            .with_login_throttle(self.config.login_throttle);
+        Ok(Services { db, users })
+    }
+
+    /// Stops the embedded database (if any). Handles still open lose their connections.
+    pub async fn shutdown(self) {
+        self.database.shutdown().await;
+    }
+}
+
+/// The configured server key, else the data directory's (made on first use).
+pub fn server_key(config: &Config) -> Result<SecretString, AppError> {
+    Ok(match &config.server.server_key {
+        Some(key) => key.clone(),
+        None => crate::wire::key::load_or_create(&config.data_dir)?.into(),
+    })
+}
