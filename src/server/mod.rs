@@ -3,9 +3,10 @@
 //! `SO_REUSEPORT` listener on the same address, so the kernel spreads connections over them.
 
 pub mod forwarded;
-mod http;
 mod limits;
+mod routes;
 mod tls;
+mod worker;
 
 pub use tls::TlsError;
 
@@ -238,7 +239,7 @@ impl Server {
         for (index, (listener, services)) in listeners.into_iter().zip(services).enumerate() {
             let shared = shared.clone();
             let stopped = stopped.clone();
-            let oversight = http::Oversight {
+            let oversight = worker::Oversight {
                 stalls: stalls.clone(),
                 addresses: addresses.clone(),
                 tls: tls.clone(),
@@ -246,7 +247,7 @@ impl Server {
             let handle = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .spawn(move || {
-                    http::run_worker(index, listener, services, shared, oversight, stopped)
+                    worker::run_worker(index, listener, services, shared, oversight, stopped)
                 })
                 .map_err(ServerError::Thread)?;
             workers.push(handle);

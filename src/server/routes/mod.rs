@@ -1,0 +1,46 @@
+//! Request routing: one module per route family. `wire`: the Coronium protocol (`POST /`);
+//! `ops`: operations (`/healthz`, `/metrics`). Page and console routes join here.
+
+mod ops;
+mod wire;
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::worker::Worker;
+
+pub(super) async fn handle(
+    worker: Rc<Worker>,
+    request: Request<Incoming>,
+    peer: IpAddr,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let response = match (request.method(), request.uri().path()) {
+        // Boxed: its database round trip would otherwise size every request's future.
+        (&Method::GET, "/healthz") => Box::pin(ops::health(&worker)).await,
+        (&Method::GET, "/metrics") => ops::metrics(&worker),
+        (&Method::POST, "/") => wire::call(&worker, request, peer).await,
+        _ => json_response(404, &json!({ "error": "Not found." })),
+    };
+    Ok(response)
+}
+
+pub(super) fn json_response(status: u16, body: &Value) -> Response<Full<Bytes>> {
+    json_bytes_response(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
+pub(super) fn json_bytes_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
