@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
     let params = match wire::parse_params(body) {
         Ok(params) => params,
         Err(refusal) => {
-            assert!(refusal.status > 0 && refusal.http >= 400, "{refusal:?}");
+            assert!(refusal.status.code() > 0 && refusal.http >= 400, "{refusal:?}");
             return;
         }
     };
