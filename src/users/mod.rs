@@ -177,14 +177,11 @@ impl Users {
         let Some(candidate) = candidate.filter(|_| verdict.matched) else {
             return Err(UserError::BadCredentials);
         };
-        if let Some(account) = &throttled_as {
-            let (account, address) = (account.as_str(), client.as_str());
-            self.db
-                .write(|client| async move {
-                    store::login_succeeded(&*client, scope_ref, account, address).await
-                })
-                .await?;
-        }
+        let release = throttled_as.as_deref().map(|account| store::Release {
+            scope: scope_ref,
+            account,
+            address: client.as_str(),
+        });
         let rehash = if verdict.needs_rehash {
             Some(
                 self.hasher
@@ -197,13 +194,19 @@ impl Users {
         };
         if candidate.records_login {
             let (id, hash, rehash) = (candidate.user_id, &candidate.password_hash, &rehash);
+            let release = release.as_ref();
             self.db
                 .write(|client| async move {
-                    store::record_login(&*client, id, hash, rehash.as_deref()).await
+                    store::record_login(&*client, id, hash, rehash.as_deref(), release).await
                 })
                 .await?
                 .ok_or(UserError::BadCredentials)
         } else {
+            if let Some(release) = &release {
+                self.db
+                    .write(|client| async move { store::login_succeeded(&*client, release).await })
+                    .await?;
+            }
             if let Some(new_hash) = &rehash {
                 let (id, hash) = (candidate.user_id, &candidate.password_hash);
                 self.db

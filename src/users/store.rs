@@ -213,25 +213,58 @@ pub async fn attempt_login(
     })
 }
 
-/// A login succeeded: its account is no longer throttled from this address, and the attempt
-/// [`attempt_login`] counted is taken back from the wider counters.
+/// The throttle's counters a successful login releases: its account is no longer held back from
+/// this address, and the attempt [`attempt_login`] counted is taken back from the wider counters.
+pub struct Release<'a> {
+    pub scope: &'a str,
+    pub account: &'a str,
+    pub address: &'a str,
+}
+
+/// The statements of a [`Release`], as CTEs over the parameters holding its scope, account and
+/// address (all null: nothing to release).
+macro_rules! release_ctes {
+    ($scope:literal, $account:literal, $address:literal) => {
+        concat!(
+            "release_pair AS (
+               DELETE FROM login_failures
+               WHERE scope = ",
+            $scope,
+            " AND account = ",
+            $account,
+            " AND address = ",
+            $address,
+            "
+             ), release_wider AS (
+               UPDATE login_failures SET failures = greatest(failures - 1, 0)
+               WHERE (scope = ",
+            $scope,
+            " AND account = ",
+            $account,
+            " AND address = '')
+                  OR (scope = '' AND account = '' AND address = ",
+            $address,
+            ")
+             )"
+        )
+    };
+}
+
+/// A successful login that records no event releases its throttle counters on its own.
 pub async fn login_succeeded(
     client: &impl GenericClient,
-    scope: &str,
-    account: &str,
-    address: &str,
+    release: &Release<'_>,
 ) -> Result<(), UserError> {
     let stmt = client
-        .prepare_cached(
-            "WITH pair AS (
-               DELETE FROM login_failures WHERE scope = $1 AND account = $2 AND address = $3
-             )
-             UPDATE login_failures SET failures = greatest(failures - 1, 0)
-             WHERE (scope = $1 AND account = $2 AND address = '')
-                OR (scope = '' AND account = '' AND address = $3)",
-        )
+        .prepare_cached(concat!(
+            "WITH ",
+            release_ctes!("$1", "$2", "$3"),
+            " SELECT 1"
+        ))
         .await?;
-    client.execute(&stmt, &[&scope, &account, &address]).await?;
+    client
+        .execute(&stmt, &[&release.scope, &release.account, &release.address])
+        .await?;
     Ok(())
 }
 
@@ -269,13 +302,15 @@ pub async fn unlock(
     Ok(client.execute(&stmt, &[&scope, &name]).await?)
 }
 
-/// Marks a login event: last_login, login_count and the day's statistics in one statement.
-/// `rehash` replaces the stored hash, but only if it is still the one that was verified.
+/// Marks a login event: last_login, login_count, the day's statistics and the throttle's
+/// release in one statement. `rehash` replaces the stored hash, but only if it is still the one
+/// that was verified.
 pub async fn record_login(
     client: &impl GenericClient,
     user_id: Uuid,
     verified_hash: &str,
     rehash: Option<&str>,
+    release: Option<&Release<'_>>,
 ) -> Result<Option<User>, UserError> {
     let stmt = client
         .prepare_cached(concat!(
@@ -291,12 +326,24 @@ pub async fn record_login(
                  SELECT scope, "#,
             today!(),
             r#", 1 FROM u
-                 ON CONFLICT (scope, day) DO UPDATE SET logins = s.logins + 1)
+                 ON CONFLICT (scope, day) DO UPDATE SET logins = s.logins + 1), "#,
+            release_ctes!("$4", "$5", "$6"),
+            r#"
                SELECT * FROM u"#
         ))
         .await?;
     let row = client
-        .query_opt(&stmt, &[&user_id, &verified_hash, &rehash])
+        .query_opt(
+            &stmt,
+            &[
+                &user_id,
+                &verified_hash,
+                &rehash,
+                &release.map(|r| r.scope),
+                &release.map(|r| r.account),
+                &release.map(|r| r.address),
+            ],
+        )
         .await?;
     Ok(row.as_ref().map(user_from_row))
 }

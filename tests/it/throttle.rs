@@ -386,3 +386,37 @@ async fn a_held_back_address_adds_no_rows() {
     }
     assert_eq!(rows().await, before);
 }
+
+/// A pending user's login records no event, but clears the count all the same.
+#[tokio::test]
+async fn a_pending_users_successful_login_clears_its_count() {
+    let db = TestDb::new().await;
+    let server = behind_proxy(&db, &[]);
+    let created = server
+        .call(
+            "api.users",
+            "create",
+            json!({
+                "username": "waiting",
+                "email": "waiting@example.com",
+                "password": md5_hex("right"),
+                "confirmation": {"from_email": "game@example.com", "subject": "Welcome"}
+            }),
+        )
+        .await;
+    assert_eq!(
+        created["result"]["confirmation"],
+        json!("pending"),
+        "{created}"
+    );
+    let from = "198.51.100.44";
+    for _ in 0..5 {
+        login_from(&server, from, by_name("waiting", "wrong")).await;
+    }
+    let answer = login_from(&server, from, by_name("waiting", "right")).await;
+    assert_eq!(answer["result"]["active"], json!(false), "{answer}");
+    for n in 0..9 {
+        let answer = login_from(&server, from, by_name("waiting", "wrong")).await;
+        assert_eq!(failure(&answer), (INVALID.to_owned(), 603), "failure {n}");
+    }
+}
