@@ -5,7 +5,10 @@
 --   ('', '', address)          one address against every account of every scope
 -- `account` is the user's id when the login names a user, else 'name:' || lower(login): the same
 -- lower() the lookup compares with, so every spelling that finds a user counts against that user.
-CREATE TABLE login_failures (
+-- Unlogged: an attempt's count costs no WAL and its commit waits for no disk flush (every login
+-- attempt writes here). The counts survive restarts of coronium and clean restarts of PostgreSQL;
+-- only PostgreSQL's crash recovery empties the table.
+CREATE UNLOGGED TABLE login_failures (
     scope         text        NOT NULL,
     account       text        NOT NULL,
     address       text        NOT NULL,
