@@ -351,16 +351,18 @@ async fn run_script(
 
 /// `coronium users unlock NAME --scope S`.
 async fn unlock(config: Config, name: &str, scope: &str) -> Result<ExitCode, CliError> {
+    let user_error = |e| match e {
+        crate::users::UserError::Internal(cause) => CliError::Setup(cause.to_string()),
+        other => CliError::Setup(other.to_string()),
+    };
+    let parsed_scope = crate::users::Scope::parse(scope).map_err(user_error)?;
     let app = App::build(config).await?;
     let cleared = match app.services(2) {
         Ok(services) => services
             .users
-            .unlock(scope, name)
+            .unlock(&parsed_scope, name)
             .await
-            .map_err(|e| match e {
-                crate::users::UserError::Internal(cause) => CliError::Setup(cause.to_string()),
-                other => CliError::Setup(other.to_string()),
-            }),
+            .map_err(user_error),
         Err(e) => Err(e.into()),
     };
     app.shutdown().await;

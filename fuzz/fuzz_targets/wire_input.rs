@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         time,
         auth,
     );
-    let _ = input::scope(scope);
+    let _ = input::Scope::parse(scope);
     // A trusted proxy's X-Forwarded-For: whatever it says, the client is one of its addresses
     // or the proxy itself.
     let proxy = std::net::IpAddr::from([10, 0, 0, 1]);

@@ -13,7 +13,7 @@ use super::convert::{self, ConvertError, Unencodable};
 use super::{Host, Output, pending, text, to_lua};
 use crate::status::Status;
 use crate::users::input::{self, Credentials, NewUser, PasswordForm, UserPatch};
-use crate::users::{ClientAddress, User, UserError, password};
+use crate::users::{ClientAddress, Scope, User, UserError, password};
 
 /// `result` alone on success, `nil, err, status` on failure, as the prelude's `deliver` expects
 /// them.
@@ -110,7 +110,7 @@ enum Takes {
 /// Who a users operation acts for: the scope, and the client address of the request whose code
 /// runs (the prelude passes both; `None` outside a request).
 struct Caller {
-    scope: String,
+    scope: Scope,
     client: ClientAddress,
 }
 
@@ -165,10 +165,10 @@ where
                     )])),
                     _ => params(lua, &host.meter, &arg),
                 };
-                let parsed = parsed.map(|params| {
-                    let scope = scope(&host, &params, request_scope);
+                let parsed = parsed.and_then(|params| {
+                    let scope = Scope::parse(&scope(&host, &params, request_scope))?;
                     let client = client_from_lua(&client);
-                    (params, Caller { scope, client })
+                    Ok((params, Caller { scope, client }))
                 });
                 let (op_host, op, lua) = (host.clone(), op.clone(), lua.clone());
                 host.pending.start(async move {

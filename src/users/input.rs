@@ -66,33 +66,105 @@ fn check_len(value: &str, key: &str, max: usize) -> Result<(), UserError> {
     Ok(())
 }
 
-/// A scope name (Coronium's `X-Scope`).
-pub fn scope(value: &str) -> Result<String, UserError> {
-    if value.is_empty() {
-        return Err(UserError::Missing("scope"));
-    }
-    check_len(value, "scope", MAX_SCOPE_CHARS)?;
-    Ok(value.to_owned())
+/// Text that passed its parser; only the parser makes one.
+macro_rules! parsed_text {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl tokio_postgres::types::ToSql for $name {
+            fn to_sql(
+                &self,
+                ty: &tokio_postgres::types::Type,
+                out: &mut bytes::BytesMut,
+            ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+            {
+                self.0.to_sql(ty, out)
+            }
+
+            fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+                <String as tokio_postgres::types::ToSql>::accepts(ty)
+            }
+
+            tokio_postgres::types::to_sql_checked!();
+        }
+    };
 }
 
-fn username(value: &str) -> Result<String, UserError> {
-    check_len(value, "username", MAX_USERNAME_CHARS)?;
-    if value.trim() != value || value.chars().any(char::is_control) {
-        return Err(UserError::bad(
-            "Parameter 'username' must not have leading or trailing spaces or control characters.",
-        ));
+parsed_text!(
+    /// A scope name (Coronium's `X-Scope`): non-empty, at most 64 characters. Every users
+    /// operation takes one, so every operation checks its scope alike.
+    Scope
+);
+parsed_text!(
+    /// A username as stored: at most 64 characters, no leading or trailing spaces, no control
+    /// characters.
+    Username
+);
+parsed_text!(
+    /// An email address as stored: valid, at most 254 characters.
+    Email
+);
+
+impl Scope {
+    pub fn parse(value: &str) -> Result<Scope, UserError> {
+        if value.is_empty() {
+            return Err(UserError::Missing("scope"));
+        }
+        check_len(value, "scope", MAX_SCOPE_CHARS)?;
+        Ok(Scope(value.to_owned()))
     }
-    Ok(value.to_owned())
 }
 
-pub(crate) fn email(value: &str) -> Result<String, UserError> {
-    if value.chars().count() > MAX_EMAIL_CHARS
-        || value.chars().any(char::is_whitespace)
-        || !email_address::EmailAddress::is_valid(value)
-    {
-        return Err(UserError::InvalidEmail);
+impl Username {
+    pub fn parse(value: &str) -> Result<Username, UserError> {
+        check_len(value, "username", MAX_USERNAME_CHARS)?;
+        if value.trim() != value || value.chars().any(char::is_control) {
+            return Err(UserError::bad(
+                "Parameter 'username' must not have leading or trailing spaces or control characters.",
+            ));
+        }
+        Ok(Username(value.to_owned()))
     }
-    Ok(value.to_owned())
+}
+
+impl Email {
+    pub fn parse(value: &str) -> Result<Email, UserError> {
+        if value.chars().count() > MAX_EMAIL_CHARS
+            || value.chars().any(char::is_whitespace)
+            || !email_address::EmailAddress::is_valid(value)
+        {
+            return Err(UserError::InvalidEmail);
+        }
+        Ok(Email(value.to_owned()))
+    }
+}
+
+/// A user's id: a UUID. Anything else names no user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserId(Uuid);
+
+impl UserId {
+    pub fn parse(value: &str) -> Option<UserId> {
+        Uuid::try_parse(value).ok().map(UserId)
+    }
+
+    pub fn uuid(self) -> Uuid {
+        self.0
+    }
 }
 
 fn group(value: &str) -> Result<String, UserError> {
@@ -113,11 +185,11 @@ fn password(value: &str, form: PasswordForm) -> Result<Secret, UserError> {
 }
 
 /// A user id: anything that is not a UUID cannot name a user, so it is "not found".
-pub fn user_id(params: &Params) -> Result<Option<Uuid>, UserError> {
+pub fn user_id(params: &Params) -> Result<Option<UserId>, UserError> {
     match params.get("user_id") {
         None | Some(Value::Null) => Err(UserError::Missing("user_id")),
         Some(Value::String(s)) if s.is_empty() => Err(UserError::Missing("user_id")),
-        Some(Value::String(s)) => Ok(Uuid::try_parse(s).ok()),
+        Some(Value::String(s)) => Ok(UserId::parse(s)),
         Some(_) => Err(UserError::bad("Parameter 'user_id' must be a string.")),
     }
 }
@@ -154,7 +226,7 @@ fn extra(value: &Value, allow_null_sentinel: bool) -> Result<Map<String, Value>,
 /// `confirmation` options of `create` (compat §2).
 #[derive(Debug, Clone)]
 pub struct ConfirmationRequest {
-    pub from_email: String,
+    pub from_email: Email,
     pub subject: String,
     pub email_tpl: Option<String>,
     pub tpl_keys: Map<String, Value>,
@@ -185,7 +257,7 @@ pub fn confirmation(value: &Value) -> Result<ConfirmationRequest, UserError> {
         }
     };
     Ok(ConfirmationRequest {
-        from_email: email(required_str(opts, "from_email")?)?,
+        from_email: Email::parse(required_str(opts, "from_email")?)?,
         subject: required_str(opts, "subject")?.to_owned(),
         email_tpl: opt_str(opts, "email_tpl")?.map(str::to_owned),
         tpl_keys,
@@ -195,9 +267,9 @@ pub fn confirmation(value: &Value) -> Result<ConfirmationRequest, UserError> {
 /// A validated `create`.
 #[derive(Debug)]
 pub struct NewUser {
-    pub username: String,
+    pub username: Username,
     pub secret: Secret,
-    pub email: Option<String>,
+    pub email: Option<Email>,
     pub group: String,
     pub extra: Map<String, Value>,
     pub confirmation: Option<ConfirmationRequest>,
@@ -205,11 +277,11 @@ pub struct NewUser {
 
 impl NewUser {
     pub fn parse(params: &Params, form: PasswordForm) -> Result<Self, UserError> {
-        let username = username(required_str(params, "username")?)?;
+        let username = Username::parse(required_str(params, "username")?)?;
         let secret = password(required_str(params, "password")?, form)?;
         let email = opt_str(params, "email")?
             .filter(|e| !e.is_empty())
-            .map(email)
+            .map(Email::parse)
             .transpose()?;
         let group = opt_str(params, "group")?
             .map(group)
@@ -271,9 +343,9 @@ impl Credentials {
 /// A validated `update`: only the fields present change.
 #[derive(Debug, Default)]
 pub struct UserPatch {
-    pub username: Option<String>,
+    pub username: Option<Username>,
     pub secret: Option<Secret>,
-    pub email: Option<String>,
+    pub email: Option<Email>,
     pub group: Option<String>,
     /// Keys to set (merged into the stored `extra`).
     pub extra_set: Map<String, Value>,
@@ -295,12 +367,12 @@ impl UserPatch {
         for (key, value) in fields {
             match key.as_str() {
                 "username" => {
-                    patch.username = Some(username(required_str(fields, "username")?)?);
+                    patch.username = Some(Username::parse(required_str(fields, "username")?)?);
                 }
                 "password" => {
                     patch.secret = Some(password(required_str(fields, "password")?, form)?);
                 }
-                "email" => patch.email = Some(email(required_str(fields, "email")?)?),
+                "email" => patch.email = Some(Email::parse(required_str(fields, "email")?)?),
                 "group" => patch.group = Some(group(required_str(fields, "group")?)?),
                 "extra" => {
                     for (k, v) in extra(value, true)? {

@@ -15,7 +15,10 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 pub use error::{EXTRA_TYPES_MESSAGE, InternalError, UserError};
-pub use input::{ConfirmationRequest, Credentials, NewUser, Params, PasswordForm, UserPatch};
+pub use input::{
+    ConfirmationRequest, Credentials, Email, NewUser, Params, PasswordForm, Scope, UserId,
+    UserPatch, Username,
+};
 pub use password::{HashParams, PasswordHasher};
 pub use throttle::{ClientAddress, ThrottleSettings};
 
@@ -69,8 +72,7 @@ impl Users {
     }
 
     /// Creates a user; with `confirmation`, the user starts inactive and pending.
-    pub async fn create(&self, scope: &str, new_user: NewUser) -> Result<User, UserError> {
-        let scope = input::scope(scope)?;
+    pub async fn create(&self, scope: &Scope, new_user: NewUser) -> Result<User, UserError> {
         let password_hash = self
             .hasher
             .hash(&new_user.secret)
@@ -113,8 +115,8 @@ impl Users {
     /// Sends a pending user a fresh confirmation link (the old one stops working).
     pub async fn resend_confirmation(
         &self,
-        scope: &str,
-        user_id: Option<Uuid>,
+        scope: &Scope,
+        user_id: Option<UserId>,
         request: Option<ConfirmationRequest>,
     ) -> Result<User, UserError> {
         let user_id = user_id.ok_or(UserError::PendingNotFound)?;
@@ -123,7 +125,7 @@ impl Users {
         let user = self
             .db
             .write(|client| async move {
-                store::renew_confirmation(&*client, scope, user_id, code_ref).await
+                store::renew_confirmation(&*client, scope.as_str(), user_id.uuid(), code_ref).await
             })
             .await?
             .ok_or(UserError::PendingNotFound)?;
@@ -137,11 +139,10 @@ impl Users {
     /// throttle first, counted from `client` (see [`throttle`]).
     pub async fn login(
         &self,
-        scope: &str,
+        scope: &Scope,
         credentials: Credentials,
         client: &ClientAddress,
     ) -> Result<User, UserError> {
-        let scope = input::scope(scope)?;
         let (scope_ref, login) = (scope.as_str(), &credentials.login);
         let (candidate, throttled_as) = if self.throttle.enabled && !client.is_local() {
             let (address, limits) = (client.as_str(), &self.throttle);
@@ -224,18 +225,19 @@ impl Users {
     }
 
     /// A user's record; no login event. `None` (a malformed id) is simply not found.
-    pub async fn get(&self, scope: &str, user_id: Option<Uuid>) -> Result<User, UserError> {
+    pub async fn get(&self, scope: &Scope, user_id: Option<UserId>) -> Result<User, UserError> {
         let user_id = user_id.ok_or(UserError::NotFound)?;
         self.db
-            .read(|client| async move { store::get(&*client, scope, user_id).await })
+            .read(
+                |client| async move { store::get(&*client, scope.as_str(), user_id.uuid()).await },
+            )
             .await?
             .ok_or(UserError::NotFound)
     }
 
     /// Clears the failed-login counters of the account `name` (username or email) finds in
     /// `scope`, from every address; the number of counters removed.
-    pub async fn unlock(&self, scope: &str, name: &str) -> Result<u64, UserError> {
-        let scope = input::scope(scope)?;
+    pub async fn unlock(&self, scope: &Scope, name: &str) -> Result<u64, UserError> {
         let scope = scope.as_str();
         self.db
             .write(|client| async move { store::unlock(&*client, scope, name).await })
@@ -253,8 +255,8 @@ impl Users {
     /// Applies `patch` and returns the updated record.
     pub async fn update(
         &self,
-        scope: &str,
-        user_id: Option<Uuid>,
+        scope: &Scope,
+        user_id: Option<UserId>,
         patch: UserPatch,
     ) -> Result<User, UserError> {
         let user_id = user_id.ok_or(UserError::NotFound)?;
@@ -269,20 +271,20 @@ impl Users {
         };
         let (patch, hash) = (&patch, password_hash.as_deref());
         self.db
-            .write(
-                |client| async move { store::update(&*client, scope, user_id, patch, hash).await },
-            )
+            .write(|client| async move {
+                store::update(&*client, scope.as_str(), user_id.uuid(), patch, hash).await
+            })
             .await?
             .ok_or(UserError::NotFound)
     }
 
     /// Deletes a user; the number of records removed (0 when there was none).
-    pub async fn delete(&self, scope: &str, user_id: Option<Uuid>) -> Result<u64, UserError> {
+    pub async fn delete(&self, scope: &Scope, user_id: Option<UserId>) -> Result<u64, UserError> {
         let Some(user_id) = user_id else {
             return Ok(0);
         };
         self.db
-            .write(|client| async move { store::delete(&*client, scope, user_id).await })
+            .write(|client| async move { store::delete(&*client, scope.as_str(), user_id.uuid()).await })
             .await
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::json_text;
 use crate::users::input::{self, Params};
 use crate::users::{
-    ClientAddress, Credentials, NewUser, PasswordForm, UserError, UserPatch, Users,
+    ClientAddress, Credentials, NewUser, PasswordForm, Scope, UserError, UserPatch, Users,
 };
 
 /// An `api.users` action (compat §4).
@@ -48,6 +48,7 @@ pub async fn execute(
     client: IpAddr,
 ) -> Result<Box<RawValue>, UserError> {
     params.remove("scope");
+    let scope = &Scope::parse(scope)?;
     Ok(match action {
         Action::Login => {
             let credentials = Credentials::parse(&params, PasswordForm::Canonical)?;

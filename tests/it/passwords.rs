@@ -2,10 +2,16 @@
 //! the configured parameters change, and the same answer for unknown users and wrong passwords.
 
 use coronium::users::password::md5_hex;
-use coronium::users::{ClientAddress, Credentials, HashParams, NewUser, PasswordForm, UserError};
+use coronium::users::{
+    ClientAddress, Credentials, HashParams, NewUser, PasswordForm, Scope, UserError,
+};
 use serde_json::json;
 
 use crate::common::{TEST_HASH, TestDb};
+
+fn scope(name: &str) -> Scope {
+    Scope::parse(name).unwrap()
+}
 
 /// Logins from this process: no client address.
 fn here() -> ClientAddress {
@@ -37,7 +43,7 @@ async fn argon2id_of_the_canonical_secret_so_lua_and_wire_agree() {
         PasswordForm::Plain,
     )
     .unwrap();
-    users.create("default", new_user).await.unwrap();
+    users.create(&scope("default"), new_user).await.unwrap();
     let hash = stored_hash(&db, "tiny").await;
     assert!(hash.starts_with("$argon2id$v=19$m=256,t=1,p=1$"), "{hash}");
     assert!(!hash.contains("abcd1234") && !hash.contains(&md5_hex("abcd1234")));
@@ -50,7 +56,7 @@ async fn argon2id_of_the_canonical_secret_so_lua_and_wire_agree() {
     .unwrap();
     assert_eq!(
         users
-            .login("default", wire, &here())
+            .login(&scope("default"), wire, &here())
             .await
             .unwrap()
             .username,
@@ -78,7 +84,7 @@ async fn legacy_md5_rows_log_in_once_and_are_upgraded() {
         .unwrap()
     };
     let err = users
-        .login("default", login("wrong"), &here())
+        .login(&scope("default"), login("wrong"), &here())
         .await
         .unwrap_err();
     assert_eq!(err.status().code(), 603);
@@ -89,14 +95,14 @@ async fn legacy_md5_rows_log_in_once_and_are_upgraded() {
     );
 
     let user = users
-        .login("default", login("secret"), &here())
+        .login(&scope("default"), login("secret"), &here())
         .await
         .unwrap();
     assert_eq!(user.login_count, 1);
     assert!(stored_hash(&db, "old").await.starts_with("$argon2id$"));
     assert_eq!(
         users
-            .login("default", login("secret"), &here())
+            .login(&scope("default"), login("secret"), &here())
             .await
             .unwrap()
             .login_count,
@@ -113,7 +119,7 @@ async fn rehash_when_the_configured_parameters_change() {
         PasswordForm::Plain,
     )
     .unwrap();
-    weak.create("default", new_user).await.unwrap();
+    weak.create(&scope("default"), new_user).await.unwrap();
     let before = stored_hash(&db, "u").await;
 
     let stronger = db
@@ -130,7 +136,10 @@ async fn rehash_when_the_configured_parameters_change() {
         )
         .unwrap()
     };
-    stronger.login("default", login(), &here()).await.unwrap();
+    stronger
+        .login(&scope("default"), login(), &here())
+        .await
+        .unwrap();
     let after = stored_hash(&db, "u").await;
     assert_ne!(before, after);
     assert!(
@@ -138,7 +147,10 @@ async fn rehash_when_the_configured_parameters_change() {
         "{after}"
     );
     // With matching parameters the hash is left alone.
-    stronger.login("default", login(), &here()).await.unwrap();
+    stronger
+        .login(&scope("default"), login(), &here())
+        .await
+        .unwrap();
     assert_eq!(stored_hash(&db, "u").await, after);
 }
 
@@ -151,7 +163,7 @@ async fn unknown_user_and_wrong_password_are_indistinguishable() {
         PasswordForm::Plain,
     )
     .unwrap();
-    users.create("default", new_user).await.unwrap();
+    users.create(&scope("default"), new_user).await.unwrap();
     let attempt =
         |v: serde_json::Value| Credentials::parse(&params(v), PasswordForm::Plain).unwrap();
     for credentials in [
@@ -160,7 +172,7 @@ async fn unknown_user_and_wrong_password_are_indistinguishable() {
         attempt(json!({"email": "ghost@example.com", "password": "pw"})),
     ] {
         let err = users
-            .login("default", credentials, &here())
+            .login(&scope("default"), credentials, &here())
             .await
             .unwrap_err();
         assert!(matches!(err, UserError::BadCredentials));
@@ -172,7 +184,7 @@ async fn unknown_user_and_wrong_password_are_indistinguishable() {
     // The right password in another scope is an unknown user there.
     let elsewhere = users
         .login(
-            "elsewhere",
+            &scope("elsewhere"),
             attempt(json!({"username": "real", "password": "pw"})),
             &here(),
         )

@@ -863,3 +863,26 @@ async fn a_flood_of_huge_login_names_costs_no_memory() {
     let grown_mb = server.rss_kib().saturating_sub(before) / 1024;
     assert!(grown_mb < 50, "RSS grew by {grown_mb} MB");
 }
+
+/// Every `api.users` action checks its scope alike (not only create and login).
+#[tokio::test]
+async fn every_users_action_checks_the_scope() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {});
+    let long = "s".repeat(65);
+    let id = "00000000-0000-4000-8000-000000000001";
+    for (action, params) in [
+        ("get", json!({"user_id": id})),
+        ("update", json!({"user_id": id, "update": {"group": "g"}})),
+        ("delete", json!({"user_id": id})),
+        ("resendConfirmation", json!({"user_id": id})),
+        ("login", json!({"username": "u", "password": md5_hex("p")})),
+        ("create", json!({"username": "u", "password": md5_hex("p")})),
+    ] {
+        assert_eq!(
+            server.call_in(&long, "api.users", action, params).await,
+            error("Parameter 'scope' is longer than 64 characters.", 801),
+            "{action}"
+        );
+    }
+}

@@ -342,10 +342,10 @@ print(core.json.encode(core.users.get(bare)))
     let lines = run.lines();
     let users = db.users_with(crate::common::TEST_HASH).await;
     for pair in lines.chunks(2) {
-        let id = uuid::Uuid::parse_str(pair[0]).unwrap();
+        let id = coronium::users::UserId::parse(pair[0]);
         let from_lua: serde_json::Value = serde_json::from_str(pair[1]).unwrap();
-        let from_wire =
-            serde_json::to_value(users.get("default", Some(id)).await.unwrap()).unwrap();
+        let scope = coronium::users::Scope::parse("default").unwrap();
+        let from_wire = serde_json::to_value(users.get(&scope, id).await.unwrap()).unwrap();
         assert_eq!(from_lua, from_wire);
     }
     assert!(lines[1].contains("\"last_login\"") && !lines[3].contains("\"last_login\""));
