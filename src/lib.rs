@@ -11,6 +11,10 @@
 //! - [`server`]: `coronium serve`: workers, listeners, HTTP.
 //! - [`cli`]: the `coronium` command line and its subcommands.
 
+// Every `unsafe` block says why it is sound (`SAFETY:`), and every `unsafe fn` when it may be
+// called (`# Safety`).
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
 pub mod app;
 pub mod cli;
 pub mod config;

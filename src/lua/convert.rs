@@ -81,9 +81,12 @@ pub fn encode<T>(
     let paced = Paced::new(meter);
     let mut written = None;
     // SAFETY: the closure runs in a protected call with `value` at 1 and the array metatable
-    // at 2. The walk only reads; the one Lua call that may allocate is `lua_checkstack`, and its
-    // error (only at the memory limit) is caught by the protected call, at worst leaking what the
-    // sink had written so far.
+    // at 2. The `StackValue` handed to `sink` borrows the walker, a local of the closure, so
+    // neither outlives the call. The walk only reads; the one Lua call that may allocate is
+    // `lua_checkstack`, whose error (only at the memory limit) this Luau build raises as a C++
+    // exception: it unwinds through the closure's frames (mlua's `C-unwind` callbacks; Rust runs
+    // their destructors) to the protected call. The unit tests raise errors mid-conversion and
+    // keep using the state.
     unsafe {
         lua.exec_raw::<()>((value, lua.array_metatable()), |state| {
             let walker = Walker {
@@ -189,21 +192,35 @@ fn type_name(lua_type: c_int) -> &'static str {
 
 /// The bytes of the string at `index` (which must be a string: `lua_tolstring` converts numbers
 /// in place, which would break a table walk).
+///
+/// # Safety
+///
+/// `state` is a live Lua state on this thread, `index` a valid slot holding a string, and the
+/// string stays reachable (on the stack, or a key or value of a table on the stack) for as long
+/// as the returned text is used: the text borrows the string's bytes. Luau's collector never
+/// moves objects, so reachable is enough.
 unsafe fn string_at<'s>(state: *mut ffi::lua_State, index: c_int) -> Cow<'s, str> {
     let mut len = 0usize;
+    // SAFETY: the caller guarantees a string at `index`: no conversion, no allocation.
     let ptr = unsafe { ffi::lua_tolstring(state, index, &mut len) };
+    // SAFETY: Lua hands back `len` bytes at `ptr`, alive while the string is (see above).
     let bytes = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
     String::from_utf8_lossy(bytes)
 }
 
 /// The 1-based array position `index` holds as a key, if it is one within `1..=len`.
+///
+/// # Safety
+///
+/// `state` is a live Lua state on this thread and `index` a valid slot.
 unsafe fn sequence_position(state: *mut ffi::lua_State, index: c_int, len: usize) -> Option<usize> {
-    let n = match unsafe { ffi::lua_type(state, index) } {
-        ffi::LUA_TNUMBER => unsafe { ffi::lua_tonumberx(state, index, std::ptr::null_mut()) },
-        ffi::LUA_TINTEGER => unsafe {
-            ffi::lua_tointeger64(state, index, std::ptr::null_mut()) as f64
-        },
-        _ => return None,
+    // SAFETY: reading a valid slot's type and number neither allocates nor raises.
+    let n = unsafe {
+        match ffi::lua_type(state, index) {
+            ffi::LUA_TNUMBER => ffi::lua_tonumberx(state, index, std::ptr::null_mut()),
+            ffi::LUA_TINTEGER => ffi::lua_tointeger64(state, index, std::ptr::null_mut()) as f64,
+            _ => return None,
+        }
     };
     (n.fract() == 0.0 && n >= 1.0 && n <= len as f64).then_some(n as usize)
 }
@@ -213,7 +230,9 @@ impl Serialize for StackValue<'_> {
         let walker = self.walker;
         let state = walker.state;
         let index = self.index;
-        // SAFETY: `index` is a live slot of the walk's stack frame.
+        // SAFETY: a `StackValue` exists only inside `encode`'s protected call (its lifetime is
+        // the walk's), so `state` is the running stack and `index` a live slot of it. Reading a
+        // slot neither allocates nor raises; `serialize_table` keeps its own rules.
         unsafe {
             match ffi::lua_type(state, index) {
                 ffi::LUA_TNIL => serializer.serialize_unit(),
@@ -255,11 +274,18 @@ impl Serialize for StackValue<'_> {
 impl StackValue<'_> {
     /// A sequence `1..=len` (or an empty table carrying the array metatable) becomes an array,
     /// anything else an object.
+    ///
+    /// # Safety
+    ///
+    /// The value at `self.index` is a table, and the walk's stack is the running one (as for
+    /// every `StackValue`). Every push below is popped before returning, on every path.
     unsafe fn serialize_table<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let walker = self.walker;
         let state = walker.state;
         let table = self.index;
         walker.visit()?;
+        // SAFETY: growing the stack may allocate; a failure at the memory limit raises a Lua
+        // error, which the protected call around the walk catches (see `encode`).
         if self.depth >= MAX_DEPTH || unsafe { ffi::lua_checkstack(state, 4) } == 0 {
             return Err(walker.fail(ConvertError::TooDeep));
         }
@@ -268,7 +294,11 @@ impl StackValue<'_> {
             index,
             depth: self.depth + 1,
         };
+        // SAFETY: `table` is a table slot; its length is read without metamethods.
         let len = unsafe { ffi::lua_objlen(state, table) };
+        // SAFETY: `lua_rawiter` pushes a key and a value (2 slots: `lua_checkstack` above made
+        // room for 4) and each is popped before the next step; `lua_getmetatable` pushes one
+        // value only when it returns non-zero, and it is popped. No metamethod runs.
         let is_array = unsafe {
             if len > 0 {
                 // Distinct keys, as many as the length, each within 1..=len: exactly 1..=len.
@@ -301,9 +331,14 @@ impl StackValue<'_> {
             let mut seq = serializer.serialize_seq(Some(len))?;
             for position in 1..=len {
                 walker.visit()?;
-                unsafe { ffi::lua_rawgeti_(state, table, position as c_int) };
-                let top = unsafe { ffi::lua_gettop(state) };
+                // SAFETY: one raw read pushes one value (room made above); it is popped below
+                // whatever the element's serialization returned.
+                let top = unsafe {
+                    ffi::lua_rawgeti_(state, table, position as c_int);
+                    ffi::lua_gettop(state)
+                };
                 let written = seq.serialize_element(&child(top));
+                // SAFETY: pops the value pushed above.
                 unsafe { ffi::lua_pop(state, 1) };
                 written?;
             }
@@ -316,11 +351,15 @@ impl StackValue<'_> {
         let mut iter = 0;
         loop {
             let before = iter;
+            // SAFETY: pushes a key and a value when it returns a position, none at the end.
             iter = unsafe { ffi::lua_rawiter(state, table, iter) };
             if iter < 0 {
                 break;
             }
+            // SAFETY: the key is at -2; its text may borrow the key string, which the table
+            // keeps reachable (it stays on the stack for the whole walk, unchanged).
             let key = unsafe { key_text(state, -2) };
+            // SAFETY: pops the key and value `lua_rawiter` pushed.
             unsafe { ffi::lua_pop(state, 2) };
             keys.push((key.map_err(|e| walker.fail(e))?, before));
             walker.visit()?;
@@ -332,9 +371,14 @@ impl StackValue<'_> {
             if keys.get(i + 1).is_some_and(|next| next.0 == *key) {
                 continue;
             }
-            unsafe { ffi::lua_rawiter(state, table, *before) };
-            let top = unsafe { ffi::lua_gettop(state) };
+            // SAFETY: `before` is a position this walk got from `lua_rawiter` on the same,
+            // unchanged table, so the step pushes that entry's key and value again.
+            let top = unsafe {
+                ffi::lua_rawiter(state, table, *before);
+                ffi::lua_gettop(state)
+            };
             let written = map.serialize_entry(key, &child(top));
+            // SAFETY: pops the key and value pushed above.
             unsafe { ffi::lua_pop(state, 2) };
             written?;
         }
@@ -343,13 +387,21 @@ impl StackValue<'_> {
 }
 
 /// A table key as JSON object key text.
+///
+/// # Safety
+///
+/// As for [`string_at`]: a live state on this thread, a valid slot `key`, and a key string that
+/// stays reachable while the text is used.
 unsafe fn key_text<'s>(
     state: *mut ffi::lua_State,
     key: c_int,
 ) -> Result<Cow<'s, str>, ConvertError> {
+    // SAFETY: reading a valid slot's type neither allocates nor raises.
     Ok(match unsafe { ffi::lua_type(state, key) } {
+        // SAFETY: a string slot, kept reachable by the caller.
         ffi::LUA_TSTRING => unsafe { string_at(state, key) },
         ffi::LUA_TNUMBER => {
+            // SAFETY: a number slot: read without conversion in place.
             match number(unsafe { ffi::lua_tonumberx(state, key, std::ptr::null_mut()) })? {
                 NumberForm::Integer(i) => Cow::Owned(i.to_string()),
                 NumberForm::Float(f) => {
@@ -358,6 +410,7 @@ unsafe fn key_text<'s>(
             }
         }
         ffi::LUA_TINTEGER => Cow::Owned(
+            // SAFETY: an integer slot: read without conversion in place.
             unsafe { ffi::lua_tointeger64(state, key, std::ptr::null_mut()) }.to_string(),
         ),
         other => return Err(ConvertError::BadKey(type_name(other))),
@@ -368,4 +421,215 @@ unsafe fn key_text<'s>(
 /// as arrays, even empty; null is nil.
 pub fn json_to_lua(lua: &Lua, value: &Json) -> mlua::Result<Value> {
     super::to_lua::to_lua(lua, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use mlua::{Lua, Table, Value};
+    use proptest::prelude::*;
+    use serde_json::{Value as Json, json};
+
+    use super::*;
+    use crate::lua::budget::Meter;
+    use crate::lua::to_lua;
+
+    fn state() -> Lua {
+        crate::lua::fuzzing::new_state()
+    }
+
+    /// The state still works after a conversion, whatever the conversion did.
+    fn assert_usable(lua: &Lua) {
+        let sum: i64 = lua
+            .load("local t = {} for i = 1, 100 do t[i] = i end return #t")
+            .eval()
+            .unwrap();
+        assert_eq!(sum, 100);
+        let back = lua_to_json(
+            lua,
+            &Value::Table(lua.create_table().unwrap()),
+            Unencodable::Fail,
+            None,
+        );
+        assert_eq!(back.unwrap(), json!({}));
+    }
+
+    /// JSON as it comes back from Lua, by the documented rules: integral numbers within a
+    /// double's exact range are integers, object keys sorted (serde_json's maps are).
+    fn normalized(value: &Json) -> Json {
+        match value {
+            Json::Number(n) => match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && f.abs() <= MAX_SAFE_INTEGER => json!(f as i64),
+                Some(f) => json!(f),
+                None => value.clone(),
+            },
+            Json::Array(items) => Json::Array(items.iter().map(normalized).collect()),
+            Json::Object(map) => Json::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), normalized(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
+    /// JSON that Lua holds without loss: no null inside arrays or objects (nil is no element and
+    /// no key), numbers a double holds.
+    fn lossless_json() -> impl Strategy<Value = Json> {
+        let leaf = prop_oneof![
+            any::<bool>().prop_map(Json::from),
+            (-(1i64 << 53)..(1i64 << 53)).prop_map(Json::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Json::from),
+            any::<String>().prop_map(Json::from),
+        ];
+        leaf.prop_recursive(6, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Json::Array),
+                prop::collection::btree_map(any::<String>(), inner, 0..8)
+                    .prop_map(|map| Json::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn json_through_lua_comes_back_the_same(value in lossless_json()) {
+            let lua = state();
+            let in_lua = to_lua::to_lua(&lua, &value).unwrap();
+            let back = lua_to_json(&lua, &in_lua, Unencodable::Fail, None).unwrap();
+            prop_assert_eq!(normalized(&back), normalized(&value));
+            let text = serde_json::to_vec(&value).unwrap();
+            let decoded = to_lua::json_text_to_lua(&lua, &text, &Meter::default()).unwrap();
+            let again = lua_to_json(&lua, &decoded, Unencodable::Fail, None).unwrap();
+            prop_assert_eq!(normalized(&again), normalized(&value));
+        }
+
+        #[test]
+        fn any_lua_table_encodes_or_fails_cleanly(shape in table_shape()) {
+            let lua = state();
+            let table = build(&lua, &shape);
+            for mode in [Unencodable::Fail, Unencodable::Mark] {
+                match lua_to_json(&lua, &Value::Table(table.clone()), mode, None) {
+                    Ok(json) => prop_assert!(serde_json::to_string(&json).is_ok()),
+                    Err(e) => prop_assert!(!e.to_string().is_empty()),
+                }
+            }
+            assert_usable(&lua);
+        }
+    }
+
+    /// A Lua table to build: keys and values of every kind JSON can and cannot hold.
+    #[derive(Debug, Clone)]
+    enum Shape {
+        Number(f64),
+        Integer(i64),
+        Text(String),
+        Bool(bool),
+        Function,
+        Table(Vec<(Shape, Shape)>),
+        /// The table being built itself: a cycle.
+        Itself,
+    }
+
+    fn table_shape() -> impl Strategy<Value = Vec<(Shape, Shape)>> {
+        let leaf = prop_oneof![
+            prop_oneof![
+                Just(f64::NAN),
+                Just(f64::INFINITY),
+                Just(f64::NEG_INFINITY),
+                Just(1e300),
+                Just(-0.0),
+                any::<f64>(),
+                (1u32..6).prop_map(f64::from),
+            ]
+            .prop_map(Shape::Number),
+            prop_oneof![Just(i64::MAX), Just(i64::MIN), any::<i64>()].prop_map(Shape::Integer),
+            any::<String>().prop_map(Shape::Text),
+            any::<bool>().prop_map(Shape::Bool),
+            Just(Shape::Function),
+            Just(Shape::Itself),
+        ];
+        let shape = leaf.prop_recursive(4, 48, 6, |inner| {
+            prop::collection::vec((inner.clone(), inner), 0..6).prop_map(Shape::Table)
+        });
+        prop::collection::vec((shape.clone(), shape), 0..8)
+    }
+
+    fn build(lua: &Lua, entries: &[(Shape, Shape)]) -> Table {
+        let table = lua.create_table().unwrap();
+        fill(lua, &table, &table, entries);
+        table
+    }
+
+    fn fill(lua: &Lua, root: &Table, table: &Table, entries: &[(Shape, Shape)]) {
+        for (key, value) in entries {
+            let (key, value) = (value_of(lua, root, key), value_of(lua, root, value));
+            // NaN and nil keys are refused by Lua itself: not what is tested here.
+            let _ = table.raw_set(key, value);
+        }
+    }
+
+    fn value_of(lua: &Lua, root: &Table, shape: &Shape) -> Value {
+        match shape {
+            Shape::Number(n) => Value::Number(*n),
+            Shape::Integer(i) => Value::Integer(*i),
+            Shape::Text(s) => Value::String(lua.create_string(s).unwrap()),
+            Shape::Bool(b) => Value::Boolean(*b),
+            Shape::Function => Value::Function(lua.create_function(|_, ()| Ok(())).unwrap()),
+            Shape::Itself => Value::Table(root.clone()),
+            Shape::Table(entries) => {
+                let table = lua.create_table().unwrap();
+                fill(lua, root, &table, entries);
+                Value::Table(table)
+            }
+        }
+    }
+
+    #[test]
+    fn cycles_and_depth_fail_with_their_own_error() {
+        let lua = state();
+        let cyclic: Table = lua.load("local t = {} t.self = t return t").eval().unwrap();
+        let err = lua_to_json(&lua, &Value::Table(cyclic), Unencodable::Fail, None).unwrap_err();
+        assert!(matches!(err, ConvertError::TooDeep), "{err}");
+        let deep: Table = lua
+            .load("local t = {} local top = t for i = 1, 200 do t.x = {} t = t.x end return top")
+            .eval()
+            .unwrap();
+        assert!(matches!(
+            lua_to_json(&lua, &Value::Table(deep), Unencodable::Fail, None),
+            Err(ConvertError::TooDeep)
+        ));
+        assert_usable(&lua);
+    }
+
+    /// A Lua error raised inside a conversion (out of memory while pushing strings) unwinds to
+    /// the protected call; the state goes on working, again and again.
+    #[test]
+    fn an_error_raised_mid_conversion_leaves_the_state_usable() {
+        let lua = state();
+        let strings: Vec<String> = (0..20_000).map(|i| format!("{i:0>64}")).collect();
+        let text = serde_json::to_vec(&strings).unwrap();
+        for _ in 0..20 {
+            lua.gc_collect().unwrap();
+            lua.set_memory_limit(lua.used_memory() + 256 * 1024)
+                .unwrap();
+            let pushed = to_lua::json_text_to_lua(&lua, &text, &Meter::default());
+            assert!(
+                matches!(
+                    pushed,
+                    Err(to_lua::Pushed::Lua(mlua::Error::MemoryError(_)))
+                ),
+                "{pushed:?}"
+            );
+            lua.set_memory_limit(256 << 20).unwrap();
+            assert_usable(&lua);
+        }
+        // And with room, the same text converts.
+        let value = to_lua::json_text_to_lua(&lua, &text, &Meter::default()).unwrap();
+        let back = lua_to_json(&lua, &value, Unencodable::Fail, None).unwrap();
+        assert_eq!(back, json!(strings));
+    }
 }

@@ -51,8 +51,10 @@ fn push_with(
     let mut failure = None;
     let paced = Paced::new(meter);
     // SAFETY: the closure runs in a protected call with the array metatable at 1 (where
-    // `ARRAY_METATABLE` says). A failed allocation raises a Lua error, which unwinds through the
-    // closure (`C-unwind`) to the protected call; the closure's own locals are plain data.
+    // `ARRAY_METATABLE` says). A failed allocation raises a Lua error: this Luau build raises
+    // errors as C++ exceptions, which unwind through the closure's frames (mlua's `C-unwind`
+    // callbacks; Rust runs their destructors) to the protected call. The unit tests raise such
+    // errors mid-push and keep using the state.
     let pushed = unsafe {
         lua.exec_raw::<Value>(lua.array_metatable(), |state| {
             let pusher = Pusher {
@@ -95,8 +97,11 @@ impl ser::Error for PushError {
 
 /// Pushes one value; `depth` counts the tables around it.
 ///
-/// Its methods call the Lua C API on `state`, so a `Pusher` exists only inside [`push_with`]'s
-/// protected call, where `state` is the running stack and slot 1 holds the array metatable.
+/// Its safe methods call the Lua C API on `state`. That is sound because of where a `Pusher` can
+/// be: its fields are private to this module, only [`push_with`] makes one, and the closure it is
+/// handed to is generic over the `Pusher`'s lifetime, so no `Pusher` (nor a copy) outlives the
+/// protected call. Inside it, `state` is the running stack, slot 1 holds the array metatable,
+/// and every table level has made room for the few slots it pushes (`table`).
 #[derive(Clone, Copy)]
 struct Pusher<'a> {
     state: *mut ffi::lua_State,
@@ -120,11 +125,14 @@ impl<'a> Pusher<'a> {
         } else {
             bytes.as_ptr().cast()
         };
+        // SAFETY: a live stack with room (see `Pusher`); Lua copies `len` bytes from `ptr`.
+        // Interning may allocate: a failure raises a Lua error, caught by the protected call.
         unsafe { ffi::lua_pushlstring_(self.state, ptr, bytes.len()) };
     }
 
     fn number(self, n: f64) -> Result<(), PushError> {
         self.tick()?;
+        // SAFETY: a live stack with room (see `Pusher`); pushing a number never allocates.
         unsafe { ffi::lua_pushnumber(self.state, n) };
         Ok(())
     }
@@ -137,10 +145,13 @@ impl<'a> Pusher<'a> {
     /// Pushes a new table for a compound value; its entries go one level deeper.
     fn table(self, array: usize, fields: usize) -> Result<Table<'a>, PushError> {
         self.tick()?;
+        // SAFETY: makes room for this level's pushes (the table, a key, a value, one spare); a
+        // failed allocation raises a Lua error, caught by the protected call.
         if self.depth >= MAX_DEPTH || unsafe { ffi::lua_checkstack(self.state, 4) } == 0 {
             return Err(PushError::Refused(ConvertError::TooDeep.to_string()));
         }
         let clamp = |n: usize| c_int::try_from(n).unwrap_or(0);
+        // SAFETY: room was made above; the size hints are only hints.
         unsafe { ffi::lua_createtable(self.state, clamp(array), clamp(fields)) };
         Ok(Table {
             inner: Pusher {
@@ -161,12 +172,16 @@ struct Table<'a> {
 impl Table<'_> {
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), PushError> {
         value.serialize(self.inner)?;
+        // SAFETY: the element's value is on top and this table just below it (a value pushes
+        // exactly one slot); the raw set pops the value and runs no metamethod.
         unsafe { ffi::lua_rawseti_(self.inner.state, -2, self.next_index) };
         self.next_index += 1;
         Ok(())
     }
 
     fn end_array(self) -> Result<(), PushError> {
+        // SAFETY: this table is on top; the array metatable at its fixed slot is pushed and
+        // then set (which pops it).
         unsafe {
             ffi::lua_pushvalue(self.inner.state, ARRAY_METATABLE);
             ffi::lua_setmetatable(self.inner.state, -2);
@@ -177,6 +192,8 @@ impl Table<'_> {
     /// Sets the key and value on top of the stack, or drops both when the value is nil.
     fn set_pair(&mut self) {
         let state = self.inner.state;
+        // SAFETY: a key and its value are on top of this table (each pushed one slot); both are
+        // popped, by the raw set or explicitly.
         unsafe {
             if ffi::lua_type(state, -1) == ffi::LUA_TNIL {
                 ffi::lua_pop(state, 2);
@@ -267,6 +284,7 @@ impl<'a> ser::Serializer for Pusher<'a> {
 
     fn serialize_bool(self, v: bool) -> Result<(), PushError> {
         self.tick()?;
+        // SAFETY: a live stack with room (see `Pusher`); never allocates.
         unsafe { ffi::lua_pushboolean(self.state, c_int::from(v)) };
         Ok(())
     }
@@ -321,6 +339,7 @@ impl<'a> ser::Serializer for Pusher<'a> {
     }
     fn serialize_unit(self) -> Result<(), PushError> {
         self.tick()?;
+        // SAFETY: a live stack with room (see `Pusher`); never allocates.
         unsafe { ffi::lua_pushnil(self.state) };
         Ok(())
     }
