@@ -12,6 +12,9 @@ local raw_setfenv, raw_loadstring = setfenv, loadstring
 -- when an api has no such method (the host and `core.callApi` word that error themselves).
 local STATUS, NO_SUCH_ACTION = native.STATUS, native.NO_SUCH_ACTION
 
+-- The Rust half of each `core` module (see src/lua/natives/).
+local USERS, JSON, TEXT, UTIL = native.users, native.json, native.text, native.util
+
 local NULL = "_NULL"
 core.NULL = NULL
 core.FACEBOOK, core.GOOGLE, core.OPENUDID = "facebook", "google", "openudid"
@@ -81,18 +84,18 @@ local users = { NULL = NULL }
 core.users = users
 
 function users.create(params, listener)
-  native.create(params, scope())
+  USERS.create(params, scope())
   return deliver(listener, wait())
 end
 
 function users.login(params, listener)
-  native.login(params, scope(), client())
+  USERS.login(params, scope(), client())
   return deliver(listener, wait())
 end
 
 -- get({user_id = id}, listener) | get({user_id = id}) | get(id)
 function users.get(params, listener)
-  native.get(params, scope())
+  USERS.get(params, scope())
   return deliver(listener, wait())
 end
 
@@ -103,13 +106,13 @@ function users.update(params, update, listener)
   else
     listener = update
   end
-  native.update(params, scope())
+  USERS.update(params, scope())
   return deliver(listener, wait())
 end
 
 -- delete({user_id = id}, listener) | delete(id)
 function users.delete(params, listener)
-  native.delete(params, scope())
+  USERS.delete(params, scope())
   return deliver(listener, wait())
 end
 
@@ -130,10 +133,10 @@ function users.register(username, password, in_scope, meta, listener)
     group = meta.group,
     extra = meta.extra,
   }
-  native.create(params, scope())
+  USERS.create(params, scope())
   local user_id, err, status = wait()
   if err == nil and meta.login then
-    native.login({ username = username, password = password, scope = params.scope }, scope(), client())
+    USERS.login({ username = username, password = password, scope = params.scope }, scope(), client())
     return deliver(listener, wait())
   end
   return deliver(listener, user_id, err, status)
@@ -142,16 +145,16 @@ end
 ------------------------------------------------------------------------------------------------
 -- Small utilities ported code uses (compat §6).
 ------------------------------------------------------------------------------------------------
-core.uuid = native.uuid
-core.md5 = native.md5
+core.uuid = UTIL.uuid
+core.md5 = UTIL.md5
 function core.sleep(seconds)
-  native.sleep(seconds)
+  UTIL.sleep(seconds)
   wait()
 end
-core.log = native.log
-core.json = { encode = native.json_encode, decode = native.json_decode }
+core.log = UTIL.log
+core.json = { encode = JSON.encode, decode = JSON.decode }
 
-local native_trim, native_split = native.trim, native.split
+local native_trim, native_split = TEXT.trim, TEXT.split
 
 -- Both in linear time, in Rust (a pattern-based trim is quadratic on long runs of spaces).
 function core.trim(s)
@@ -170,7 +173,7 @@ function print(...)
   for i = 1, n do
     parts[i] = tostring((select(i, ...)))
   end
-  native.write(table.concat(parts, "\t"))
+  UTIL.write(table.concat(parts, "\t"))
 end
 
 -- core.debug(value): pretty-prints a value, tables nested and sorted by key.
@@ -212,7 +215,7 @@ end
 function core.debug(value)
   local out = {}
   dump(value, "", {}, out)
-  native.write(table.concat(out))
+  UTIL.write(table.concat(out))
 end
 
 ------------------------------------------------------------------------------------------------
@@ -559,7 +562,7 @@ end
 -- wrappers keep every such loop short, in Lua, or in linear time.
 ------------------------------------------------------------------------------------------------
 local raw_find, raw_match, raw_gmatch, raw_gsub = string.find, string.match, string.gmatch, string.gsub
-local find_plain = native.find_plain
+local find_plain = TEXT.find_plain
 local SPECIALS = "[%^%$%*%+%?%.%(%)%[%]%%%-]"
 -- Between two of the matcher's interrupts it may compare a whole literal run of the pattern.
 local MAX_PATTERN = 64 * 1024
@@ -593,7 +596,7 @@ function string.gsub(s, pattern, repl, n)
 end
 
 -- Luau's split runs in C (2 s for 12 million pieces); this one in Rust looks at the budget.
-string.split = native.string_split
+string.split = TEXT.string_split
 
 -- %q escapes byte by byte in C, about 0.1 s per MiB.
 local raw_format = string.format

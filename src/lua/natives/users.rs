@@ -1,0 +1,262 @@
+//! `core.users`' natives: each parses its Lua argument, leaves the async domain call for the
+//! coroutine's driver (see [`super::super::pending`]) and answers `result`, or `nil, err, status`.
+
+use std::net::IpAddr;
+use std::rc::Rc;
+
+use mlua::{Lua, MultiValue, Table, Value};
+use serde_json::{Map, Value as Json};
+
+use super::super::Host;
+use super::super::budget::Meter;
+use super::super::convert::{self, ConvertError, Unencodable};
+use super::super::to_lua;
+use crate::users::input::{self, Credentials, NewUser, PasswordForm, UserPatch};
+use crate::users::{ClientAddress, Scope, User, UserError};
+
+/// `result` alone on success, `nil, err, status` on failure, as the prelude's `deliver` expects
+/// them.
+type Outcome = MultiValue;
+
+fn success(value: Value) -> Outcome {
+    MultiValue::from_iter([value])
+}
+
+fn failure(lua: &Lua, error: &UserError) -> mlua::Result<Outcome> {
+    if let UserError::Internal(cause) = error {
+        tracing::error!(error = %cause, "core.users call failed");
+    }
+    Ok(MultiValue::from_iter([
+        Value::Nil,
+        Value::String(lua.create_string(error.to_string())?),
+        Value::Integer(error.status().code()),
+    ]))
+}
+
+/// The call's parameters as a JSON object; values JSON cannot hold are marked so validation
+/// refuses them with Coronium's own status.
+/// The conversion runs under the request's CPU budget (a script sizes the table).
+fn params(lua: &Lua, meter: &Meter, value: &Value) -> Result<input::Params, OpError> {
+    match value {
+        Value::Nil => Ok(Map::new()),
+        Value::Table(_) => {
+            match convert::host_sized(lua, || {
+                convert::lua_to_json(lua, value, Unencodable::Mark, Some(meter))
+            }) {
+                Ok(Json::Object(map)) => Ok(map),
+                Ok(Json::Array(items)) if items.is_empty() => Ok(Map::new()),
+                Ok(_) => Err(UserError::BadParameter(
+                    "Parameters must be a table of named fields.".into(),
+                )
+                .into()),
+                Err(ConvertError::OverBudget(e)) => Err(mlua::Error::runtime(e).into()),
+                Err(e) => Err(UserError::BadParameter(format!("Bad parameters: {e}.")).into()),
+            }
+        }
+        other => Err(UserError::BadParameter(format!(
+            "Parameters must be a table, not a {}.",
+            other.type_name()
+        ))
+        .into()),
+    }
+}
+
+/// The scope a call acts in: its own `scope` parameter (server-side code is trusted), else the
+/// request's, else the host's.
+fn scope(host: &Host, params: &input::Params, request_scope: Option<String>) -> String {
+    params
+        .get("scope")
+        .and_then(Json::as_str)
+        .map(str::to_owned)
+        .or(request_scope)
+        .unwrap_or_else(|| host.scope.clone())
+}
+
+/// The user as a Lua table: [`User`]'s own serialization (the wire's record), pushed straight
+/// onto the Lua stack (this runs on every `core.users` call that returns a user). Absent fields
+/// are nil.
+fn user_value(lua: &Lua, user: &User) -> mlua::Result<Value> {
+    convert::host_sized(lua, || to_lua::to_lua(lua, user))
+}
+
+/// Why a users operation did not produce a result: the caller's problem (answered as
+/// `nil, err, status`) or a Lua failure (raised).
+enum OpError {
+    User(UserError),
+    Lua(mlua::Error),
+}
+
+impl From<UserError> for OpError {
+    fn from(e: UserError) -> Self {
+        OpError::User(e)
+    }
+}
+
+impl From<mlua::Error> for OpError {
+    fn from(e: mlua::Error) -> Self {
+        OpError::Lua(e)
+    }
+}
+
+/// What a users operation takes from Lua.
+#[derive(Clone, Copy, PartialEq)]
+enum Takes {
+    Params,
+    /// A params table, or the user id alone (`get(id)`; no table to build and convert).
+    ParamsOrUserId,
+}
+
+/// Who a users operation acts for: the scope, and the client address of the request whose code
+/// runs (the prelude passes both; `None` outside a request).
+struct Caller {
+    scope: Scope,
+    client: ClientAddress,
+}
+
+/// A request's client address as the prelude keeps it in the request's context: an IPv4
+/// address as a number (no string to make on every request), an IPv6 one as text.
+pub(crate) fn client_to_lua(lua: &Lua, ip: IpAddr) -> mlua::Result<Value> {
+    Ok(match ip.to_canonical() {
+        IpAddr::V4(v4) => Value::Integer(i64::from(u32::from(v4))),
+        IpAddr::V6(v6) => Value::String(lua.create_string(v6.to_string())?),
+    })
+}
+
+/// The address [`client_to_lua`] made; anything else (no request) is the server's own code.
+fn client_from_lua(value: &Value) -> ClientAddress {
+    let ip = match value {
+        Value::Integer(n) => u32::try_from(*n)
+            .ok()
+            .map(|n| IpAddr::from(n.to_be_bytes())),
+        Value::Number(n) if n.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(n) => {
+            Some(IpAddr::from((*n as u32).to_be_bytes()))
+        }
+        Value::String(s) => s.to_str().ok().and_then(|s| s.parse().ok()),
+        _ => None,
+    };
+    ip.map_or_else(ClientAddress::local, ClientAddress::from_ip)
+}
+
+/// Registers a users operation: parse the Lua argument, leave the async domain call for the
+/// coroutine's driver (see [`super::pending`]), and turn its outcome into `result, err, status`.
+fn users_op<F, Fut>(
+    lua: &Lua,
+    native: &Table,
+    name: &str,
+    takes: Takes,
+    host: &Rc<Host>,
+    op: F,
+) -> mlua::Result<()>
+where
+    F: Fn(Rc<Host>, Lua, input::Params, Caller) -> Fut + 'static,
+    Fut: Future<Output = Result<Value, OpError>> + 'static,
+{
+    let host = host.clone();
+    let op = Rc::new(op);
+    native.set(
+        name,
+        lua.create_function(
+            move |lua, (arg, request_scope, client): (Value, Option<String>, Value)| {
+                let parsed = match &arg {
+                    Value::String(id) if takes == Takes::ParamsOrUserId => Ok(Map::from_iter([(
+                        "user_id".to_owned(),
+                        Json::String(id.to_string_lossy()),
+                    )])),
+                    _ => params(lua, &host.meter, &arg),
+                };
+                let parsed = parsed.and_then(|params| {
+                    let scope = Scope::parse(&scope(&host, &params, request_scope))?;
+                    let client = client_from_lua(&client);
+                    Ok((params, Caller { scope, client }))
+                });
+                let (op_host, op, lua) = (host.clone(), op.clone(), lua.clone());
+                host.pending.start(async move {
+                    let outcome = match parsed {
+                        Ok((params, caller)) => op(op_host, lua.clone(), params, caller).await,
+                        Err(e) => Err(e),
+                    };
+                    match outcome {
+                        Ok(value) => Ok(success(value)),
+                        Err(OpError::User(e)) => failure(&lua, &e),
+                        Err(OpError::Lua(e)) => Err(e),
+                    }
+                });
+                Ok(())
+            },
+        )?,
+    )
+}
+
+pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
+    let native = lua.create_table()?;
+    users_op(
+        lua,
+        &native,
+        "create",
+        Takes::Params,
+        host,
+        |host, lua, params, Caller { scope, .. }| async move {
+            let new_user = NewUser::parse(&params, PasswordForm::Plain)?;
+            let user = host.services.users.create(&scope, new_user).await?;
+            Ok(Value::String(lua.create_string(user.user_id.to_string())?))
+        },
+    )?;
+
+    users_op(
+        lua,
+        &native,
+        "login",
+        Takes::Params,
+        host,
+        |host, lua, params, Caller { scope, client }| async move {
+            let credentials = Credentials::parse(&params, PasswordForm::Plain)?;
+            let user = host
+                .services
+                .users
+                .login(&scope, credentials, &client)
+                .await?;
+            Ok(user_value(&lua, &user)?)
+        },
+    )?;
+
+    users_op(
+        lua,
+        &native,
+        "get",
+        Takes::ParamsOrUserId,
+        host,
+        |host, lua, params, Caller { scope, .. }| async move {
+            let user_id = input::user_id(&params)?;
+            let user = host.services.users.get(&scope, user_id).await?;
+            Ok(user_value(&lua, &user)?)
+        },
+    )?;
+
+    users_op(
+        lua,
+        &native,
+        "update",
+        Takes::Params,
+        host,
+        |host, lua, params, Caller { scope, .. }| async move {
+            let user_id = input::user_id(&params)?;
+            let patch = UserPatch::parse(params.get("update"), PasswordForm::Plain)?;
+            let user = host.services.users.update(&scope, user_id, patch).await?;
+            Ok(user_value(&lua, &user)?)
+        },
+    )?;
+
+    users_op(
+        lua,
+        &native,
+        "delete",
+        Takes::ParamsOrUserId,
+        host,
+        |host, _lua, params, Caller { scope, .. }| async move {
+            let user_id = input::user_id(&params)?;
+            let count = host.services.users.delete(&scope, user_id).await?;
+            Ok(Value::Number(count as f64))
+        },
+    )?;
+    Ok(native)
+}
