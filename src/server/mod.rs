@@ -128,7 +128,8 @@ fn watchdog(stalls: Arc<Stalls>, stopped: watch::Receiver<bool>) {
         .collect();
     let mut stuck = vec![false; gauges.len()];
     while !*stopped.borrow() {
-        std::thread::sleep(Duration::from_millis(250));
+        // `shutdown` unparks this thread: stopping need not wait out the period.
+        std::thread::park_timeout(Duration::from_millis(250));
         let now: Vec<_> = stalls.stalled();
         for (worker, was) in stuck.iter_mut().enumerate() {
             let busy = now.iter().find(|(w, _)| *w == worker).map(|(_, b)| *b);
@@ -283,6 +284,9 @@ impl Server {
     /// the workers to exit. Blocking.
     pub fn shutdown(self) {
         let _ = self.stop.send(true);
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.thread().unpark();
+        }
         for worker in self.workers {
             let _ = worker.join();
         }

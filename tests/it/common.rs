@@ -283,40 +283,103 @@ pub fn write_project(root: &Path, name: &str, files: &[(&str, &str)]) {
     }
 }
 
-/// A server for the API projects under `root`, with `workers` workers and `env` set.
+/// A server (in this process) for the API projects under `root`, with `workers` workers and
+/// `env` set.
 pub fn serve_projects(db: &TestDb, root: &Path, workers: &str, env: &[(&str, &str)]) -> TestServer {
+    TestServer::start(db, projects_settings(root, workers, env))
+}
+
+/// [`serve_projects`] as a child process (for tests that read its metrics or signal it).
+pub fn serve_projects_process(
+    db: &TestDb,
+    root: &Path,
+    workers: &str,
+    env: &[(&str, &str)],
+) -> TestServer {
+    TestServer::start_process(db, projects_settings(root, workers, env))
+}
+
+fn projects_settings(
+    root: &Path,
+    workers: &str,
+    env: &[(&str, &str)],
+) -> impl FnOnce(&mut Command) + use<> {
     let root = root.to_owned();
     let mut env: Vec<(String, String)> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     env.push(("CORONIUM_WORKERS".into(), workers.into()));
-    TestServer::start(db, move |cmd| {
+    move |cmd| {
         cmd.arg("--projects").arg(&root);
         for (k, v) in env {
             cmd.env(k, v);
         }
-    })
+    }
 }
 
-/// A `coronium serve` child process on an ephemeral port, against a test database.
+/// A server on an ephemeral port against a test database: in this process (the default: the
+/// library's `App` and `Server`, as `coronium serve` builds them), or a `coronium serve` child
+/// process for tests that need one (its metrics, its memory, its signals, its log).
 pub struct TestServer {
-    child: std::process::Child,
+    running: Running,
     pub addr: String,
     pub key: String,
+}
+
+enum Running {
+    Process(std::process::Child),
+    /// Taken when the server is shut down.
+    InProcess(Option<Box<(coronium::server::Server, App)>>),
 }
 
 pub const TEST_SERVER_KEY: &str = "03624656-ca90-11e7-b8d4-fb59abeb4c03";
 
 impl TestServer {
-    /// Starts a server with 2 workers; `configure` may add arguments or environment.
+    /// Starts a server with 2 workers; `configure` may add environment and `--projects`, as for
+    /// the binary. It runs in this process unless `configure` asks for something only a process
+    /// has (another flag).
     pub fn start(db: &TestDb, configure: impl FnOnce(&mut Command)) -> TestServer {
+        let mut asked = Command::new("coronium");
+        configure(&mut asked);
+        // CORONIUM_TEST_PROCESSES=1 runs every server as a process (to compare, or to debug).
+        let in_process = std::env::var_os("CORONIUM_TEST_PROCESSES").is_none();
+        match in_process_config(db, &asked).filter(|_| in_process) {
+            Some(config) => Self::in_process(config),
+            None => Self::start_process(db, |cmd| copy_settings(&asked, cmd)),
+        }
+    }
+
+    /// A `coronium serve` child process (what `start` makes for settings it cannot take in
+    /// process), for tests that read its metrics, memory, log or exit status.
+    pub fn start_process(db: &TestDb, configure: impl FnOnce(&mut Command)) -> TestServer {
         Self::start_with_key(
             Some(db),
             &scratch_dir("serve"),
             Some(TEST_SERVER_KEY),
             configure,
         )
+    }
+
+    fn in_process(config: Config) -> TestServer {
+        // `App::build` is async; the test's own runtime may be the current thread's, so build
+        // on a thread of its own (the handles it makes connect later, on the workers).
+        let app = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(App::build(config))
+        })
+        .join()
+        .unwrap()
+        .expect("build the app");
+        let server = coronium::server::Server::start(&app).expect("start the server");
+        TestServer {
+            addr: server.local_addr().to_string(),
+            key: TEST_SERVER_KEY.to_owned(),
+            running: Running::InProcess(Some(Box::new((server, app)))),
+        }
     }
 
     /// Starts a server on `data_dir`; with `key: None` it uses (or makes) the key file there.
@@ -357,12 +420,16 @@ impl TestServer {
                 .trim()
                 .to_owned(),
         };
-        TestServer { child, addr, key }
+        TestServer {
+            running: Running::Process(child),
+            addr,
+            key,
+        }
     }
 
     /// The server process's resident memory, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        std::fs::read_to_string(format!("/proc/{}/status", self.child().id()))
             .unwrap()
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -401,16 +468,86 @@ impl TestServer {
 
     /// SIGTERM, then the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
+        let child = self.child();
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap()
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        match &mut self.running {
+            Running::Process(child) => child.wait().unwrap(),
+            Running::InProcess(_) => unreachable!(),
+        }
+    }
+
+    fn child(&self) -> &std::process::Child {
+        match &self.running {
+            Running::Process(child) => child,
+            Running::InProcess(_) => panic!("this test needs TestServer::start_process"),
+        }
     }
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.running {
+            Running::Process(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Running::InProcess(running) => {
+                if let Some(running) = running.take() {
+                    let (server, app) = *running;
+                    server.shutdown();
+                    drop(app);
+                }
+            }
+        }
+    }
+}
+
+/// The configuration `coronium serve` would build from what `asked` sets, when the server can
+/// run in this process: its environment, and no flag but `--projects`.
+fn in_process_config(db: &TestDb, asked: &Command) -> Option<Config> {
+    let args: Vec<String> = asked
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let projects = match args.as_slice() {
+        [] => None,
+        [flag, dir] if flag == "--projects" => Some(PathBuf::from(dir)),
+        _ => return None,
+    };
+    let env: Vec<(String, String)> = asked
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_str()?.to_owned(), v?.to_str()?.to_owned())))
+        .collect();
+    let mut config = Config {
+        data_dir: scratch_dir("serve"),
+        database_url: Some(db.url().into()),
+        argon2: TEST_HASH,
+        ..Config::default()
+    };
+    config.server.server_key = Some(TEST_SERVER_KEY.into());
+    config.server.workers = 2;
+    config.server.host = [127, 0, 0, 1].into();
+    config.server.port = 0;
+    // Connections a test leaves open must not hold its end up.
+    config.server.shutdown_grace_secs = 1;
+    if let Some(dir) = projects {
+        config.server.projects_dir = dir;
+    }
+    config
+        .apply_env(|name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+        .expect("test settings");
+    Some(config)
+}
+
+/// Gives `cmd` the arguments and environment `asked` was given.
+fn copy_settings(asked: &Command, cmd: &mut Command) {
+    cmd.args(asked.get_args());
+    for (k, v) in asked.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
     }
 }
 

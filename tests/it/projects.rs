@@ -371,7 +371,7 @@ return api"#,
 async fn sigterm_drains_in_flight_requests() {
     let db = TestDb::new().await;
     let root = projects();
-    let server = serve(&db, &root, "2", &[]);
+    let server = crate::common::serve_projects_process(&db, &root, "2", &[]);
     let addr = server.addr.clone();
     let key = server.key.clone();
     let tasks: Vec<_> = (0..50)

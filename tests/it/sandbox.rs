@@ -420,7 +420,12 @@ async fn the_cpu_budget_holds_inside_library_functions() {
             ("secret.lua", "return {key='s3cret'}"),
         ],
     );
-    let server = serve(&db, &root, &[("CORONIUM_CPU_BUDGET_MS", "300")]);
+    let server = crate::common::serve_projects_process(
+        &db,
+        &root,
+        "1",
+        &[("CORONIUM_CPU_BUDGET_MS", "300")],
+    );
     assert_eq!(
         server.call("Hog", "ping", json!({})).await,
         json!({"result": "pong"})
@@ -563,9 +568,10 @@ async fn a_state_that_stays_full_is_replaced() {
     let root = scratch_dir("hoard");
     write_project(&root, "Hoard", &[("main.lua", HOARD)]);
     // Memory is what runs out here: a busy machine filling 64 MB must not hit the CPU budget first.
-    let server = serve(
+    let server = crate::common::serve_projects_process(
         &db,
         &root,
+        "1",
         &[
             ("CORONIUM_LUA_MEMORY_LIMIT_MB", "64"),
             ("CORONIUM_CPU_BUDGET_MS", "10000"),

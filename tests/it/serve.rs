@@ -232,7 +232,7 @@ async fn refusals_get_envelopes_write_nothing_and_the_server_carries_on() {
 #[tokio::test]
 async fn health_metrics_and_clean_shutdown() {
     let db = TestDb::new().await;
-    let server = TestServer::start(&db, |_| {});
+    let server = TestServer::start_process(&db, |_| {});
     let (status, body) = crate::common::http_get(&server.addr, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
     server
@@ -843,7 +843,7 @@ async fn https_with_a_test_certificate() {
 #[tokio::test]
 async fn a_flood_of_huge_login_names_costs_no_memory() {
     let db = TestDb::new().await;
-    let server = TestServer::start(&db, |_| {});
+    let server = TestServer::start_process(&db, |_| {});
     assert_serves(&server).await;
     let before = server.rss_kib();
     for n in 0..300 {
