@@ -58,7 +58,8 @@ fn required_str<'a>(params: &'a Params, key: &'static str) -> Result<&'a str, Us
 }
 
 fn check_len(value: &str, key: &str, max: usize) -> Result<(), UserError> {
-    if value.chars().count() > max {
+    // No more characters than bytes: most values need no count.
+    if value.len() > max && value.chars().count() > max {
         return Err(UserError::bad(format!(
             "Parameter '{key}' is longer than {max} characters."
         )));
@@ -121,11 +122,21 @@ parsed_text!(
 
 impl Scope {
     pub fn parse(value: &str) -> Result<Scope, UserError> {
+        Self::check(value)?;
+        Ok(Scope(value.to_owned()))
+    }
+
+    /// [`Scope::parse`] of text the caller already owns (no copy).
+    pub fn parse_owned(value: String) -> Result<Scope, UserError> {
+        Self::check(&value)?;
+        Ok(Scope(value))
+    }
+
+    fn check(value: &str) -> Result<(), UserError> {
         if value.is_empty() {
             return Err(UserError::Missing("scope"));
         }
-        check_len(value, "scope", MAX_SCOPE_CHARS)?;
-        Ok(Scope(value.to_owned()))
+        check_len(value, "scope", MAX_SCOPE_CHARS)
     }
 }
 

@@ -42,13 +42,13 @@ impl Action {
 /// only in the scope its headers name.
 pub async fn execute(
     users: &Users,
-    scope: &str,
+    scope: String,
     action: Action,
     mut params: Params,
     client: IpAddr,
 ) -> Result<Box<RawValue>, UserError> {
     params.remove("scope");
-    let scope = &Scope::parse(scope)?;
+    let scope = &Scope::parse_owned(scope)?;
     Ok(match action {
         Action::Login => {
             let credentials = Credentials::parse(&params, PasswordForm::Canonical)?;

@@ -165,7 +165,7 @@ where
                     _ => params(lua, &host.meter, &arg),
                 };
                 let parsed = parsed.and_then(|params| {
-                    let scope = Scope::parse(&scope(&host, &params, request_scope))?;
+                    let scope = Scope::parse_owned(scope(&host, &params, request_scope))?;
                     let client = client_from_lua(&client);
                     Ok((params, Caller { scope, client }))
                 });

@@ -219,7 +219,7 @@ async fn run_call(
         params,
         client,
     } = call;
-    let (project, action, scope) = (project.as_str(), action.as_str(), scope.as_str());
+    let (project, action) = (project.as_str(), action.as_str());
     let timeout = secs(worker.shared.settings.request_timeout_secs);
     let call = async {
         if project == wire::USERS_PROJECT {
@@ -243,7 +243,7 @@ async fn run_call(
         } else {
             let lua = worker.lua.borrow().clone();
             let outcome = lua
-                .handle(project, action, Value::Object(params), scope, Some(client))
+                .handle(project, action, Value::Object(params), &scope, Some(client))
                 .await;
             if let HandlerOutcome::Error(_) = outcome {
                 worker.look_after(&lua);
