@@ -1,7 +1,7 @@
 -- The Lua side of `core`: calling conventions, compat shims and small utilities.
 -- Runs once per Lua state, before the sandbox is sealed. `native` holds the Rust functions and
 -- never becomes visible to scripts.
-local core, native = ...
+local core, native, modules = ...
 
 -- The standard globals (read-only once the host seals the state), and the originals of what the
 -- prelude replaces below.
@@ -13,7 +13,7 @@ local raw_setfenv, raw_loadstring = setfenv, loadstring
 local STATUS, NO_SUCH_ACTION = native.STATUS, native.NO_SUCH_ACTION
 
 -- The Rust half of each `core` module (see src/lua/natives/).
-local USERS, JSON, TEXT, UTIL = native.users, native.json, native.text, native.util
+local JSON, TEXT, UTIL = native.json, native.text, native.util
 
 local NULL = "_NULL"
 core.NULL = NULL
@@ -80,67 +80,10 @@ local function client()
   return ctx and ctx.client
 end
 
-local users = { NULL = NULL }
-core.users = users
-
-function users.create(params, listener)
-  USERS.create(params, scope())
-  return deliver(listener, wait())
-end
-
-function users.login(params, listener)
-  USERS.login(params, scope(), client())
-  return deliver(listener, wait())
-end
-
--- get({user_id = id}, listener) | get({user_id = id}) | get(id)
-function users.get(params, listener)
-  USERS.get(params, scope())
-  return deliver(listener, wait())
-end
-
--- update({user_id = id, update = {...}}, listener) | update(id, {...})
-function users.update(params, update, listener)
-  if type(params) == "string" then
-    params = { user_id = params, update = update }
-  else
-    listener = update
-  end
-  USERS.update(params, scope())
-  return deliver(listener, wait())
-end
-
--- delete({user_id = id}, listener) | delete(id)
-function users.delete(params, listener)
-  USERS.delete(params, scope())
-  return deliver(listener, wait())
-end
-
--- Coronium 2.x: register(username, password, scope, meta) -> user_id
--- meta = { email, group, extra, login }; with meta.login the new user is logged in and returned.
-function users.register(username, password, in_scope, meta, listener)
-  if type(meta) == "function" then
-    meta, listener = nil, meta
-  elseif type(in_scope) == "function" then
-    in_scope, listener = nil, in_scope
-  end
-  meta = type(meta) == "table" and meta or {}
-  local params = {
-    username = username,
-    password = password,
-    scope = in_scope,
-    email = meta.email,
-    group = meta.group,
-    extra = meta.extra,
-  }
-  USERS.create(params, scope())
-  local user_id, err, status = wait()
-  if err == nil and meta.login then
-    USERS.login({ username = username, password = password, scope = params.scope }, scope(), client())
-    return deliver(listener, wait())
-  end
-  return deliver(listener, user_id, err, status)
-end
+-- The `core` modules written in Lua, each a file of its own under lua/core/ (compiled by the
+-- host and passed in as `modules`), get what they share with the prelude through `kernel`.
+local kernel = { deliver = deliver, wait = wait, scope = scope, client = client, NULL = NULL }
+core.users = modules.users(native.users, kernel)
 
 ------------------------------------------------------------------------------------------------
 -- Small utilities ported code uses (compat §6).

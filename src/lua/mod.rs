@@ -25,6 +25,13 @@ use crate::app::Services;
 use crate::status::{ErrorAnswer, Status};
 
 const PRELUDE: &str = include_str!("../../lua/prelude.lua");
+/// The `core` modules written in Lua: (name, chunk name, source). The prelude runs each with
+/// its Rust half and what the prelude shares (`kernel`); a new `core.x` adds its file here.
+const CORE_MODULES: &[(&str, &str, &str)] = &[(
+    "users",
+    "@lua/core/users.lua",
+    include_str!("../../lua/core/users.lua"),
+)];
 
 /// Where `print` and `core.debug` write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,10 +168,15 @@ impl Runtime {
         no_such_action.set_readonly(true);
         native.set("NO_SUCH_ACTION", &no_such_action)?;
         lua.globals().set("core", &core)?;
+        let modules = lua.create_table()?;
+        for (name, chunk_name, source) in CORE_MODULES {
+            let module = lua.load(*source).set_name(*chunk_name).into_function()?;
+            modules.set(*name, module)?;
+        }
         let prelude: Table = lua
             .load(PRELUDE)
             .set_name("@lua/prelude.lua")
-            .call((&core, native))?;
+            .call((&core, native, modules))?;
         host.projects.set_new_project(prelude.get("new_project")?);
         let request: Function = prelude.get("request")?;
         if meter.is_budgeted() {

@@ -1,0 +1,70 @@
+-- core.users: one function, two calling conventions (compat §1), and the Coronium 2.x
+-- positional forms. With a listener, the listener gets `evt` once and the call returns nothing;
+-- without one, the call returns `result`, or `nil, err, status`.
+-- `USERS` is the Rust half (src/lua/natives/users.rs); `kernel` what the prelude shares: how to
+-- deliver a result, wait for the host, and read the running request's scope and client.
+local USERS, kernel = ...
+local deliver, wait, scope, client = kernel.deliver, kernel.wait, kernel.scope, kernel.client
+
+local users = { NULL = kernel.NULL }
+
+function users.create(params, listener)
+  USERS.create(params, scope())
+  return deliver(listener, wait())
+end
+
+function users.login(params, listener)
+  USERS.login(params, scope(), client())
+  return deliver(listener, wait())
+end
+
+-- get({user_id = id}, listener) | get({user_id = id}) | get(id)
+function users.get(params, listener)
+  USERS.get(params, scope())
+  return deliver(listener, wait())
+end
+
+-- update({user_id = id, update = {...}}, listener) | update(id, {...})
+function users.update(params, update, listener)
+  if type(params) == "string" then
+    params = { user_id = params, update = update }
+  else
+    listener = update
+  end
+  USERS.update(params, scope())
+  return deliver(listener, wait())
+end
+
+-- delete({user_id = id}, listener) | delete(id)
+function users.delete(params, listener)
+  USERS.delete(params, scope())
+  return deliver(listener, wait())
+end
+
+-- Coronium 2.x: register(username, password, scope, meta) -> user_id
+-- meta = { email, group, extra, login }; with meta.login the new user is logged in and returned.
+function users.register(username, password, in_scope, meta, listener)
+  if type(meta) == "function" then
+    meta, listener = nil, meta
+  elseif type(in_scope) == "function" then
+    in_scope, listener = nil, in_scope
+  end
+  meta = type(meta) == "table" and meta or {}
+  local params = {
+    username = username,
+    password = password,
+    scope = in_scope,
+    email = meta.email,
+    group = meta.group,
+    extra = meta.extra,
+  }
+  USERS.create(params, scope())
+  local user_id, err, status = wait()
+  if err == nil and meta.login then
+    USERS.login({ username = username, password = password, scope = params.scope }, scope(), client())
+    return deliver(listener, wait())
+  end
+  return deliver(listener, user_id, err, status)
+end
+
+return users
