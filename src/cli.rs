@@ -9,6 +9,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::app::{App, AppError};
 use crate::config::{Config, ConfigError};
+use crate::db::embedded::EmbeddedError;
+use crate::db::{DbError, EmbeddedPostgres};
 use crate::lua::{Output, Runtime, RuntimeOptions, ScriptError};
 use crate::users::PasswordHasher;
 
@@ -356,7 +358,21 @@ async fn unlock(config: Config, name: &str, scope: &str) -> Result<ExitCode, Cli
         other => CliError::Setup(other.to_string()),
     };
     let parsed_scope = crate::users::Scope::parse(scope).map_err(user_error)?;
-    let app = App::build(config).await?;
+    let app = match App::build(config.clone()).await {
+        // The server holds the embedded cluster: reach its database through its socket.
+        Err(AppError::Database(DbError::Embedded(EmbeddedError::InUse { .. }))) => {
+            let crate::db::Location::Embedded(options) = config.database_location() else {
+                unreachable!("only the embedded cluster has a data directory lock")
+            };
+            let mut through_socket = config;
+            through_socket.database_url = Some(
+                EmbeddedPostgres::running_cluster_url(&options, crate::db::EMBEDDED_DATABASE)
+                    .into(),
+            );
+            App::build(through_socket).await?
+        }
+        other => other?,
+    };
     let cleared = match app.services(2) {
         Ok(services) => services
             .users

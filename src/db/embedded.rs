@@ -372,6 +372,19 @@ impl EmbeddedPostgres {
         self.socket_dir.join(format!(".s.PGSQL.{SOCKET_PORT}"))
     }
 
+    /// A connection string for `dbname` on the cluster under `options.dir` that another process
+    /// runs: what a command uses to reach a running server's database without taking its lock.
+    pub fn running_cluster_url(options: &EmbeddedOptions, dbname: &str) -> String {
+        let dir = options
+            .dir
+            .canonicalize()
+            .unwrap_or_else(|_| options.dir.clone());
+        format!(
+            "host={} port={SOCKET_PORT} user={SUPERUSER} dbname={dbname}",
+            dir.join("run").display()
+        )
+    }
+
     /// Connection settings for `dbname` on this cluster.
     pub fn connect_config(&self, dbname: &str) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();

@@ -371,3 +371,64 @@ async fn the_embedded_postgresql_is_started_again_after_it_dies() {
         "stopped with the server"
     );
 }
+
+/// `coronium users unlock` works while a server holds the embedded cluster: it reaches the
+/// database through the server's socket instead of taking the data directory.
+#[tokio::test]
+async fn users_unlock_reaches_a_running_servers_embedded_database() {
+    let data = scratch_dir("unlock-running").join("data");
+    let server = crate::common::TestServer::start_with_key(
+        None,
+        &data,
+        Some(crate::common::TEST_SERVER_KEY),
+        |cmd| {
+            cmd.env("CORONIUM_WORKERS", "1");
+        },
+    );
+    let call = |action: &'static str, password: &'static str| {
+        let params = serde_json::json!({"username": "held", "password": password});
+        let addr = server.addr.clone();
+        async move {
+            coronium::wire::client::call(
+                &addr,
+                crate::common::TEST_SERVER_KEY,
+                "api.users",
+                action,
+                "default",
+                &params,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let right = "e19d5cd5af0378da05f63f891c7467af";
+    let wrong = "00000000000000000000000000000000";
+    assert!(call("create", right).await["result"]["user_id"].is_string());
+    for _ in 0..10 {
+        call("login", wrong).await;
+    }
+    let refused = call("login", right).await;
+    assert_eq!(
+        refused["result"]["status"],
+        serde_json::json!(603),
+        "{refused}"
+    );
+    let out = coronium(None)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["users", "unlock", "held"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // This address's count for the account, and the account's count from every address.
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("cleared 2 failed-login"), "{printed}");
+    assert_eq!(
+        call("login", right).await["result"]["username"],
+        serde_json::json!("held")
+    );
+}
