@@ -293,7 +293,7 @@ impl Runtime {
         let message = results.next().unwrap_or(Value::Nil);
         let status = results.next().unwrap_or(Value::Nil);
         if let Value::Nil = result {
-            if message == Value::Table(self.no_such_action.clone()) {
+            if matches!(&message, Value::Table(marker) if *marker == self.no_such_action) {
                 return Ok(HandlerOutcome::UnknownAction);
             }
             let status = match status {

@@ -146,7 +146,7 @@ pub async fn find_for_login(
 
 /// What a throttled login attempt learned in one statement: the candidate, the key its failures
 /// are counted under, and how long the client must wait first (0: it may check its password now,
-/// and the attempt is already counted as a failure until [`login_succeeded`] takes it back).
+/// and the attempt is already counted as a failure until the login's [`Release`] takes it back).
 pub struct LoginAttempt {
     pub candidate: Option<LoginCandidate>,
     pub account: String,

@@ -134,7 +134,7 @@ fn client_from_lua(value: &Value) -> ClientAddress {
         Value::String(s) => s.to_str().ok().and_then(|s| s.parse().ok()),
         _ => None,
     };
-    ip.map_or_else(ClientAddress::local, ClientAddress::from_ip)
+    ClientAddress::from(ip)
 }
 
 /// Registers a users operation: parse the Lua argument, leave the async domain call for the
