@@ -2,9 +2,24 @@
 
 use std::time::Duration;
 
-use coronium::db::PingError;
+use coronium::db::{DbHandle, PingError};
 
 use crate::common::TestDb;
+
+/// How many tables are called `name`, read through the handle's shared connection.
+async fn tables_named(handle: &DbHandle, name: &str) -> Result<i64, PingError> {
+    handle
+        .read(|client| async move {
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM pg_tables WHERE tablename = $1",
+                    &[&name],
+                )
+                .await?;
+            Ok(row.get(0))
+        })
+        .await
+}
 
 /// A transaction holds a connection of its own: shared reads and writes go on while it is open,
 /// and see its work only once it commits.
@@ -19,18 +34,7 @@ async fn a_transaction_runs_beside_shared_statements() {
     )
     .await
     .unwrap();
-    let count = || {
-        handle.read(|client| async move {
-            let row = client
-                .query_one(
-                    "SELECT count(*) FROM pg_tables WHERE tablename = 'ledger'",
-                    &[],
-                )
-                .await?;
-            Ok::<i64, PingError>(row.get(0))
-        })
-    };
-    let before = tokio::time::timeout(Duration::from_secs(5), count())
+    let before = tokio::time::timeout(Duration::from_secs(5), tables_named(&handle, "ledger"))
         .await
         .expect("a shared read does not wait for the open transaction")
         .unwrap();
@@ -40,7 +44,7 @@ async fn a_transaction_runs_beside_shared_statements() {
         .expect("the health check does not wait either")
         .unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(count().await.unwrap(), 1);
+    assert_eq!(tables_named(&handle, "ledger").await.unwrap(), 1);
     let sum = handle
         .write(|client| async move {
             let row = client
@@ -66,17 +70,6 @@ async fn a_dropped_transaction_rolls_back() {
             .unwrap();
         drop(tx);
     }
-    let left = handle
-        .read(|client| async move {
-            let row = client
-                .query_one(
-                    "SELECT count(*) FROM pg_tables WHERE tablename = 'scratch'",
-                    &[],
-                )
-                .await?;
-            Ok::<i64, PingError>(row.get(0))
-        })
-        .await
-        .unwrap();
+    let left = tables_named(&handle, "scratch").await.unwrap();
     assert_eq!(left, 0);
 }

@@ -29,6 +29,18 @@ fn postgres_on(data_dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// A one-worker `coronium serve` on its own embedded PostgreSQL in `data`.
+fn embedded_server(data: &Path) -> crate::common::TestServer {
+    crate::common::TestServer::start_with_key(
+        None,
+        data,
+        Some(crate::common::TEST_SERVER_KEY),
+        |cmd| {
+            cmd.env("CORONIUM_WORKERS", "1");
+        },
+    )
+}
+
 fn write_script(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, source).unwrap();
@@ -295,14 +307,7 @@ fn a_data_directory_postgres_cannot_reach_is_explained() {
 async fn the_embedded_postgresql_is_started_again_after_it_dies() {
     let dir = scratch_dir("supervised");
     let data = dir.join("data");
-    let server = crate::common::TestServer::start_with_key(
-        None,
-        &data,
-        Some(crate::common::TEST_SERVER_KEY),
-        |cmd| {
-            cmd.env("CORONIUM_WORKERS", "1");
-        },
-    );
+    let server = embedded_server(&data);
     let addr = server.addr.clone();
     let key = crate::common::TEST_SERVER_KEY;
     let create = |name: String| {
@@ -377,14 +382,7 @@ async fn the_embedded_postgresql_is_started_again_after_it_dies() {
 #[tokio::test]
 async fn users_unlock_reaches_a_running_servers_embedded_database() {
     let data = scratch_dir("unlock-running").join("data");
-    let server = crate::common::TestServer::start_with_key(
-        None,
-        &data,
-        Some(crate::common::TEST_SERVER_KEY),
-        |cmd| {
-            cmd.env("CORONIUM_WORKERS", "1");
-        },
-    );
+    let server = embedded_server(&data);
     let call = |action: &'static str, password: &'static str| {
         let params = serde_json::json!({"username": "held", "password": password});
         let addr = server.addr.clone();

@@ -25,10 +25,16 @@ fn behind_proxy(db: &TestDb, env: &[(&str, &str)]) -> TestServer {
     })
 }
 
-/// A wire login, as if from the client address `from` (through the proxy).
-async fn login_from(server: &TestServer, from: &str, params: Value) -> Value {
-    let mut headers = signed_headers(&server.key, "api.users", "login", "default", unix_now());
+/// Signed headers of a call, as if from the client address `from` (through the proxy).
+fn headers_from(key: &str, project: &str, action: &str, from: &str) -> Vec<(&'static str, String)> {
+    let mut headers = signed_headers(key, project, action, "default", unix_now());
     headers.push(("X-Forwarded-For", from.to_owned()));
+    headers
+}
+
+/// A wire login, as if from the client address `from`.
+async fn login_from(server: &TestServer, from: &str, params: Value) -> Value {
+    let headers = headers_from(&server.key, "api.users", "login", from);
     server.post(&headers, params.to_string().as_bytes()).await.1
 }
 
@@ -313,8 +319,7 @@ return api"#,
     );
     create(&server, "luaplayer", "luaplayer@example.com").await;
     let sign_in = |from: &'static str, password: &'static str| {
-        let mut headers = signed_headers(&server.key, "Game", "signIn", "default", unix_now());
-        headers.push(("X-Forwarded-For", from.to_owned()));
+        let headers = headers_from(&server.key, "Game", "signIn", from);
         let body = json!({"name": "luaplayer", "password": password}).to_string();
         let server = &server;
         async move { server.post(&headers, body.as_bytes()).await.1 }
@@ -339,8 +344,7 @@ async fn concurrent_guesses_cannot_slip_past_the_limit_together() {
     for n in 0..40 {
         let (addr, key) = (server.addr.clone(), server.key.clone());
         guesses.spawn(async move {
-            let mut headers = signed_headers(&key, "api.users", "login", "default", unix_now());
-            headers.push(("X-Forwarded-For", "198.51.100.77".to_owned()));
+            let headers = headers_from(&key, "api.users", "login", "198.51.100.77");
             let body = by_name("raced", &format!("guess{n}")).to_string();
             coronium::wire::client::post(&addr, &headers, body.into_bytes())
                 .await
