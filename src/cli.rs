@@ -295,23 +295,32 @@ fn key(config: &Config, regenerate: bool) -> Result<ExitCode, CliError> {
 /// embedded database last.
 async fn serve(config: Config) -> Result<ExitCode, CliError> {
     let app = App::build(config).await?;
-    let server = crate::server::Server::start(&app)?;
+    let listeners = match crate::server::Listeners::bind(&app.config().server) {
+        Ok(listeners) => listeners,
+        Err(e) => {
+            app.shutdown().await;
+            return Err(e.into());
+        }
+    };
     {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
             "listening on {}://{}",
-            server.scheme(),
-            server.local_addr()
+            listeners.scheme(),
+            listeners.local_addr()
         );
         let _ = out.flush();
     }
-    tracing::info!(addr = %server.local_addr(), workers = server.workers(), "coronium serving");
-    let signal = shutdown_signal().await;
-    tracing::info!(signal, "shutting down: draining in-flight requests");
-    let _ = tokio::task::spawn_blocking(move || server.shutdown()).await;
+    tracing::info!(addr = %listeners.local_addr(), workers = listeners.workers(), "coronium serving");
+    let served = crate::server::run(&app, listeners, async {
+        let signal = shutdown_signal().await;
+        tracing::info!(signal, "shutting down: draining in-flight requests");
+    })
+    .await;
     app.shutdown().await;
+    served?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -25,13 +25,28 @@ use crate::app::Services;
 use crate::status::{ErrorAnswer, Status};
 
 const PRELUDE: &str = include_str!("../../lua/prelude.lua");
-/// The `core` modules written in Lua: (name, chunk name, source). The prelude runs each with
-/// its Rust half and what the prelude shares (`kernel`); a new `core.x` adds its file here.
-const CORE_MODULES: &[(&str, &str, &str)] = &[(
-    "users",
-    "@lua/core/users.lua",
-    include_str!("../../lua/core/users.lua"),
-)];
+
+/// One entry of [`LUA_FILES`]: its name, its chunk name (as errors show it) and its source.
+macro_rules! lua_file {
+    ($name:literal, $path:literal) => {
+        (
+            $name,
+            concat!("@lua/", $path),
+            include_str!(concat!("../../lua/", $path)),
+        )
+    };
+}
+/// The Lua files the prelude runs, each a function of what the prelude passes it: the `core`
+/// modules written in Lua (`lua/core/`, each with its Rust half and what the prelude shares,
+/// `kernel`) and the host's own (`lua/host/`). A new `core.x` adds its file here and one line in
+/// the prelude. (name, chunk name, source)
+const LUA_FILES: &[(&str, &str, &str)] = &[
+    lua_file!("users", "core/users.lua"),
+    lua_file!("util", "core/util.lua"),
+    lua_file!("json", "core/json.lua"),
+    lua_file!("guards", "host/guards.lua"),
+    lua_file!("lua51", "host/lua51.lua"),
+];
 
 /// Where `print` and `core.debug` write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,7 +184,7 @@ impl Runtime {
         native.set("NO_SUCH_ACTION", &no_such_action)?;
         lua.globals().set("core", &core)?;
         let modules = lua.create_table()?;
-        for (name, chunk_name, source) in CORE_MODULES {
+        for (name, chunk_name, source) in LUA_FILES {
             let module = lua.load(*source).set_name(*chunk_name).into_function()?;
             modules.set(*name, module)?;
         }

@@ -194,18 +194,78 @@ fn listeners(addr: SocketAddr, count: usize) -> Result<Vec<TcpListener>, ServerE
     Ok(bound)
 }
 
-impl Server {
-    /// Binds the listeners and starts the workers (`server.workers`; 0 is one per core), each
-    /// with its own services from `app` and a share of `pool_size` connections (at least two).
-    /// Returns once every worker listens.
-    pub fn start(app: &App) -> Result<Server, ServerError> {
-        let config = app.config();
-        let workers = match config.server.workers {
+/// The workers' listening sockets: one per worker on the same address (`SO_REUSEPORT`), bound
+/// before the server starts so that a caller can say where it listens first.
+pub struct Listeners {
+    sockets: Vec<TcpListener>,
+    local_addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Listeners {
+    /// Binds one listener per worker of `settings` (`workers = 0` is one per core) on its host
+    /// and port (0 picks a free port, shared by all), with TLS when `tls_cert` and `tls_key` are
+    /// set (their files are read here, so a bad certificate is refused before anything listens).
+    pub fn bind(settings: &ServerSettings) -> Result<Listeners, ServerError> {
+        let tls = tls::acceptor(settings.tls_cert.as_deref(), settings.tls_key.as_deref())?;
+        let workers = match settings.workers {
             0 => default_workers(),
             n => n,
         };
-        let per_worker = config.pool_size.div_ceil(workers).max(2);
-        let services = (0..workers)
+        let addr = SocketAddr::new(settings.host, settings.port);
+        let sockets = listeners(addr, workers)?;
+        let local_addr = sockets[0]
+            .local_addr()
+            .map_err(|source| ServerError::Listen { addr, source })?;
+        Ok(Listeners {
+            sockets,
+            local_addr,
+            tls,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `https` when the listeners speak TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// How many workers will serve them.
+    pub fn workers(&self) -> usize {
+        self.sockets.len()
+    }
+}
+
+/// Serves `app` on `listeners` until `shutdown` completes, then stops accepting, lets in-flight
+/// requests finish within the grace period and returns once every worker has exited. The
+/// database stays up: the caller owns `app` and shuts it down after.
+pub async fn run(
+    app: &App,
+    listeners: Listeners,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let server = Server::start_on(app, listeners)?;
+    shutdown.await;
+    let _ = tokio::task::spawn_blocking(move || server.shutdown()).await;
+    Ok(())
+}
+
+impl Server {
+    /// Binds the listeners and starts the workers: [`Listeners::bind`] then
+    /// [`start_on`](Self::start_on). Returns once every worker listens.
+    pub fn start(app: &App) -> Result<Server, ServerError> {
+        Self::start_on(app, Listeners::bind(&app.config().server)?)
+    }
+
+    /// Starts one worker per listener, each with its own services from `app` and a share of
+    /// `pool_size` connections (at least two). Returns once every worker listens.
+    pub fn start_on(app: &App, listeners: Listeners) -> Result<Server, ServerError> {
+        let config = app.config();
+        let per_worker = config.pool_size.div_ceil(listeners.workers()).max(2);
+        let services = (0..listeners.workers())
             .map(|_| app.services(per_worker))
             .collect::<Result<Vec<_>, _>>()?;
         let shared = Arc::new(Shared {
@@ -215,24 +275,25 @@ impl Server {
             metrics: install_metrics(),
             settings: config.server.clone(),
         });
-        Self::start_workers(shared, services)
+        Self::start_workers(shared, listeners, services)
     }
 
-    fn start_workers(shared: Arc<Shared>, services: Vec<Services>) -> Result<Server, ServerError> {
-        let addr = SocketAddr::new(shared.settings.host, shared.settings.port);
-        let listeners = listeners(addr, services.len())?;
-        let local_addr = listeners[0]
-            .local_addr()
-            .map_err(|source| ServerError::Listen { addr, source })?;
+    fn start_workers(
+        shared: Arc<Shared>,
+        listeners: Listeners,
+        services: Vec<Services>,
+    ) -> Result<Server, ServerError> {
+        let scheme = listeners.scheme();
+        let Listeners {
+            sockets: listeners,
+            local_addr,
+            tls,
+        } = listeners;
         let (stop, stopped) = watch::channel(false);
         let stalls = Arc::new(Stalls::new(
             services.len(),
             Duration::from_millis(shared.settings.cpu_budget_ms.max(1)) + STALL_MARGIN,
         ));
-        let tls = tls::acceptor(
-            shared.settings.tls_cert.as_deref(),
-            shared.settings.tls_key.as_deref(),
-        )?;
         let addresses = Arc::new(limits::AddressCounts::new(
             shared.settings.max_connections_per_ip,
         ));
@@ -263,7 +324,7 @@ impl Server {
             stop,
             workers,
             watchdog: Some(watchdog),
-            scheme: if tls.is_some() { "https" } else { "http" },
+            scheme,
         })
     }
 
