@@ -5,9 +5,13 @@
 //! slices add up to more than the budget, and yields it (so other requests on the worker get
 //! their turn) when one slice runs long.
 //!
-//! Luau also calls the interrupt inside its pattern matcher, where it cannot yield: there the
-//! slice stays open so the budget still fails the call. Host functions that can run long (JSON,
-//! `core.trim`, `core.split`) ask [`Meter::check`] as they go.
+//! A request past its budget is ended from outside: the interrupt yields its coroutine, and the
+//! driver drops a coroutine that yields with its budget spent, so no `pcall` in the script gets
+//! to catch anything (a script at the very top of the call stack has no room to run the `pcall`
+//! wrappers that raise a caught budget error again). Where Lua cannot yield (inside a C function
+//! such as the pattern matcher, or in a script's own coroutine) the interrupt raises the budget
+//! error instead, and tries the yield again at the next check. Host functions that can run long
+//! (JSON, `core.trim`, `core.split`) ask [`Meter::check`] as they go.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -40,6 +44,9 @@ struct Slice {
 pub(crate) struct Meter {
     current: Cell<Option<Slice>>,
     ticks: Cell<u32>,
+    /// The last over-budget check asked for a yield: if the request is still running, it was at
+    /// a point that cannot yield, and this check raises the error instead.
+    yield_tried: Cell<bool>,
     /// What each request (and project load) may use; `None` meters nothing (scripts).
     budget: Option<Duration>,
     /// Published at each slice's start and end, for a watchdog on another thread.
@@ -114,6 +121,11 @@ impl Meter {
             }
             let now = Instant::now();
             if now >= slice.fail_at {
+                let ours = !pending.is_full() && lua.current_thread().to_pointer() == slice.thread;
+                if ours && !meter.yield_tried.replace(true) {
+                    return Ok(VmState::Yield);
+                }
+                meter.yield_tried.set(false);
                 return Err(mlua::Error::runtime(OverBudget {
                     budget_ms: slice.budget_ms,
                 }));
@@ -208,6 +220,7 @@ impl Budget {
             pulse.enter(start);
         }
         let remaining = self.budget.saturating_sub(self.used);
+        self.meter.yield_tried.set(false);
         self.meter.current.set(Some(Slice {
             thread: self.thread,
             yield_at: start + SLICE,
@@ -221,5 +234,13 @@ impl Budget {
         }
         self.used += start.elapsed();
         out
+    }
+
+    /// The budget error, once the account is spent: a coroutine that yields now was yielded by
+    /// the meter to end it.
+    pub fn spent(&self) -> Option<OverBudget> {
+        (self.used >= self.budget).then_some(OverBudget {
+            budget_ms: self.budget.as_millis() as u64,
+        })
     }
 }

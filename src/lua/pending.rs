@@ -54,7 +54,8 @@ fn is_marker(values: &MultiValue) -> bool {
 
 /// Runs `thread` with `args` until it returns, awaiting each host operation it waits for, under
 /// `budget` when given. Any other yield (the meter ending a slice, a script's own yield at the top
-/// level) lets the worker's other tasks run and resumes with nothing.
+/// level) lets the worker's other tasks run and resumes with nothing, unless the budget is spent:
+/// then the coroutine is dropped where it stands and the call fails with the budget error.
 pub(crate) async fn drive(
     lua: &Lua,
     pending: &Pending,
@@ -86,6 +87,9 @@ pub(crate) async fn drive(
                 ]),
             },
             _ => {
+                if let Some(over) = budget.as_deref().and_then(Budget::spent) {
+                    return Err(mlua::Error::runtime(over));
+                }
                 tokio::task::yield_now().await;
                 MultiValue::new()
             }

@@ -709,41 +709,48 @@ async fn slow_clients_are_closed_at_their_deadlines() {
     let second = std::time::Duration::from_secs(1);
     let late = std::time::Duration::from_secs(3);
 
-    // Sends nothing at all.
-    let mut silent = connect().await.unwrap();
-    let (took, _) = until_closed("silent", &mut silent).await;
-    assert!(took >= second / 2 && took < late, "silent: {took:?}");
-
-    // Half a header block.
-    let mut partial = connect().await.unwrap();
-    partial
-        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nX-Action: get\r\n")
-        .await
-        .unwrap();
-    let (took, _) = until_closed("partial headers", &mut partial).await;
-    assert!(took < late, "partial headers: {took:?}");
-
-    // Signed headers, then part of the body it announced.
-    let head = signed_get_head(&server.key, 100, "") + "{\"user_id\":";
-    let mut slow_body = connect().await.unwrap();
-    slow_body.write_all(head.as_bytes()).await.unwrap();
-    let (took, answer) = until_closed("slow body", &mut slow_body).await;
-    assert!(took < late, "slow body: {took:?}");
-    assert!(
-        answer.starts_with("HTTP/1.1 408")
-            && answer.contains("The request body did not arrive within 1 s."),
-        "{answer}"
-    );
-
-    // A finished request, then silence: the kept-alive connection is closed too.
-    let mut kept = connect().await.unwrap();
-    let body = br#"{"user_id":"nope"}"#;
-    let request = signed_get_head(&server.key, body.len(), "");
-    kept.write_all(request.as_bytes()).await.unwrap();
-    kept.write_all(body).await.unwrap();
-    let (took, answer) = until_closed("idle keep-alive", &mut kept).await;
-    assert!(answer.contains("User not found."), "{answer}");
-    assert!(took < late, "idle keep-alive: {took:?}");
+    // The four slow clients at once: each deadline is its connection's own.
+    let silent = async {
+        // Sends nothing at all.
+        let mut silent = connect().await.unwrap();
+        let (took, _) = until_closed("silent", &mut silent).await;
+        assert!(took >= second / 2 && took < late, "silent: {took:?}");
+    };
+    let partial = async {
+        // Half a header block.
+        let mut partial = connect().await.unwrap();
+        partial
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nX-Action: get\r\n")
+            .await
+            .unwrap();
+        let (took, _) = until_closed("partial headers", &mut partial).await;
+        assert!(took < late, "partial headers: {took:?}");
+    };
+    let slow_body = async {
+        // Signed headers, then part of the body it announced.
+        let head = signed_get_head(&server.key, 100, "") + "{\"user_id\":";
+        let mut slow_body = connect().await.unwrap();
+        slow_body.write_all(head.as_bytes()).await.unwrap();
+        let (took, answer) = until_closed("slow body", &mut slow_body).await;
+        assert!(took < late, "slow body: {took:?}");
+        assert!(
+            answer.starts_with("HTTP/1.1 408")
+                && answer.contains("The request body did not arrive within 1 s."),
+            "{answer}"
+        );
+    };
+    let kept = async {
+        // A finished request, then silence: the kept-alive connection is closed too.
+        let mut kept = connect().await.unwrap();
+        let body = br#"{"user_id":"nope"}"#;
+        let request = signed_get_head(&server.key, body.len(), "");
+        kept.write_all(request.as_bytes()).await.unwrap();
+        kept.write_all(body).await.unwrap();
+        let (took, answer) = until_closed("idle keep-alive", &mut kept).await;
+        assert!(answer.contains("User not found."), "{answer}");
+        assert!(took < late, "idle keep-alive: {took:?}");
+    };
+    tokio::join!(silent, partial, slow_body, kept);
 
     // And the server still serves.
     assert_serves(&server).await;
