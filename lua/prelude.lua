@@ -107,23 +107,23 @@ end
 -- Budget errors are not for catching.
 ------------------------------------------------------------------------------------------------
 -- A request past its CPU budget must end: an error caught then (by pcall, xpcall or resume) is
--- raised again, or a loop around pcall would outlive every budget.
--- Scripts run without a budget and keep the plain functions.
-local over_budget = native.over_budget
+-- raised again, or a loop around pcall would outlive every budget. The meter sets one byte
+-- (`BUDGET.flag`) when the budget is spent; reading it allocates nothing, and where a script at
+-- the top of its call stack leaves no room for the read, the read fails: an error all the same,
+-- for the next pcall down.
+-- Scripts run without a budget (no `BUDGET`) and keep the plain functions.
+local BUDGET = native.budget
+local SPENT, SPENT_MESSAGE = BUDGET and BUDGET.flag, BUDGET and BUDGET.message
+local readu8 = buffer.readu8
 local raw_pcall, raw_xpcall = pcall, xpcall
 local function rethrow_if_over(ok, ...)
-  -- The error caught may be "not enough memory": asking may itself fail, and then it is not the
-  -- budget's.
-  if not ok and native.budgeted then
-    local asked, over = raw_pcall(over_budget)
-    if asked and over then
-      error((...), 0)
-    end
+  if not ok and SPENT and readu8(SPENT, 0) ~= 0 then
+    error(SPENT_MESSAGE, 0)
   end
   return ok, ...
 end
 
-if native.budgeted then
+if BUDGET then
   function pcall(f, ...)
     return rethrow_if_over(raw_pcall(f, ...))
   end
@@ -137,10 +137,15 @@ end
 -- yields the host's "pending" marker; resume passes it up to the coroutine the host drives, and
 -- hands what the host resumes with down to the inner one.
 ------------------------------------------------------------------------------------------------
+-- The meter yields a coroutine that runs past the request's budget; its resumer (with room on
+-- its own call stack, whatever the coroutine's looks like) raises the budget error.
 local function settle(co, ...)
   local ok, first = ...
   if ok and first == PENDING and select("#", ...) == 2 then
     return settle(co, raw_resume(co, raw_yield(PENDING)))
+  end
+  if SPENT and readu8(SPENT, 0) ~= 0 then
+    error(SPENT_MESSAGE, 0)
   end
   return ...
 end

@@ -9,8 +9,8 @@
 //! driver drops a coroutine that yields with its budget spent, so no `pcall` in the script gets
 //! to catch anything (a script at the very top of the call stack has no room to run the `pcall`
 //! wrappers that raise a caught budget error again). Where Lua cannot yield (inside a C function
-//! such as the pattern matcher, or in a script's own coroutine) the interrupt raises the budget
-//! error instead, and tries the yield again at the next check. Host functions that can run long
+//! such as the pattern matcher) the interrupt raises the budget error instead, and tries the
+//! yield again at the next check. Host functions that can run long
 //! (JSON, `core.trim`, `core.split`) ask [`Meter::check`] as they go.
 
 use std::cell::Cell;
@@ -47,10 +47,21 @@ pub(crate) struct Meter {
     /// The last over-budget check asked for a yield: if the request is still running, it was at
     /// a point that cannot yield, and this check raises the error instead.
     yield_tried: Cell<bool>,
+    /// What the prelude reads to know the running request is spent (budgeted states only).
+    spent: std::cell::OnceCell<SpentFlag>,
     /// What each request (and project load) may use; `None` meters nothing (scripts).
     budget: Option<Duration>,
     /// Published at each slice's start and end, for a watchdog on another thread.
     pulse: Option<Arc<Pulse>>,
+}
+
+/// One byte the prelude's `pcall` wrappers read to know that the running request's budget is
+/// spent (a Luau buffer: the meter writes it from the interrupt without a Lua call, and reading
+/// it allocates nothing). A script at the top of its call stack leaves no room even for the read;
+/// the read then fails, which raises an error all the same, for the next `pcall` down.
+struct SpentFlag {
+    byte: mlua::Buffer,
+    set: Cell<bool>,
 }
 
 /// When the state's running slice started, readable from any thread: a slice longer than its
@@ -99,6 +110,44 @@ impl Meter {
         self.budget.is_some()
     }
 
+    /// What the prelude reads to know the running request is spent (see [`SpentFlag`]): the
+    /// flag and the budget error's message; nil when nothing is metered. Made once per state.
+    pub fn spent_flag(&self, lua: &Lua) -> mlua::Result<Option<mlua::Table>> {
+        let Some(budget) = self.budget else {
+            return Ok(None);
+        };
+        let byte = lua.create_buffer([0u8])?;
+        let flag = lua.create_table()?;
+        flag.raw_set("flag", &byte)?;
+        let message = OverBudget {
+            budget_ms: budget.as_millis() as u64,
+        };
+        flag.raw_set("message", message.to_string())?;
+        let _ = self.spent.set(SpentFlag {
+            byte,
+            set: Cell::new(false),
+        });
+        Ok(Some(flag))
+    }
+
+    /// The running request is past its budget: raises the prelude's flag.
+    fn mark_spent(&self, budget_ms: u64) -> OverBudget {
+        if let Some(flag) = self.spent.get()
+            && !flag.set.replace(true)
+        {
+            flag.byte.write_bytes(0, &[1]);
+        }
+        OverBudget { budget_ms }
+    }
+
+    fn clear_spent(&self) {
+        if let Some(flag) = self.spent.get()
+            && flag.set.replace(false)
+        {
+            flag.byte.write_bytes(0, &[0]);
+        }
+    }
+
     /// A fresh account for `thread` (a request's coroutine, or a project's loading one), when
     /// there is a budget.
     pub fn budget_for(self: &Rc<Self>, thread: &mlua::Thread) -> Option<Budget> {
@@ -121,14 +170,14 @@ impl Meter {
             }
             let now = Instant::now();
             if now >= slice.fail_at {
-                let ours = !pending.is_full() && lua.current_thread().to_pointer() == slice.thread;
-                if ours && !meter.yield_tried.replace(true) {
+                meter.mark_spent(slice.budget_ms);
+                // A script's own coroutine is yielded too: its resumer, in the request's
+                // coroutine, then meets the next check with the call stack that coroutine had.
+                if !pending.is_full() && !meter.yield_tried.replace(true) {
                     return Ok(VmState::Yield);
                 }
                 meter.yield_tried.set(false);
-                return Err(mlua::Error::runtime(OverBudget {
-                    budget_ms: slice.budget_ms,
-                }));
+                return Err(mlua::Error::runtime(meter.mark_spent(slice.budget_ms)));
             }
             if now >= slice.yield_at
                 && !pending.is_full()
@@ -147,9 +196,7 @@ impl Meter {
     /// script sizes, called every so often as they go.
     pub fn check(&self) -> Result<(), OverBudget> {
         match self.current.get() {
-            Some(slice) if Instant::now() >= slice.fail_at => Err(OverBudget {
-                budget_ms: slice.budget_ms,
-            }),
+            Some(slice) if Instant::now() >= slice.fail_at => Err(self.mark_spent(slice.budget_ms)),
             _ => Ok(()),
         }
     }
@@ -221,6 +268,10 @@ impl Budget {
         }
         let remaining = self.budget.saturating_sub(self.used);
         self.meter.yield_tried.set(false);
+        if self.used == Duration::ZERO {
+            // A new request (or load) starts unspent.
+            self.meter.clear_spent();
+        }
         self.meter.current.set(Some(Slice {
             thread: self.thread,
             yield_at: start + SLICE,

@@ -372,6 +372,17 @@ local attacks = {
   evade_top_0 = function() evade_top(0) end,
   evade_top_1 = function() evade_top(1) end,
   evade_top_2 = function() evade_top(2) end,
+  evade_top_in_coroutine = function() coroutine.wrap(function() evade_top(0) end)() end,
+  -- The same from inside C functions, where Lua cannot yield.
+  evade_top_in_sort = function() table.sort({ 1, 2, 3 }, function() evade_top(0) end) end,
+  evade_top_in_gsub = function() string.gsub("aaa", "a", function() evade_top(1) end) end,
+  evade_top_in_index = function()
+    return setmetatable({}, { __index = function() evade_top(2) end }).x
+  end,
+  evade_top_in_resume = function()
+    local co = coroutine.create(function() evade_top(0) end)
+    while true do coroutine.resume(co) end
+  end,
   evade_xpcall = function()
     while true do xpcall(function() while true do end end, function() while true do end end) end
   end,
@@ -420,6 +431,11 @@ const ATTACKS: &[&str] = &[
     "evade_top_0",
     "evade_top_1",
     "evade_top_2",
+    "evade_top_in_coroutine",
+    "evade_top_in_resume",
+    "evade_top_in_sort",
+    "evade_top_in_gsub",
+    "evade_top_in_index",
     "evade_xpcall",
     "evade_resume",
 ];

@@ -71,11 +71,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         "env_of",
         lua.create_function(|_, f: mlua::Function| Ok(f.environment()))?,
     )?;
-    native.set("budgeted", host.meter.is_budgeted())?;
-    let budget_host = host.clone();
-    native.set(
-        "over_budget",
-        lua.create_function(move |_, ()| Ok(budget_host.meter.check().is_err()))?,
-    )?;
+    // Budgeted states only: what the prelude's pcall wrappers read (see budget::SpentFlag).
+    native.set("budget", host.meter.spent_flag(lua)?)?;
     Ok(native)
 }
