@@ -89,10 +89,21 @@ impl DbHandle {
         outcome
     }
 
-    /// A connection of its own for a transaction (`client.transaction()`): returned to the
-    /// reserved pool when dropped. Statements on it never share a slot with other requests.
-    pub async fn reserve(&self) -> Result<Object, PoolError> {
-        self.reserved.get().await
+    /// Runs `work` in one transaction on a connection of its own (from a small pool kept apart,
+    /// so it never waits on the shared slots): committed when `work` succeeds, rolled back when
+    /// it fails, is dropped (a request that ends early) or loses its connection.
+    pub async fn transaction<T, E>(
+        &self,
+        work: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: StatementError + From<tokio_postgres::Error>,
+    {
+        let mut client = self.reserved.get().await?;
+        let transaction = client.transaction().await?;
+        let out = work(&transaction).await?;
+        transaction.commit().await?;
+        Ok(out)
     }
 
     /// Checks the database answers (`/healthz`), through the read connection.
