@@ -82,7 +82,7 @@ end
 
 -- The `core` modules written in Lua, each a file of its own under lua/core/ (compiled by the
 -- host and passed in as `modules`), get what they share with the prelude through `kernel`.
-local kernel = { deliver = deliver, wait = wait, scope = scope, client = client, NULL = NULL }
+local kernel = { deliver = deliver, wait = wait, scope = scope, client = client, NULL = NULL, STATUS = STATUS }
 core.users = modules.users(native.users, kernel)
 
 ------------------------------------------------------------------------------------------------

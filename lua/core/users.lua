@@ -67,4 +67,30 @@ function users.register(username, password, in_scope, meta, listener)
   return deliver(listener, user_id, err, status)
 end
 
+-- Queries (users spec §6), server-side only: positional arguments, then an optional listener.
+-- getWithQuery(scope, query) → users (limit == 1: the user); getGroup(scope, group, limit).
+function users.getWithQuery(in_scope, query, listener)
+  if type(query) == "function" then
+    query, listener = nil, query
+  end
+  USERS.get_with_query({ scope = in_scope, query = query }, scope())
+  return deliver(listener, wait())
+end
+
+function users.getGroup(in_scope, group, limit, listener)
+  if type(limit) == "function" then
+    limit, listener = nil, limit
+  end
+  USERS.get_group({ scope = in_scope, group = group, limit = limit }, scope())
+  return deliver(listener, wait())
+end
+
+-- getAndMerge(user_id, merge_tbl) reads project databases, which this server has no module for.
+function users.getAndMerge(user_id, merge_tbl, listener)
+  if type(merge_tbl) == "function" then
+    listener = merge_tbl
+  end
+  return deliver(listener, nil, "getAndMerge needs the database module.", kernel.STATUS.GENERAL)
+end
+
 return users

@@ -4,6 +4,7 @@
 mod error;
 pub mod input;
 pub mod password;
+pub mod query;
 mod store;
 pub mod throttle;
 
@@ -20,6 +21,7 @@ pub use input::{
     UserPatch, Username,
 };
 pub use password::{HashParams, PasswordHasher};
+pub use query::UserQuery;
 pub use throttle::{ClientAddress, ThrottleSettings};
 
 /// A user as callers see it (compat §2): never the password or its hash.
@@ -233,6 +235,13 @@ impl Users {
             )
             .await?
             .ok_or(UserError::NotFound)
+    }
+
+    /// The users of `scope` that `query` matches (`getWithQuery`, `getGroup`); no events.
+    pub async fn query(&self, scope: &Scope, query: &UserQuery) -> Result<Vec<User>, UserError> {
+        self.db
+            .read(|client| async move { store::query(&*client, scope.as_str(), query).await })
+            .await
     }
 
     /// Clears the failed-login counters of the account `name` (username or email) finds in

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::User;
 use super::error::UserError;
 use super::input::{Login, NewUser, UserPatch};
+use super::query::UserQuery;
 use super::throttle::ThrottleSettings;
 
 /// The columns every query returns to build a [`User`], in [`user_from_row`]'s order.
@@ -455,4 +456,60 @@ pub async fn renew_confirmation(
         .await?;
     let row = client.query_opt(&stmt, &[&user_id, &scope, &code]).await?;
     Ok(row.as_ref().map(user_from_row))
+}
+
+/// The users `query` matches in `scope`, in its order (then by id), its window of rows.
+pub async fn query(
+    client: &impl GenericClient,
+    scope: &str,
+    query: &UserQuery,
+) -> Result<Vec<User>, UserError> {
+    use std::fmt::Write as _;
+    use tokio_postgres::types::ToSql;
+    let mut sql = String::from(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE scope = $1"
+    ));
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&scope];
+    let conditions: [(&str, Option<&(dyn ToSql + Sync)>); 4] = [
+        (
+            "lower(username) = lower(${})",
+            query.username.as_ref().map(|v| v as _),
+        ),
+        (
+            "lower(email) = lower(${})",
+            query.email.as_ref().map(|v| v as _),
+        ),
+        ("\"group\" = ${}", query.group.as_ref().map(|v| v as _)),
+        ("active = ${}", query.active.as_ref().map(|v| v as _)),
+    ];
+    for (condition, value) in conditions {
+        if let Some(value) = value {
+            params.push(value);
+            let _ = write!(
+                sql,
+                " AND {}",
+                condition.replace("{}", &params.len().to_string())
+            );
+        }
+    }
+    sql.push_str(" ORDER BY ");
+    if query.order.is_empty() {
+        sql.push_str("created ASC, ");
+    }
+    for (column, direction) in &query.order {
+        let _ = write!(sql, "{} {} NULLS LAST, ", column.sql(), direction.sql());
+    }
+    sql.push_str("user_id ASC");
+    let _ = write!(
+        sql,
+        " LIMIT ${} OFFSET ${}",
+        params.len() + 1,
+        params.len() + 2
+    );
+    params.push(&query.count);
+    params.push(&query.offset);
+    let rows = client.query(sql.as_str(), &params).await?;
+    Ok(rows.iter().map(user_from_row).collect())
 }

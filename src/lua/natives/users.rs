@@ -12,7 +12,7 @@ use super::super::budget::Meter;
 use super::super::convert::{self, ConvertError, Unencodable};
 use super::super::to_lua;
 use crate::users::input::{self, Credentials, NewUser, PasswordForm, UserPatch};
-use crate::users::{ClientAddress, Scope, User, UserError};
+use crate::users::{ClientAddress, Scope, User, UserError, UserQuery};
 
 /// `result` alone on success, `nil, err, status` on failure, as the prelude's `deliver` expects
 /// them.
@@ -258,5 +258,56 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
             Ok(Value::Number(count as f64))
         },
     )?;
+    users_op(
+        lua,
+        &native,
+        "get_with_query",
+        Takes::Params,
+        host,
+        |host, lua, params, Caller { scope, .. }| async move {
+            required_scope(&params)?;
+            let query = UserQuery::parse(params.get("query"))?;
+            query_result(
+                &lua,
+                &query,
+                host.services.users.query(&scope, &query).await?,
+            )
+        },
+    )?;
+
+    users_op(
+        lua,
+        &native,
+        "get_group",
+        Takes::Params,
+        host,
+        |host, lua, params, Caller { scope, .. }| async move {
+            required_scope(&params)?;
+            let query = UserQuery::group(params.get("group"), params.get("limit"))?;
+            query_result(
+                &lua,
+                &query,
+                host.services.users.query(&scope, &query).await?,
+            )
+        },
+    )?;
     Ok(native)
+}
+
+/// Server-side queries name their scope (an argument, not the request's).
+fn required_scope(params: &input::Params) -> Result<(), UserError> {
+    match params.get("scope") {
+        Some(Json::String(scope)) if !scope.is_empty() => Ok(()),
+        Some(Json::String(_)) | None | Some(Json::Null) => Err(UserError::Missing("scope")),
+        Some(_) => Err(UserError::bad("Parameter 'scope' must be a string.")),
+    }
+}
+
+/// The users a query found: an array, or for `limit == 1` the one user (604 when none).
+fn query_result(lua: &Lua, query: &UserQuery, users: Vec<User>) -> Result<Value, OpError> {
+    if query.single {
+        let user = users.first().ok_or(UserError::NotFound)?;
+        return Ok(user_value(lua, user)?);
+    }
+    Ok(convert::host_sized(lua, || to_lua::to_lua(lua, &users))?)
 }
