@@ -25,13 +25,15 @@ function users.get(params, listener)
 end
 
 -- update({user_id = id, update = {...}}, listener) | update(id, {...})
+-- The positional forms find the user by id in any scope (users spec §1).
 function users.update(params, update, listener)
-  if type(params) == "string" then
+  local positional = type(params) == "string"
+  if positional then
     params = { user_id = params, update = update }
   else
     listener = update
   end
-  USERS.update(params, scope())
+  USERS.update(params, scope(), nil, positional)
   return deliver(listener, wait())
 end
 

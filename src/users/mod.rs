@@ -47,6 +47,26 @@ pub struct User {
     pub login_count: i64,
 }
 
+/// Where an operation looks for a user it is given by id.
+#[derive(Debug, Clone, Copy)]
+pub enum Within<'a> {
+    /// The caller's scope: the wire, and Lua's table forms (`get{user_id}`).
+    Scope(&'a Scope),
+    /// Any scope: server code naming a user by id alone (`get(id)`, `update(id, t)`,
+    /// `delete(id)`). Ids are global, and Coronium code registers users into one scope and then
+    /// acts on them by id (users spec §1).
+    AnyScope,
+}
+
+impl<'a> Within<'a> {
+    fn scope(self) -> Option<&'a str> {
+        match self {
+            Within::Scope(scope) => Some(scope.as_str()),
+            Within::AnyScope => None,
+        }
+    }
+}
+
 /// The users service: one per database handle, sharing one password hasher process-wide.
 #[derive(Clone)]
 pub struct Users {
@@ -220,19 +240,22 @@ impl Users {
             }
             let (scope, id) = (scope.as_str(), candidate.user_id);
             self.db
-                .read(|client| async move { store::get(&*client, scope, id).await })
+                .read(|client| async move { store::get(&*client, Some(scope), id).await })
                 .await?
                 .ok_or(UserError::BadCredentials)
         }
     }
 
     /// A user's record; no login event. `None` (a malformed id) is simply not found.
-    pub async fn get(&self, scope: &Scope, user_id: Option<UserId>) -> Result<User, UserError> {
+    pub async fn get(
+        &self,
+        within: Within<'_>,
+        user_id: Option<UserId>,
+    ) -> Result<User, UserError> {
         let user_id = user_id.ok_or(UserError::NotFound)?;
+        let scope = within.scope();
         self.db
-            .read(
-                |client| async move { store::get(&*client, scope.as_str(), user_id.uuid()).await },
-            )
+            .read(|client| async move { store::get(&*client, scope, user_id.uuid()).await })
             .await?
             .ok_or(UserError::NotFound)
     }
@@ -264,7 +287,7 @@ impl Users {
     /// Applies `patch` and returns the updated record.
     pub async fn update(
         &self,
-        scope: &Scope,
+        within: Within<'_>,
         user_id: Option<UserId>,
         patch: UserPatch,
     ) -> Result<User, UserError> {
@@ -278,22 +301,27 @@ impl Users {
             ),
             None => None,
         };
-        let (patch, hash) = (&patch, password_hash.as_deref());
+        let (patch, hash, scope) = (&patch, password_hash.as_deref(), within.scope());
         self.db
             .write(|client| async move {
-                store::update(&*client, scope.as_str(), user_id.uuid(), patch, hash).await
+                store::update(&*client, scope, user_id.uuid(), patch, hash).await
             })
             .await?
             .ok_or(UserError::NotFound)
     }
 
     /// Deletes a user; the number of records removed (0 when there was none).
-    pub async fn delete(&self, scope: &Scope, user_id: Option<UserId>) -> Result<u64, UserError> {
+    pub async fn delete(
+        &self,
+        within: Within<'_>,
+        user_id: Option<UserId>,
+    ) -> Result<u64, UserError> {
         let Some(user_id) = user_id else {
             return Ok(0);
         };
+        let scope = within.scope();
         self.db
-            .write(|client| async move { store::delete(&*client, scope.as_str(), user_id.uuid()).await })
+            .write(|client| async move { store::delete(&*client, scope, user_id.uuid()).await })
             .await
     }
 }

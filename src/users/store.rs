@@ -367,16 +367,17 @@ pub async fn replace_hash(
     Ok(())
 }
 
+/// A user by id, in `scope` (`None`: in any scope).
 pub async fn get(
     client: &impl GenericClient,
-    scope: &str,
+    scope: Option<&str>,
     user_id: Uuid,
 ) -> Result<Option<User>, UserError> {
     let stmt = client
         .prepare_cached(concat!(
             "SELECT ",
             user_columns!(),
-            " FROM users WHERE user_id = $1 AND scope = $2"
+            " FROM users WHERE user_id = $1 AND ($2::text IS NULL OR scope = $2)"
         ))
         .await?;
     let row = client.query_opt(&stmt, &[&user_id, &scope]).await?;
@@ -387,7 +388,7 @@ pub async fn get(
 /// dropped (`-`), so concurrent updates of different keys never lose each other's writes.
 pub async fn update(
     client: &impl GenericClient,
-    scope: &str,
+    scope: Option<&str>,
     user_id: Uuid,
     patch: &UserPatch,
     password_hash: Option<&str>,
@@ -402,7 +403,7 @@ pub async fn update(
                  password_hash = COALESCE($8, password_hash),
                  active = COALESCE($9, active),
                  updated = now()
-               WHERE user_id = $1 AND scope = $2
+               WHERE user_id = $1 AND ($2::text IS NULL OR scope = $2)
                RETURNING "#,
             user_columns!()
         ))
@@ -429,11 +430,11 @@ pub async fn update(
 
 pub async fn delete(
     client: &impl GenericClient,
-    scope: &str,
+    scope: Option<&str>,
     user_id: Uuid,
 ) -> Result<u64, UserError> {
     let stmt = client
-        .prepare_cached("DELETE FROM users WHERE user_id = $1 AND scope = $2")
+        .prepare_cached("DELETE FROM users WHERE user_id = $1 AND ($2::text IS NULL OR scope = $2)")
         .await?;
     Ok(client.execute(&stmt, &[&user_id, &scope]).await?)
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::json_text;
 use crate::users::input::{self, Params};
 use crate::users::{
-    ClientAddress, Credentials, NewUser, PasswordForm, Scope, UserError, UserPatch, Users,
+    ClientAddress, Credentials, NewUser, PasswordForm, Scope, UserError, UserPatch, Users, Within,
 };
 
 /// An `api.users` action (compat §4).
@@ -55,7 +55,11 @@ pub async fn execute(
             let client = ClientAddress::from_ip(client);
             json_text(&users.login(scope, credentials, &client).await?)
         }
-        Action::Get => json_text(&users.get(scope, input::user_id(&params)?).await?),
+        Action::Get => json_text(
+            &users
+                .get(Within::Scope(scope), input::user_id(&params)?)
+                .await?,
+        ),
         Action::Create => {
             let new_user = NewUser::parse(&params, PasswordForm::Canonical)?;
             let user = users.create(scope, new_user).await?;
@@ -64,9 +68,13 @@ pub async fn execute(
         Action::Update => {
             let user_id = input::user_id(&params)?;
             let patch = UserPatch::parse(params.get("update"), PasswordForm::Canonical)?;
-            json_text(&users.update(scope, user_id, patch).await?)
+            json_text(&users.update(Within::Scope(scope), user_id, patch).await?)
         }
-        Action::Delete => json_text(&users.delete(scope, input::user_id(&params)?).await?),
+        Action::Delete => json_text(
+            &users
+                .delete(Within::Scope(scope), input::user_id(&params)?)
+                .await?,
+        ),
         Action::ResendConfirmation => {
             let request = match params.get("confirmation") {
                 None | Some(Value::Null) => None,

@@ -345,9 +345,49 @@ print(core.json.encode(core.users.get(bare)))
         let id = coronium::users::UserId::parse(pair[0]);
         let from_lua: serde_json::Value = serde_json::from_str(pair[1]).unwrap();
         let scope = coronium::users::Scope::parse("default").unwrap();
-        let from_wire = serde_json::to_value(users.get(&scope, id).await.unwrap()).unwrap();
+        let from_wire = serde_json::to_value(
+            users
+                .get(coronium::users::Within::Scope(&scope), id)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(from_lua, from_wire);
     }
     assert!(lines[1].contains("\"last_login\"") && !lines[3].contains("\"last_login\""));
     assert!(!lines[3].contains("\"email\"") && !lines[3].contains("\"confirmation\""));
+}
+
+/// Users spec §1: server code naming a user by id alone (`get(id)`, `update(id, t)`,
+/// `delete(id)`) finds it in any scope; the table forms act in the caller's scope.
+#[tokio::test]
+async fn positional_forms_find_a_user_by_id_in_any_scope() {
+    let db = TestDb::new().await;
+    let run = run_lua(
+        &db,
+        "anyscope.lua",
+        r#"
+local id = assert(core.users.create({username = "pilot", password = "pw", scope = "arena"}))
+print(core.users.get(id).scope)
+print(select(2, core.users.get({user_id = id})))
+print(core.users.get({user_id = id, scope = "arena"}).username)
+print(core.users.update(id, {group = "aces"}).group)
+print(select(2, core.users.update({user_id = id, update = {group = "x"}})))
+print(core.users.delete({user_id = id}), core.users.get(id).group)
+print(core.users.delete(id), select(2, core.users.get(id)))
+"#,
+    );
+    assert_ok(&run);
+    assert_eq!(
+        run.lines(),
+        [
+            "arena",
+            "User not found.\t604",
+            "pilot",
+            "aces",
+            "User not found.\t604",
+            "0\taces",
+            "1\tUser not found.\t604",
+        ]
+    );
 }

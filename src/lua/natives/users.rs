@@ -12,7 +12,7 @@ use super::super::budget::Meter;
 use super::super::convert::{self, ConvertError, Unencodable};
 use super::super::to_lua;
 use crate::users::input::{self, Credentials, NewUser, PasswordForm, UserPatch};
-use crate::users::{ClientAddress, Scope, User, UserError, UserQuery};
+use crate::users::{ClientAddress, Scope, User, UserError, UserQuery, Within};
 
 /// `result` alone on success, `nil, err, status` on failure, as the prelude's `deliver` expects
 /// them.
@@ -111,6 +111,20 @@ enum Takes {
 struct Caller {
     scope: Scope,
     client: ClientAddress,
+    /// The 2.x positional form (`get(id)`, `update(id, t)`, `delete(id)`): the user is found by
+    /// id in any scope (users spec §1).
+    positional: bool,
+}
+
+impl Caller {
+    /// Where a user given by id is looked for.
+    fn within(&self) -> Within<'_> {
+        if self.positional {
+            Within::AnyScope
+        } else {
+            Within::Scope(&self.scope)
+        }
+    }
 }
 
 /// A request's client address as the prelude keeps it in the request's context: an IPv4
@@ -156,7 +170,15 @@ where
     native.set(
         name,
         lua.create_function(
-            move |lua, (arg, request_scope, client): (Value, Option<String>, Value)| {
+            move |lua,
+                  (arg, request_scope, client, positional): (
+                Value,
+                Option<String>,
+                Value,
+                Option<bool>,
+            )| {
+                let positional = positional.unwrap_or(false)
+                    || (takes == Takes::ParamsOrUserId && matches!(arg, Value::String(_)));
                 let parsed = match &arg {
                     Value::String(id) if takes == Takes::ParamsOrUserId => Ok(Map::from_iter([(
                         "user_id".to_owned(),
@@ -167,7 +189,14 @@ where
                 let parsed = parsed.and_then(|params| {
                     let scope = Scope::parse_owned(scope(&host, &params, request_scope))?;
                     let client = client_from_lua(&client);
-                    Ok((params, Caller { scope, client }))
+                    Ok((
+                        params,
+                        Caller {
+                            scope,
+                            client,
+                            positional,
+                        },
+                    ))
                 });
                 let (op_host, op, lua) = (host.clone(), op.clone(), lua.clone());
                 host.pending.start(async move {
@@ -208,7 +237,7 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
         "login",
         Takes::Params,
         host,
-        |host, lua, params, Caller { scope, client }| async move {
+        |host, lua, params, Caller { scope, client, .. }| async move {
             let credentials = Credentials::parse(&params, PasswordForm::Plain)?;
             let user = host
                 .services
@@ -225,9 +254,9 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
         "get",
         Takes::ParamsOrUserId,
         host,
-        |host, lua, params, Caller { scope, .. }| async move {
+        |host, lua, params, caller| async move {
             let user_id = input::user_id(&params)?;
-            let user = host.services.users.get(&scope, user_id).await?;
+            let user = host.services.users.get(caller.within(), user_id).await?;
             Ok(user_value(&lua, &user)?)
         },
     )?;
@@ -238,10 +267,14 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
         "update",
         Takes::Params,
         host,
-        |host, lua, params, Caller { scope, .. }| async move {
+        |host, lua, params, caller| async move {
             let user_id = input::user_id(&params)?;
             let patch = UserPatch::parse(params.get("update"), PasswordForm::Plain)?;
-            let user = host.services.users.update(&scope, user_id, patch).await?;
+            let user = host
+                .services
+                .users
+                .update(caller.within(), user_id, patch)
+                .await?;
             Ok(user_value(&lua, &user)?)
         },
     )?;
@@ -252,9 +285,9 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
         "delete",
         Takes::ParamsOrUserId,
         host,
-        |host, _lua, params, Caller { scope, .. }| async move {
+        |host, _lua, params, caller| async move {
             let user_id = input::user_id(&params)?;
-            let count = host.services.users.delete(&scope, user_id).await?;
+            let count = host.services.users.delete(caller.within(), user_id).await?;
             Ok(Value::Number(count as f64))
         },
     )?;
