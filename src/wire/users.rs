@@ -3,8 +3,8 @@
 
 use std::net::IpAddr;
 
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 
 use super::json_text;
 use crate::users::input::{self, Params};
@@ -63,7 +63,9 @@ pub async fn execute(
         Action::Create => {
             let new_user = NewUser::parse(&params, PasswordForm::Canonical)?;
             let user = users.create(scope, new_user).await?;
-            json_text(&json!({ "user_id": user.user_id, "confirmation": user.confirmation }))
+            json_text(
+                &serde_json::json!({ "user_id": user.user_id, "confirmation": user.confirmation }),
+            )
         }
         Action::Update => {
             let user_id = input::user_id(&params)?;
@@ -83,7 +85,8 @@ pub async fn execute(
             let user = users
                 .resend_confirmation(scope, input::user_id(&params)?, request)
                 .await?;
-            json_text(&json!({ "user_id": user.user_id, "confirmation": user.confirmation }))
+            // The client's documented result: the user id as a string (users spec §4).
+            json_text(&user.user_id.to_string())
         }
     })
 }
