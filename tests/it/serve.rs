@@ -397,7 +397,7 @@ async fn resend_confirmation_renews_a_pending_users_code() {
         .await;
     let user_id = created["result"]["user_id"]
         .as_str()
-        .expect(&created.to_string())
+        .unwrap_or_else(|| panic!("{created}"))
         .to_owned();
     assert_eq!(created["result"]["confirmation"], json!("pending"));
     let client = db.client().await;
