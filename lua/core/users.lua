@@ -95,4 +95,97 @@ function users.getAndMerge(user_id, merge_tbl, listener)
   return deliver(listener, nil, "getAndMerge needs the database module.", kernel.STATUS.GENERAL)
 end
 
+-- OAuth provider links (users spec §5). The table forms take the client's data table and act in
+-- the request's scope; the positional forms find the user by id in any scope. Both take an
+-- optional listener last.
+local function positional(native, params, listener)
+  native(params, scope(), nil, true)
+  return deliver(listener, wait())
+end
+
+local function table_form(native, params, listener, shape)
+  native(params, scope())
+  local result, err, status = wait()
+  if err == nil and shape then
+    result = shape(result)
+  end
+  return deliver(listener, result, err, status)
+end
+
+-- addAuthProvider(user_id, provider, {client_id, access_token, access_token_expiry})
+-- | addAuthProvider({user_id, provider, auth = {...}}, listener)
+function users.addAuthProvider(user_id, provider, auth, listener)
+  if type(user_id) == "table" then
+    return table_form(USERS.add_provider, user_id, provider)
+  end
+  return positional(USERS.add_provider, { user_id = user_id, provider = provider, auth = auth }, listener)
+end
+
+-- getAuthProvider(user_id, provider) | getAuthProvider({user_id, provider}, listener)
+function users.getAuthProvider(user_id, provider, listener)
+  if type(user_id) == "table" then
+    return table_form(USERS.get_provider, user_id, provider)
+  end
+  return positional(USERS.get_provider, { user_id = user_id, provider = provider }, listener)
+end
+
+-- getAuthProviders(user_id) → {[provider] = info}
+function users.getAuthProviders(user_id, listener)
+  return positional(USERS.get_providers, { user_id = user_id }, listener)
+end
+
+-- updateAuthProvider(user_id, provider, {client_id, access_token, access_token_expiry})
+-- | updateAuthProvider({user_id, provider, update = {...}}, listener)
+function users.updateAuthProvider(user_id, provider, update, listener)
+  if type(user_id) == "table" then
+    return table_form(USERS.update_provider, user_id, provider)
+  end
+  return positional(USERS.update_provider, { user_id = user_id, provider = provider, update = update }, listener)
+end
+
+-- updateTokenExpiry(user_id, provider, expiry, token) | updateTokenExpiry({user_id, provider,
+-- expiry, token}, listener)
+function users.updateTokenExpiry(user_id, provider, expiry, token, listener)
+  if type(user_id) == "table" then
+    return table_form(USERS.update_token_expiry, user_id, provider)
+  end
+  if type(token) == "function" then
+    token, listener = nil, token
+  end
+  local params = { user_id = user_id, provider = provider, expiry = expiry, token = token }
+  return positional(USERS.update_token_expiry, params, listener)
+end
+
+-- removeAuthProvider(user_id, provider) → id | removeAuthProvider({user_id, provider}) → {user_id}
+function users.removeAuthProvider(user_id, provider, listener)
+  if type(user_id) == "table" then
+    return table_form(USERS.remove_provider, user_id, provider, function(id)
+      return { user_id = id }
+    end)
+  end
+  return positional(USERS.remove_provider, { user_id = user_id, provider = provider }, listener)
+end
+
+-- removeAuthProviders(user_id) → id, links or none
+function users.removeAuthProviders(user_id, listener)
+  return positional(USERS.remove_providers, { user_id = user_id }, listener)
+end
+
+-- accessTokenExpired(user_id, provider) → boolean | accessTokenExpired({user_id, provider}) →
+-- {expired}
+function users.accessTokenExpired(user_id, provider, listener)
+  if type(user_id) == "table" then
+    return table_form(USERS.token_expired, user_id, provider, function(expired)
+      return { expired = expired }
+    end)
+  end
+  return positional(USERS.token_expired, { user_id = user_id, provider = provider }, listener)
+end
+
+-- getWithProvider(scope, provider, client_id) → the user with its `oauth` info
+function users.getWithProvider(in_scope, provider, client_id, listener)
+  USERS.get_with_provider({ scope = in_scope, provider = provider, client_id = client_id }, scope())
+  return deliver(listener, wait())
+end
+
 return users

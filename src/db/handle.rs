@@ -94,7 +94,7 @@ impl DbHandle {
     /// it fails, is dropped (a request that ends early) or loses its connection.
     pub async fn transaction<T, E>(
         &self,
-        work: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T, E>,
+        work: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<T, E>,
     ) -> Result<T, E>
     where
         E: StatementError + From<tokio_postgres::Error>,

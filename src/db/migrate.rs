@@ -11,6 +11,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "login throttle",
         include_str!("../../migrations/0002_login_throttle.sql"),
     ),
+    (
+        3,
+        "auth providers",
+        include_str!("../../migrations/0003_auth_providers.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming "coronium schema migration" among advisory locks.

@@ -34,6 +34,13 @@ pub enum UserError {
     /// 614: no user in this scope is waiting for confirmation under that id.
     #[error("Pending user not found.")]
     PendingNotFound,
+    /// 620: the user has a link to this provider already, or the provider account is linked to
+    /// another user.
+    #[error("{0}")]
+    ProviderLinked(&'static str),
+    /// 624: the user has no link to this provider.
+    #[error("OAuth provider does not exist for user.")]
+    ProviderNotLinked,
     /// 810: something on our side failed; details go to the log, not to the caller, who learns
     /// only whether the database is unreachable (worth trying again shortly) or not.
     #[error("{}", .0.caller_message())]
@@ -45,10 +52,18 @@ pub enum UserError {
 pub enum InternalError {
     #[error("database pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database: {0}")]
+    /// The server's own words, when it said something, so the log says what failed.
+    #[error("database: {error}{detail}", error = .0, detail = db_detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("password hashing: {0}")]
     Hashing(String),
+}
+
+/// What PostgreSQL itself said about a failed statement (`tokio_postgres` shows only "db error").
+fn db_detail(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|db| format!(": {db}"))
+        .unwrap_or_default()
 }
 
 impl InternalError {
@@ -99,6 +114,8 @@ impl UserError {
             UserError::BadCredentials | UserError::TooManyAttempts(_) => Status::PASSWORD_INVALID,
             UserError::NotFound => Status::USER_NOT_FOUND,
             UserError::PendingNotFound => Status::PENDING_USER_NOT_FOUND,
+            UserError::ProviderLinked(_) => Status::AUTH_PROVIDER_LINKED,
+            UserError::ProviderNotLinked => Status::AUTH_PROVIDER_NOT_LINKED,
             UserError::Internal(_) => Status::GENERAL,
         }
     }

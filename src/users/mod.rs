@@ -3,6 +3,7 @@
 
 mod error;
 pub mod input;
+pub mod oauth;
 pub mod password;
 pub mod query;
 mod store;
@@ -20,6 +21,7 @@ pub use input::{
     ConfirmationRequest, Credentials, Email, NewUser, Params, PasswordForm, Scope, UserId,
     UserPatch, Username,
 };
+pub use oauth::{LinkFields, LinkedUser, ProviderInfo};
 pub use password::{HashParams, PasswordHasher};
 pub use query::UserQuery;
 pub use throttle::{ClientAddress, ThrottleSettings};

@@ -514,3 +514,196 @@ pub async fn query(
     let rows = client.query(sql.as_str(), &params).await?;
     Ok(rows.iter().map(user_from_row).collect())
 }
+
+/// A user's link to an OAuth provider, as stored.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub provider: String,
+    pub client_id: String,
+    pub access_token: Option<String>,
+    pub access_token_expiry: Option<i64>,
+}
+
+const LINK_COLUMNS: &str = "provider, client_id, access_token, access_token_expiry";
+
+fn link_from_row(row: &Row, first: usize) -> Link {
+    Link {
+        provider: row.get(first),
+        client_id: row.get(first + 1),
+        access_token: row.get(first + 2),
+        access_token_expiry: row.get(first + 3),
+    }
+}
+
+/// The two ways a link can collide: the user has one to this provider, or the provider account
+/// belongs to another user.
+fn link_taken(e: tokio_postgres::Error) -> UserError {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        let constraint = e.as_db_error().and_then(|d| d.constraint()).unwrap_or("");
+        return UserError::ProviderLinked(if constraint.contains("account") {
+            "This provider account is already linked to another user."
+        } else {
+            "OAuth provider already exists for user."
+        });
+    }
+    e.into()
+}
+
+/// The scope of the user `user_id` names (in `scope`, or any), held against deletion until the
+/// transaction ends; `None` when there is no such user.
+pub async fn user_scope_for_links(
+    client: &impl GenericClient,
+    scope: Option<&str>,
+    user_id: Uuid,
+) -> Result<Option<String>, UserError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT scope FROM users WHERE user_id = $1 AND ($2::text IS NULL OR scope = $2) \
+             FOR SHARE",
+        )
+        .await?;
+    let row = client.query_opt(&stmt, &[&user_id, &scope]).await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+pub async fn insert_link(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    scope: &str,
+    link: &Link,
+) -> Result<(), UserError> {
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO user_auth_providers (user_id, scope, provider, client_id, access_token, \
+             access_token_expiry) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .await?;
+    client
+        .execute(
+            &stmt,
+            &[
+                &user_id,
+                &scope,
+                &link.provider,
+                &link.client_id,
+                &link.access_token,
+                &link.access_token_expiry,
+            ],
+        )
+        .await
+        .map_err(link_taken)?;
+    Ok(())
+}
+
+/// The user's links, to `provider` only when given, by provider name.
+pub async fn links(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    provider: Option<&str>,
+) -> Result<Vec<Link>, UserError> {
+    let sql = format!(
+        "SELECT {LINK_COLUMNS} FROM user_auth_providers \
+         WHERE user_id = $1 AND ($2::text IS NULL OR provider = $2) ORDER BY provider"
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client.query(&stmt, &[&user_id, &provider]).await?;
+    Ok(rows.iter().map(|row| link_from_row(row, 0)).collect())
+}
+
+/// Replaces a link's fields with `link`'s; whether there was one to replace.
+pub async fn update_link(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    link: &Link,
+) -> Result<bool, UserError> {
+    let stmt = client
+        .prepare_cached(
+            "UPDATE user_auth_providers SET client_id = $3, access_token = $4, \
+             access_token_expiry = $5, updated = now() WHERE user_id = $1 AND provider = $2",
+        )
+        .await?;
+    let changed = client
+        .execute(
+            &stmt,
+            &[
+                &user_id,
+                &link.provider,
+                &link.client_id,
+                &link.access_token,
+                &link.access_token_expiry,
+            ],
+        )
+        .await
+        .map_err(link_taken)?;
+    Ok(changed > 0)
+}
+
+/// Deletes the user's link to `provider`, or all of them; how many went.
+pub async fn delete_links(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    provider: Option<&str>,
+) -> Result<u64, UserError> {
+    let stmt = client
+        .prepare_cached(
+            "DELETE FROM user_auth_providers \
+             WHERE user_id = $1 AND ($2::text IS NULL OR provider = $2)",
+        )
+        .await?;
+    Ok(client.execute(&stmt, &[&user_id, &provider]).await?)
+}
+
+/// The user a provider account is linked to in `scope`, with the link.
+pub async fn user_by_link(
+    client: &impl GenericClient,
+    scope: &str,
+    provider: &str,
+    client_id: &str,
+) -> Result<Option<(User, Link)>, UserError> {
+    let stmt = client
+        .prepare_cached(concat!(
+            "SELECT ",
+            user_columns!(),
+            r#", l.provider, l.client_id, l.access_token, l.access_token_expiry
+               FROM users JOIN (
+                 SELECT user_id AS linked, provider, client_id, access_token, access_token_expiry
+                 FROM user_auth_providers
+                 WHERE scope = $1 AND provider = $2 AND client_id = $3) l
+               ON users.user_id = l.linked"#
+        ))
+        .await?;
+    let row = client
+        .query_opt(&stmt, &[&scope, &provider, &client_id])
+        .await?;
+    Ok(row.map(|row| (user_from_row(&row), link_from_row(&row, 12))))
+}
+
+/// Records a password-less login (by provider link): the login event and the day's count, for a
+/// user who may log in (active and confirmed); the user's record either way.
+pub async fn record_passwordless_login(
+    client: &impl GenericClient,
+    user_id: Uuid,
+) -> Result<Option<User>, UserError> {
+    let stmt = client
+        .prepare_cached(concat!(
+            r#"WITH u AS (
+                 UPDATE users SET last_login = now(), login_count = login_count + 1
+                 WHERE user_id = $1 AND active AND confirmation IS NULL
+                 RETURNING "#,
+            user_columns!(),
+            r#"), stat AS (
+                 INSERT INTO user_stats_daily AS s (scope, day, logins)
+                 SELECT scope, "#,
+            today!(),
+            r#", 1 FROM u
+                 ON CONFLICT (scope, day) DO UPDATE SET logins = s.logins + 1)
+               SELECT * FROM u
+               UNION ALL
+               SELECT "#,
+            user_columns!(),
+            r#" FROM users WHERE user_id = $1 AND NOT EXISTS (SELECT 1 FROM u)"#
+        ))
+        .await?;
+    let row = client.query_opt(&stmt, &[&user_id]).await?;
+    Ok(row.as_ref().map(user_from_row))
+}

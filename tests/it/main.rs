@@ -7,6 +7,7 @@ mod embedded;
 mod lua_core;
 mod passwords;
 mod projects;
+mod providers;
 mod queries;
 mod sandbox;
 mod seed;

@@ -12,6 +12,7 @@ use super::super::budget::Meter;
 use super::super::convert::{self, ConvertError, Unencodable};
 use super::super::to_lua;
 use crate::users::input::{self, Credentials, NewUser, PasswordForm, UserPatch};
+use crate::users::oauth::{self, LinkFields, ProviderInfo};
 use crate::users::{ClientAddress, Scope, User, UserError, UserQuery, Within};
 
 /// `result` alone on success, `nil, err, status` on failure, as the prelude's `deliver` expects
@@ -238,6 +239,14 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
         Takes::Params,
         host,
         |host, lua, params, Caller { scope, client, .. }| async move {
+            // An OAuth login comes first (users spec §3): the provider account is the credential.
+            if let Some((provider, client_id)) = oauth::login_account(&params)? {
+                let users = &host.services.users;
+                let user = users
+                    .login_with_provider(&scope, &provider, &client_id)
+                    .await?;
+                return Ok(sized(&lua, &user)?);
+            }
             let credentials = Credentials::parse(&params, PasswordForm::Plain)?;
             let user = host
                 .services
@@ -291,6 +300,8 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
             Ok(Value::Number(count as f64))
         },
     )?;
+    install_providers(lua, &native, host)?;
+
     users_op(
         lua,
         &native,
@@ -325,6 +336,174 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
         },
     )?;
     Ok(native)
+}
+
+/// The OAuth provider functions (users spec §5). Each takes the table form's parameters; the
+/// prelude builds them for the positional forms (and marks those, to find the user in any scope).
+fn install_providers(lua: &Lua, native: &Table, host: &Rc<Host>) -> mlua::Result<()> {
+    users_op(
+        lua,
+        native,
+        "add_provider",
+        Takes::Params,
+        host,
+        |host, lua, params, caller| async move {
+            let user_id = input::user_id(&params)?;
+            let provider = oauth::provider(&params)?;
+            let fields = match params.get("auth") {
+                Some(auth) if !auth.is_null() => LinkFields::parse(Some(auth))?,
+                _ => LinkFields::parse_flat(&params)?,
+            };
+            let users = &host.services.users;
+            let info = users
+                .add_provider(caller.within(), user_id, provider, fields)
+                .await?;
+            Ok(sized(&lua, &info)?)
+        },
+    )?;
+
+    users_op(
+        lua,
+        native,
+        "get_provider",
+        Takes::Params,
+        host,
+        |host, lua, params, caller| async move {
+            let user_id = input::user_id(&params)?;
+            let provider = oauth::provider(&params)?;
+            let users = &host.services.users;
+            let info = users.provider(caller.within(), user_id, &provider).await?;
+            Ok(sized(&lua, &info)?)
+        },
+    )?;
+
+    users_op(
+        lua,
+        native,
+        "get_providers",
+        Takes::Params,
+        host,
+        |host, lua, params, caller| async move {
+            let user_id = input::user_id(&params)?;
+            let infos = host
+                .services
+                .users
+                .providers(caller.within(), user_id)
+                .await?;
+            let by_provider: std::collections::BTreeMap<String, ProviderInfo> = infos
+                .into_iter()
+                .map(|info| (info.provider.clone(), info))
+                .collect();
+            Ok(sized(&lua, &by_provider)?)
+        },
+    )?;
+
+    users_op(
+        lua,
+        native,
+        "update_provider",
+        Takes::Params,
+        host,
+        |host, lua, params, caller| async move {
+            let user_id = input::user_id(&params)?;
+            let provider = oauth::provider(&params)?;
+            let fields = LinkFields::parse(params.get("update"))?;
+            let users = &host.services.users;
+            let info = users
+                .update_provider(caller.within(), user_id, &provider, fields)
+                .await?;
+            Ok(sized(&lua, &info)?)
+        },
+    )?;
+
+    users_op(
+        lua,
+        native,
+        "update_token_expiry",
+        Takes::Params,
+        host,
+        |host, lua, params, caller| async move {
+            let user_id = input::user_id(&params)?;
+            let provider = oauth::provider(&params)?;
+            let fields = LinkFields::token_expiry(&params)?;
+            let users = &host.services.users;
+            let info = users
+                .update_provider(caller.within(), user_id, &provider, fields)
+                .await?;
+            Ok(sized(&lua, &info)?)
+        },
+    )?;
+
+    users_op(
+        lua,
+        native,
+        "remove_provider",
+        Takes::Params,
+        host,
+        |host, lua, params, caller| async move {
+            let user_id = input::user_id(&params)?;
+            let provider = oauth::provider(&params)?;
+            let users = &host.services.users;
+            let id = users
+                .remove_providers(caller.within(), user_id, Some(&provider))
+                .await?;
+            Ok(Value::String(lua.create_string(id.uuid().to_string())?))
+        },
+    )?;
+
+    users_op(
+        lua,
+        native,
+        "remove_providers",
+        Takes::Params,
+        host,
+        |host, lua, params, caller| async move {
+            let user_id = input::user_id(&params)?;
+            let users = &host.services.users;
+            let id = users
+                .remove_providers(caller.within(), user_id, None)
+                .await?;
+            Ok(Value::String(lua.create_string(id.uuid().to_string())?))
+        },
+    )?;
+
+    users_op(
+        lua,
+        native,
+        "token_expired",
+        Takes::Params,
+        host,
+        |host, _lua, params, caller| async move {
+            let user_id = input::user_id(&params)?;
+            let provider = oauth::provider(&params)?;
+            let users = &host.services.users;
+            let expired = users
+                .token_expired(caller.within(), user_id, &provider)
+                .await?;
+            Ok(Value::Boolean(expired))
+        },
+    )?;
+
+    users_op(
+        lua,
+        native,
+        "get_with_provider",
+        Takes::Params,
+        host,
+        |host, lua, params, Caller { scope, .. }| async move {
+            required_scope(&params)?;
+            let provider = oauth::provider(&params)?;
+            let client_id = oauth::required_client_id(&params)?;
+            let users = &host.services.users;
+            let user = users.with_provider(&scope, &provider, &client_id).await?;
+            Ok(sized(&lua, &user)?)
+        },
+    )
+}
+
+/// A host value pushed onto the Lua stack under the state's limits.
+fn sized<T: serde::Serialize>(lua: &Lua, value: &T) -> mlua::Result<Value> {
+    convert::host_sized(lua, || to_lua::to_lua(lua, value))
 }
 
 /// Server-side queries name their scope (an argument, not the request's).
