@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 
 use super::json_text;
 use crate::users::input::{self, Params};
+use crate::users::oauth::{self, LinkFields};
 use crate::users::{
     ClientAddress, Credentials, NewUser, PasswordForm, Scope, UserError, UserPatch, Users, Within,
 };
@@ -21,6 +22,12 @@ pub enum Action {
     Update,
     Delete,
     ResendConfirmation,
+    AddAuthProvider,
+    GetAuthProvider,
+    UpdateAuthProvider,
+    UpdateTokenExpiry,
+    AccessTokenExpired,
+    RemoveAuthProvider,
 }
 
 impl Action {
@@ -33,6 +40,12 @@ impl Action {
             "update" | "updateUser" => Action::Update,
             "delete" | "deleteUser" => Action::Delete,
             "resendConfirmation" => Action::ResendConfirmation,
+            "addAuthProvider" => Action::AddAuthProvider,
+            "getAuthProvider" => Action::GetAuthProvider,
+            "updateAuthProvider" => Action::UpdateAuthProvider,
+            "updateTokenExpiry" => Action::UpdateTokenExpiry,
+            "accessTokenExpired" => Action::AccessTokenExpired,
+            "removeAuthProvider" => Action::RemoveAuthProvider,
             _ => return None,
         })
     }
@@ -49,8 +62,22 @@ pub async fn execute(
 ) -> Result<Box<RawValue>, UserError> {
     params.remove("scope");
     let scope = &Scope::parse_owned(scope)?;
+    let within = Within::Scope(scope);
     Ok(match action {
         Action::Login => {
+            // A provider account logs in by its client id alone (users spec §3: Coronium's
+            // design, which device-as-user apps rely on).
+            if let Some((provider, client_id)) = oauth::login_account(&params)? {
+                return Ok(json_text(
+                    &users
+                        .login_with_provider(scope, &provider, &client_id)
+                        .await?,
+                ));
+            }
+            // Password-less logins (by user id or username alone) are for server code only.
+            if params.get("password").is_none_or(Value::is_null) {
+                return Err(UserError::Missing("password"));
+            }
             let credentials = Credentials::parse(&params, PasswordForm::Canonical)?;
             let client = ClientAddress::from_ip(client);
             json_text(&users.login(scope, credentials, &client).await?)
@@ -87,6 +114,53 @@ pub async fn execute(
                 .await?;
             // The client's documented result: the user id as a string (users spec §4).
             json_text(&user.user_id.to_string())
+        }
+        Action::AddAuthProvider => {
+            let fields = match params.get("auth") {
+                Some(auth) if !auth.is_null() => LinkFields::parse(Some(auth))?,
+                // A documented client example sends the fields flat.
+                _ => LinkFields::parse_flat(&params)?,
+            };
+            let (user_id, provider) = (input::user_id(&params)?, oauth::provider(&params)?);
+            json_text(
+                &users
+                    .add_provider(within, user_id, provider, fields)
+                    .await?,
+            )
+        }
+        Action::GetAuthProvider => {
+            let (user_id, provider) = (input::user_id(&params)?, oauth::provider(&params)?);
+            json_text(&users.provider(within, user_id, &provider).await?)
+        }
+        Action::UpdateAuthProvider => {
+            let (user_id, provider) = (input::user_id(&params)?, oauth::provider(&params)?);
+            let fields = LinkFields::parse(params.get("update"))?;
+            json_text(
+                &users
+                    .update_provider(within, user_id, &provider, fields)
+                    .await?,
+            )
+        }
+        Action::UpdateTokenExpiry => {
+            let (user_id, provider) = (input::user_id(&params)?, oauth::provider(&params)?);
+            let fields = LinkFields::token_expiry(&params)?;
+            json_text(
+                &users
+                    .update_provider(within, user_id, &provider, fields)
+                    .await?,
+            )
+        }
+        Action::AccessTokenExpired => {
+            let (user_id, provider) = (input::user_id(&params)?, oauth::provider(&params)?);
+            let expired = users.token_expired(within, user_id, &provider).await?;
+            json_text(&serde_json::json!({ "expired": expired }))
+        }
+        Action::RemoveAuthProvider => {
+            let (user_id, provider) = (input::user_id(&params)?, oauth::provider(&params)?);
+            let id = users
+                .remove_providers(within, user_id, Some(&provider))
+                .await?;
+            json_text(&serde_json::json!({ "user_id": id.uuid() }))
         }
     })
 }

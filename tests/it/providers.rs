@@ -174,3 +174,133 @@ print(core.users.addAuthProvider(other, core.OPENUDID, {client_id = "device-1"})
         ]
     );
 }
+
+/// The client plugin's provider actions over the wire, and its login by provider account.
+#[tokio::test]
+async fn the_client_actions_over_the_wire() {
+    use crate::common::TestServer;
+    use coronium::users::password::md5_hex;
+    use serde_json::json;
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {});
+    let created = server
+        .call(
+            "api.users",
+            "create",
+            json!({"username": "ann", "password": md5_hex("pw")}),
+        )
+        .await;
+    let id = created["result"]["user_id"].clone();
+    let call = |action: &'static str, params: serde_json::Value| {
+        let server = &server;
+        async move { server.call("api.users", action, params).await }
+    };
+    assert_eq!(
+        call(
+            "addAuthProvider",
+            json!({"user_id": id, "provider": "google", "auth": {"client_id": "g-1", "access_token": "t"}})
+        )
+        .await,
+        json!({"result": {"provider": "google", "client_id": "g-1", "access_token": "t",
+                          "access_token_expired": false}})
+    );
+    // The flat form a documented client example sends.
+    assert_eq!(
+        call(
+            "addAuthProvider",
+            json!({"user_id": id, "provider": "openudid", "client_id": "device-1"})
+        )
+        .await["result"]["client_id"],
+        json!("device-1")
+    );
+    assert_eq!(
+        call(
+            "getAuthProvider",
+            json!({"user_id": id, "provider": "google"})
+        )
+        .await["result"]["access_token"],
+        json!("t")
+    );
+    assert_eq!(
+        call(
+            "updateAuthProvider",
+            json!({"user_id": id, "provider": "google", "update": {"access_token": "u"}})
+        )
+        .await["result"]["access_token"],
+        json!("u")
+    );
+    assert_eq!(
+        call(
+            "updateTokenExpiry",
+            json!({"user_id": id, "provider": "google", "expiry": 1, "token": "v"})
+        )
+        .await["result"],
+        json!({"provider": "google", "client_id": "g-1", "access_token": "v",
+               "access_token_expiry": 1, "access_token_expired": true})
+    );
+    assert_eq!(
+        call(
+            "accessTokenExpired",
+            json!({"user_id": id, "provider": "google"})
+        )
+        .await,
+        json!({"result": {"expired": true}})
+    );
+    let login = call(
+        "login",
+        json!({"provider": "openudid", "client_id": "device-1"}),
+    )
+    .await;
+    assert_eq!(login["result"]["username"], json!("ann"));
+    assert_eq!(login["result"]["login_count"], json!(1));
+    assert_eq!(login["result"]["oauth"]["client_id"], json!("device-1"));
+    assert_eq!(
+        call(
+            "login",
+            json!({"provider": "openudid", "client_id": "device-2"})
+        )
+        .await,
+        json!({"result": {"error": "User not found.", "status": 604}})
+    );
+    // Without a password or a provider account, a client cannot log in.
+    assert_eq!(
+        call("login", json!({"user_id": id})).await,
+        json!({"result": {"error": "Missing required parameter: password", "status": 804}})
+    );
+    assert_eq!(
+        call(
+            "removeAuthProvider",
+            json!({"user_id": id, "provider": "google"})
+        )
+        .await,
+        json!({"result": {"user_id": id}})
+    );
+    assert_eq!(
+        call(
+            "removeAuthProvider",
+            json!({"user_id": id, "provider": "google"})
+        )
+        .await,
+        json!({"result": {"error": "OAuth provider does not exist for user.", "status": 624}})
+    );
+    // The server-only functions are no client actions.
+    for action in ["getAuthProviders", "removeAuthProviders", "getWithProvider"] {
+        assert_eq!(
+            call(action, json!({"user_id": id})).await["result"]["status"],
+            json!(810),
+            "{action}"
+        );
+    }
+    // Another scope sees none of it.
+    assert_eq!(
+        server
+            .call_in(
+                "elsewhere",
+                "api.users",
+                "getAuthProvider",
+                json!({"user_id": id, "provider": "openudid"})
+            )
+            .await,
+        json!({"result": {"error": "User not found.", "status": 604}})
+    );
+}
