@@ -5,7 +5,9 @@
 
 use libfuzzer_sys::fuzz_target;
 
+use coronium::users::UserQuery;
 use coronium::users::input::{self, Credentials, NewUser, PasswordForm, UserPatch};
+use coronium::users::oauth::{self, LinkFields};
 use coronium::wire;
 
 fuzz_target!(|data: &[u8]| {
@@ -36,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
     let params = match wire::parse_params(body) {
         Ok(params) => params,
         Err(refusal) => {
-            assert!(refusal.status.code() > 0 && refusal.http >= 400, "{refusal:?}");
+            assert!(
+                refusal.status.code() > 0 && refusal.http >= 400,
+                "{refusal:?}"
+            );
             return;
         }
     };
@@ -46,4 +51,12 @@ fuzz_target!(|data: &[u8]| {
         let _ = UserPatch::parse(params.get("update"), form);
     }
     let _ = input::user_id(&params);
+    let _ = oauth::provider(&params);
+    let _ = oauth::login_account(&params);
+    let _ = LinkFields::parse(params.get("auth"));
+    let _ = LinkFields::parse(params.get("update"));
+    let _ = LinkFields::parse_flat(&params);
+    let _ = LinkFields::token_expiry(&params);
+    let _ = UserQuery::parse(params.get("query"));
+    let _ = UserQuery::group(params.get("group"), params.get("limit"));
 });
