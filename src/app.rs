@@ -65,7 +65,8 @@ impl App {
     pub fn services(&self, connections: usize) -> Result<Services, AppError> {
         let db = self.database.new_handle(connections)?;
         let users = Users::new(db.clone(), self.hasher.clone(), &self.config.public_url)
-            .with_login_throttle(self.config.login_throttle);
+            .with_login_throttle(self.config.login_throttle)
+            .with_settings(self.config.users);
         Ok(Services { db, users })
     }
 

@@ -7,7 +7,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::db::{EmbeddedOptions, Location};
-use crate::users::{HashParams, ThrottleSettings};
+use crate::users::{HashParams, ThrottleSettings, UsersSettings};
 
 /// The config file read when `--config` is not given and it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "coronium.toml";
@@ -50,6 +50,8 @@ pub struct Config {
     pub argon2: HashParams,
     /// Failed-login limits (`[login_throttle]`).
     pub login_throttle: ThrottleSettings,
+    /// The users module's choices (`[users]`).
+    pub users: UsersSettings,
     pub lua: LuaSettings,
     pub postgres: PostgresSettings,
     pub server: ServerSettings,
@@ -153,6 +155,7 @@ impl Default for Config {
             pool_size: 8,
             argon2: HashParams::default(),
             login_throttle: ThrottleSettings::default(),
+            users: UsersSettings::default(),
             lua: LuaSettings::default(),
             postgres: PostgresSettings::default(),
             server: ServerSettings::default(),
@@ -247,6 +250,8 @@ impl Config {
             "CORONIUM_MAX_CONNECTIONS" => self.server.max_connections,
             "CORONIUM_CPU_BUDGET_MS" => self.server.cpu_budget_ms,
             "CORONIUM_SHUTDOWN_GRACE_SECS" => self.server.shutdown_grace_secs,
+            "CORONIUM_USERS_WIRE_OAUTH_LOGIN" => self.users.wire_oauth_login,
+            "CORONIUM_USERS_MAX_QUERY_LIMIT" => self.users.max_query_limit,
             "CORONIUM_LOGIN_THROTTLE" => self.login_throttle.enabled,
             "CORONIUM_LOGIN_THROTTLE_WINDOW_SECS" => self.login_throttle.window_secs,
             "CORONIUM_LOGIN_THROTTLE_PER_ACCOUNT_ADDRESS" => self.login_throttle.per_account_address,

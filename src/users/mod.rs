@@ -49,6 +49,26 @@ pub struct User {
     pub login_count: i64,
 }
 
+/// The users module's choices where Coronium's behaviour is a trade-off (`[users]`).
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsersSettings {
+    /// Whether a client may log in over the wire by provider account (`{provider, client_id}`)
+    /// alone, as Coronium allows and device-as-user apps rely on. Off: only server code can.
+    pub wire_oauth_login: bool,
+    /// The most rows `getWithQuery` and `getGroup` return.
+    pub max_query_limit: i64,
+}
+
+impl Default for UsersSettings {
+    fn default() -> Self {
+        UsersSettings {
+            wire_oauth_login: true,
+            max_query_limit: query::MAX_LIMIT,
+        }
+    }
+}
+
 /// Where an operation looks for a user it is given by id.
 #[derive(Debug, Clone, Copy)]
 pub enum Within<'a> {
@@ -76,6 +96,7 @@ pub struct Users {
     hasher: Arc<PasswordHasher>,
     public_url: Arc<str>,
     throttle: ThrottleSettings,
+    settings: UsersSettings,
 }
 
 impl Users {
@@ -86,6 +107,7 @@ impl Users {
             hasher,
             public_url: public_url.trim_end_matches('/').into(),
             throttle: ThrottleSettings::default(),
+            settings: UsersSettings::default(),
         }
     }
 
@@ -93,6 +115,16 @@ impl Users {
     pub fn with_login_throttle(mut self, settings: ThrottleSettings) -> Self {
         self.throttle = settings;
         self
+    }
+
+    /// Replaces the default `[users]` settings.
+    pub fn with_settings(mut self, settings: UsersSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    pub fn settings(&self) -> UsersSettings {
+        self.settings
     }
 
     /// Creates a user; with `confirmation`, the user starts inactive and pending.
@@ -264,6 +296,16 @@ impl Users {
 
     /// The users of `scope` that `query` matches (`getWithQuery`, `getGroup`); no events.
     pub async fn query(&self, scope: &Scope, query: &UserQuery) -> Result<Vec<User>, UserError> {
+        let capped;
+        let query = if query.count > self.settings.max_query_limit {
+            capped = UserQuery {
+                count: self.settings.max_query_limit.max(1),
+                ..query.clone()
+            };
+            &capped
+        } else {
+            query
+        };
         self.db
             .read(|client| async move { store::query(&*client, scope.as_str(), query).await })
             .await

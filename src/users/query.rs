@@ -7,7 +7,8 @@ use super::error::UserError;
 
 /// Rows a query returns when it names no limit.
 pub const DEFAULT_LIMIT: i64 = 100;
-/// Rows a query may ask for at most (a larger count is cut to this).
+/// Rows a query may ask for at most by default (`users.max_query_limit`; a larger count is cut
+/// to it).
 pub const MAX_LIMIT: i64 = 1000;
 
 /// A parsed query: which users, in which order, which rows of the result.
@@ -168,7 +169,8 @@ impl UserQuery {
         }
         self.single = matches!(value, Value::Number(_)) && count == 1;
         self.offset = offset;
-        self.count = count.min(MAX_LIMIT);
+        // Cut to `users.max_query_limit` when it runs.
+        self.count = count;
         Ok(())
     }
 }
@@ -254,7 +256,7 @@ mod tests {
         let window = parse(json!({"limit": [5, 10]})).unwrap();
         assert_eq!((window.offset, window.count), (5, 10));
         assert_eq!(parse(json!({"limit": 5.0})).unwrap().count, 5);
-        assert_eq!(parse(json!({"limit": 1e6})).unwrap().count, MAX_LIMIT);
+        assert_eq!(parse(json!({"limit": 1e6})).unwrap().count, 1_000_000);
         for bad in [
             json!({"limit": 0}),
             json!({"limit": -1}),

@@ -66,8 +66,12 @@ pub async fn execute(
     Ok(match action {
         Action::Login => {
             // A provider account logs in by its client id alone (users spec §3: Coronium's
-            // design, which device-as-user apps rely on).
-            if let Some((provider, client_id)) = oauth::login_account(&params)? {
+            // design, which device-as-user apps rely on), unless the operator turned it off.
+            let by_account = match users.settings().wire_oauth_login {
+                true => oauth::login_account(&params)?,
+                false => None,
+            };
+            if let Some((provider, client_id)) = by_account {
                 return Ok(json_text(
                     &users
                         .login_with_provider(scope, &provider, &client_id)

@@ -304,3 +304,36 @@ async fn the_client_actions_over_the_wire() {
         json!({"result": {"error": "User not found.", "status": 604}})
     );
 }
+
+/// `users.wire_oauth_login = false`: a client can no longer log in by provider account alone;
+/// server code still can.
+#[tokio::test]
+async fn operators_can_turn_off_the_wire_login_by_provider_account() {
+    use crate::common::TestServer;
+    use serde_json::json;
+    let db = TestDb::new().await;
+    let run = run_lua(
+        &db,
+        "device.lua",
+        r#"
+local id = assert(core.users.create({username = "dev", password = "pw"}))
+assert(core.users.addAuthProvider(id, core.OPENUDID, {client_id = "device-1"}))
+print(core.users.login({provider = core.OPENUDID, client_id = "device-1"}).username)
+"#,
+    );
+    assert_ok(&run);
+    assert_eq!(run.lines(), ["dev"]);
+    let server = TestServer::start(&db, |cmd| {
+        cmd.env("CORONIUM_USERS_WIRE_OAUTH_LOGIN", "false");
+    });
+    assert_eq!(
+        server
+            .call(
+                "api.users",
+                "login",
+                json!({"provider": "openudid", "client_id": "device-1"})
+            )
+            .await,
+        json!({"result": {"error": "Missing required parameter: password", "status": 804}})
+    );
+}
