@@ -43,30 +43,15 @@ function users.delete(params, listener)
   return deliver(listener, wait())
 end
 
--- Coronium 2.x: register(username, password, scope, meta) -> user_id
--- meta = { email, group, extra, login }; with meta.login the new user is logged in and returned.
+-- Coronium 2.x: register(username, password, scope, meta) → user_id (users spec §2). The user
+-- is active and confirmed; a nil username makes one up (`user-` and 12 hex digits), a nil
+-- password makes a user only server code can log in; meta = {email, group, extra, login}.
 function users.register(username, password, in_scope, meta, listener)
   if type(meta) == "function" then
     meta, listener = nil, meta
-  elseif type(in_scope) == "function" then
-    in_scope, listener = nil, in_scope
   end
-  meta = type(meta) == "table" and meta or {}
-  local params = {
-    username = username,
-    password = password,
-    scope = in_scope,
-    email = meta.email,
-    group = meta.group,
-    extra = meta.extra,
-  }
-  USERS.create(params, scope())
-  local user_id, err, status = wait()
-  if err == nil and meta.login then
-    USERS.login({ username = username, password = password, scope = params.scope }, scope(), client())
-    return deliver(listener, wait())
-  end
-  return deliver(listener, user_id, err, status)
+  USERS.register({ username = username, password = password, scope = in_scope, meta = meta }, scope())
+  return deliver(listener, wait())
 end
 
 -- Queries (users spec §6), server-side only: positional arguments, then an optional listener.

@@ -16,6 +16,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "auth providers",
         include_str!("../../migrations/0003_auth_providers.sql"),
     ),
+    (
+        4,
+        "password-less users",
+        include_str!("../../migrations/0004_passwordless_users.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming "coronium schema migration" among advisory locks.

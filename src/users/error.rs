@@ -28,6 +28,12 @@ pub enum UserError {
     /// was not checked. Carries the seconds to wait.
     #[error("Too many failed login attempts; try again in {0} s.")]
     TooManyAttempts(u64),
+    /// 601: a registration could not be stored (the cause is logged).
+    #[error("User could not be created.")]
+    NotCreated,
+    /// 605: a user without a password tried to log in from a client.
+    #[error("User requires server-side login.")]
+    ServerSideLoginRequired,
     /// 604: no such user in this scope (malformed ids included).
     #[error("User not found.")]
     NotFound,
@@ -114,6 +120,8 @@ impl UserError {
             UserError::BadCredentials | UserError::TooManyAttempts(_) => Status::PASSWORD_INVALID,
             UserError::NotFound => Status::USER_NOT_FOUND,
             UserError::PendingNotFound => Status::PENDING_USER_NOT_FOUND,
+            UserError::NotCreated => Status::USER_NOT_CREATED,
+            UserError::ServerSideLoginRequired => Status::SERVER_SIDE_LOGIN_REQUIRED,
             UserError::ProviderLinked(_) => Status::AUTH_PROVIDER_LINKED,
             UserError::ProviderNotLinked => Status::AUTH_PROVIDER_NOT_LINKED,
             UserError::Internal(_) => Status::GENERAL,

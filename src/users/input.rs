@@ -279,7 +279,8 @@ pub fn confirmation(value: &Value) -> Result<ConfirmationRequest, UserError> {
 #[derive(Debug)]
 pub struct NewUser {
     pub username: Username,
-    pub secret: Secret,
+    /// `None` only for a registration without a password.
+    pub secret: Option<Secret>,
     pub email: Option<Email>,
     pub group: String,
     pub extra: Map<String, Value>,
@@ -289,7 +290,7 @@ pub struct NewUser {
 impl NewUser {
     pub fn parse(params: &Params, form: PasswordForm) -> Result<Self, UserError> {
         let username = Username::parse(required_str(params, "username")?)?;
-        let secret = password(required_str(params, "password")?, form)?;
+        let secret = Some(password(required_str(params, "password")?, form)?);
         let email = opt_str(params, "email")?
             .filter(|e| !e.is_empty())
             .map(Email::parse)
@@ -319,6 +320,66 @@ impl NewUser {
     }
 }
 
+/// A validated `register(username, password, scope, meta)` (users spec §2): created active and
+/// confirmed, maybe without a name (one is made up) or a password (server-side logins only).
+#[derive(Debug)]
+pub struct Registration {
+    pub user: NewUser,
+    /// No username was given: `user.username` is a placeholder to be replaced by a made-up one.
+    pub anonymous: bool,
+    /// `meta.login`: record a login along with the join.
+    pub login: bool,
+}
+
+/// Made-up usernames: `user-` and 12 hex digits.
+pub const ANONYMOUS_PREFIX: &str = "user-";
+
+impl Registration {
+    /// Reads the positional arguments as the prelude passes them: `username`, `password` (plain
+    /// text, from Lua) and the `meta` table (`email`, `group`, `extra`, `login`).
+    pub fn parse(params: &Params) -> Result<Registration, UserError> {
+        let username = opt_str(params, "username")?.filter(|name| !name.is_empty());
+        let password = opt_str(params, "password")?;
+        if username.is_none() && password.is_some() {
+            return Err(UserError::bad("An anonymous user cannot have a password."));
+        }
+        let meta = match params.get("meta") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(meta)) => meta.clone(),
+            Some(Value::Array(items)) if items.is_empty() => Map::new(),
+            Some(_) => return Err(UserError::bad("Parameter 'meta' must be a table.")),
+        };
+        if let Some(key) = meta
+            .keys()
+            .find(|key| !matches!(key.as_str(), "email" | "group" | "extra" | "login"))
+        {
+            return Err(UserError::bad(format!("Unknown meta key '{key}'.")));
+        }
+        let login = match meta.get("login") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(login)) => *login,
+            Some(_) => return Err(UserError::bad("Meta key 'login' must be a boolean.")),
+        };
+        let mut fields = meta;
+        fields.remove("login");
+        fields.insert(
+            "username".into(),
+            Value::String(username.unwrap_or("anonymous").to_owned()),
+        );
+        // Parsed as `create` would, with a throwaway password (a registration's own is optional).
+        fields.insert("password".into(), Value::String("x".into()));
+        let mut user = NewUser::parse(&fields, PasswordForm::Plain)?;
+        user.secret = password
+            .map(|plain| self::password(plain, PasswordForm::Plain))
+            .transpose()?;
+        Ok(Registration {
+            user,
+            anonymous: username.is_none(),
+            login,
+        })
+    }
+}
+
 /// Who is logging in: by username, or by email when no username is given.
 #[derive(Debug)]
 pub enum Login {
@@ -330,6 +391,9 @@ pub enum Login {
 pub struct Credentials {
     pub login: Login,
     pub secret: Secret,
+    /// Where the password came from: a wire login of a user without a password is told to log
+    /// in from server code (605).
+    pub form: PasswordForm,
 }
 
 impl Credentials {
@@ -347,7 +411,11 @@ impl Credentials {
             _ => return Err(UserError::Missing("username")),
         };
         let secret = password(required_str(params, "password")?, form)?;
-        Ok(Credentials { login, secret })
+        Ok(Credentials {
+            login,
+            secret,
+            form,
+        })
     }
 }
 

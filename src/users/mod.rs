@@ -129,11 +129,15 @@ impl Users {
 
     /// Creates a user; with `confirmation`, the user starts inactive and pending.
     pub async fn create(&self, scope: &Scope, new_user: NewUser) -> Result<User, UserError> {
-        let password_hash = self
-            .hasher
-            .hash(&new_user.secret)
-            .await
-            .map_err(UserError::Internal)?;
+        let password_hash = match &new_user.secret {
+            Some(secret) => Some(
+                self.hasher
+                    .hash(secret)
+                    .await
+                    .map_err(UserError::Internal)?,
+            ),
+            None => None,
+        };
         let code = new_user
             .confirmation
             .as_ref()
@@ -141,7 +145,7 @@ impl Users {
         let (scope, new_user_ref, hash, code_ref) = (
             scope.as_str(),
             &new_user,
-            password_hash.as_str(),
+            password_hash.as_deref(),
             code.as_deref(),
         );
         let user = self
@@ -154,6 +158,66 @@ impl Users {
             self.send_confirmation(&user, Some(request), code);
         }
         Ok(user)
+    }
+
+    /// Registers a user (users spec §2): active and confirmed, under a made-up name when none
+    /// was given; answers its id. With `login`, a login is recorded along with the join. A
+    /// failure to store it is 601 (the cause is logged).
+    pub async fn register(
+        &self,
+        scope: &Scope,
+        registration: input::Registration,
+    ) -> Result<Uuid, UserError> {
+        let input::Registration {
+            mut user,
+            anonymous,
+            login,
+        } = registration;
+        user.confirmation = None;
+        let password_hash = match &user.secret {
+            Some(secret) => Some(
+                self.hasher
+                    .hash(secret)
+                    .await
+                    .map_err(UserError::Internal)?,
+            ),
+            None => None,
+        };
+        let mut collisions = 0;
+        let created = loop {
+            if anonymous {
+                let made_up = Uuid::new_v4().simple().to_string();
+                user.username =
+                    Username::parse(&format!("{}{}", input::ANONYMOUS_PREFIX, &made_up[..12]))?;
+            }
+            let (scope, user_ref, hash) = (scope.as_str(), &user, password_hash.as_deref());
+            let inserted = self
+                .db
+                .write(|client| async move {
+                    store::insert(&*client, scope, user_ref, hash, None).await
+                })
+                .await;
+            match inserted {
+                // A made-up name already taken (1 in 2^48 per user): make up another.
+                Err(UserError::AlreadyExists(what))
+                    if anonymous && what.starts_with("Username") && collisions < 3 =>
+                {
+                    collisions += 1;
+                }
+                Err(UserError::Internal(cause)) => {
+                    tracing::error!(error = %cause, "core.users.register could not store the user");
+                    return Err(UserError::NotCreated);
+                }
+                other => break other?,
+            }
+        };
+        if login {
+            let id = created.user_id;
+            self.db
+                .write(|client| async move { store::record_passwordless_login(&*client, id).await })
+                .await?;
+        }
+        Ok(created.user_id)
     }
 
     /// Mail delivery is not wired yet: say what would be sent.
@@ -223,15 +287,23 @@ impl Users {
                 .await?;
             (candidate, None)
         };
+        let stored = candidate.as_ref().and_then(|c| c.password_hash.as_deref());
         let verdict = self
             .hasher
-            .verify(
-                &credentials.secret,
-                candidate.as_ref().map(|c| c.password_hash.as_str()),
-            )
+            .verify(&credentials.secret, stored)
             .await
             .map_err(UserError::Internal)?;
-        let Some(candidate) = candidate.filter(|_| verdict.matched) else {
+        if stored.is_none()
+            && candidate.is_some()
+            && credentials.form == input::PasswordForm::Canonical
+        {
+            // Registered without a password: only server code can log this user in.
+            return Err(UserError::ServerSideLoginRequired);
+        }
+        let Some((candidate, verified)) = candidate
+            .filter(|_| verdict.matched)
+            .and_then(|c| c.password_hash.clone().map(|hash| (c, hash)))
+        else {
             return Err(UserError::BadCredentials);
         };
         let release = throttled_as.as_deref().map(|account| store::Release {
@@ -250,7 +322,7 @@ impl Users {
             None
         };
         if candidate.records_login {
-            let (id, hash, rehash) = (candidate.user_id, &candidate.password_hash, &rehash);
+            let (id, hash, rehash) = (candidate.user_id, verified.as_str(), &rehash);
             let release = release.as_ref();
             self.db
                 .write(|client| async move {
@@ -265,7 +337,7 @@ impl Users {
                     .await?;
             }
             if let Some(new_hash) = &rehash {
-                let (id, hash) = (candidate.user_id, &candidate.password_hash);
+                let (id, hash) = (candidate.user_id, verified.as_str());
                 self.db
                     .write(|client| async move {
                         store::replace_hash(&*client, id, hash, new_hash).await

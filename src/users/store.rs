@@ -70,7 +70,7 @@ pub async fn insert(
     client: &impl GenericClient,
     scope: &str,
     user: &NewUser,
-    password_hash: &str,
+    password_hash: Option<&str>,
     confirmation_code: Option<&str>,
 ) -> Result<User, UserError> {
     let stmt = client
@@ -115,7 +115,8 @@ pub async fn insert(
 /// What login needs to decide: the id, the stored hash, and whether the user may record a login.
 pub struct LoginCandidate {
     pub user_id: Uuid,
-    pub password_hash: String,
+    /// `None`: a user registered without a password.
+    pub password_hash: Option<String>,
     pub records_login: bool,
 }
 

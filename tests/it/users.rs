@@ -122,9 +122,9 @@ print(user.username, user.active, user.validated, user.login_count, user.passwor
 print(core.users.login({username = "tiny", password = "wrong"}))
 print(core.users.login({username = "nobody", password = "abcd1234"}))
 -- 2.x positional forms.
-local id = core.users.register("p2", "pw", nil, {email = "p2@example.com", extra = {a = 1}})
+local id = core.users.register("p2", "pw", "default", {email = "p2@example.com", extra = {a = 1}})
 print(#id, core.users.get(id).email, core.users.get(id).extra.a)
-local u = core.users.register("p3", "pw", nil, {login = true})
+local u = core.users.get(core.users.register("p3", "pw", "default", {login = true}))
 print(u.username, u.login_count)
 print(core.users.update(id, {group = "vip"}).group)
 print(core.users.delete(id), core.users.delete(id))
@@ -389,5 +389,88 @@ print(core.users.delete(id), select(2, core.users.get(id)))
             "0\taces",
             "1\tUser not found.\t604",
         ]
+    );
+}
+
+/// `register(username, password, scope, meta)` (users spec §2): the id of an active, confirmed
+/// user; anonymous and password-less users; a login with `meta.login`; each refusal's status.
+#[tokio::test]
+async fn register_makes_active_users_named_or_not_with_or_without_a_password() {
+    let db = TestDb::new().await;
+    let run = run_lua(
+        &db,
+        "register.lua",
+        r#"
+local function show(...) print((select(2, ...)), (select(3, ...))) end
+local id = core.users.register("pat", "pw", "arena", {email = "pat@example.com", group = "g", extra = {lvl = 2}})
+local pat = core.users.get(id)
+print(pat.username, pat.scope, pat.active, pat.validated, pat.confirmation, pat.group, pat.extra.lvl, pat.login_count)
+print(core.users.login({username = "pat", password = "pw", scope = "arena"}).user_id == id)
+local anon = core.users.get(core.users.register(nil, nil, "arena", {login = true}))
+print(anon.username:match("^user%-%x+$") ~= nil, #anon.username, anon.login_count, anon.active)
+local quiet = core.users.register("quiet", nil, "arena")
+print(select(3, core.users.login({username = "quiet", password = "anything", scope = "arena"})))
+core.users.register("lis", "pw", "arena", {}, function(evt) print("listener", #evt.result) end)
+show(core.users.register("x", "pw"))
+show(core.users.register(nil, "pw", "arena"))
+show(core.users.register("y", "pw", "arena", {device_id = "d"}))
+show(core.users.register("y", "pw", "arena", {login = "yes"}))
+show(core.users.register("y", "pw", "arena", {email = "nope"}))
+show(core.users.register("PAT", "pw", "arena"))
+show(core.users.register("z", "pw", "arena", {extra = {deep = {}}}))
+"#,
+    );
+    assert_ok(&run);
+    assert_eq!(
+        run.lines(),
+        [
+            "pat\tarena\ttrue\ttrue\tnil\tg\t2\t0",
+            "true",
+            "true\t17\t1\ttrue",
+            "603",
+            "listener\t36",
+            "Missing required parameter: scope\t804",
+            "An anonymous user cannot have a password.\t801",
+            "Unknown meta key 'device_id'.\t801",
+            "Meta key 'login' must be a boolean.\t801",
+            "Email address not found or invalid.\t704",
+            "Username already exists.\t600",
+            "Extra table can only contain string, number, or boolean types.\t801",
+        ]
+    );
+}
+
+/// A user registered without a password is told, over the wire, to log in from server code.
+#[tokio::test]
+async fn a_password_less_user_cannot_log_in_from_a_client() {
+    use coronium::users::password::md5_hex;
+    use serde_json::json;
+    let db = TestDb::new().await;
+    let run = run_lua(
+        &db,
+        "quiet.lua",
+        r#"print(#core.users.register("quiet", nil, "default"))"#,
+    );
+    assert_ok(&run);
+    let server = crate::common::TestServer::start(&db, |_| {});
+    assert_eq!(
+        server
+            .call(
+                "api.users",
+                "login",
+                json!({"username": "quiet", "password": md5_hex("anything")})
+            )
+            .await,
+        json!({"result": {"error": "User requires server-side login.", "status": 605}})
+    );
+    assert_eq!(
+        server
+            .call(
+                "api.users",
+                "login",
+                json!({"username": "nobody", "password": md5_hex("anything")})
+            )
+            .await,
+        json!({"result": {"error": "Invalid username or password.", "status": 603}})
     );
 }

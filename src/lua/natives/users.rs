@@ -305,6 +305,20 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
     users_op(
         lua,
         &native,
+        "register",
+        Takes::Params,
+        host,
+        |host, lua, params, Caller { scope, .. }| async move {
+            required_scope(&params)?;
+            let registration = input::Registration::parse(&params)?;
+            let id = host.services.users.register(&scope, registration).await?;
+            Ok(Value::String(lua.create_string(id.to_string())?))
+        },
+    )?;
+
+    users_op(
+        lua,
+        &native,
         "get_with_query",
         Takes::Params,
         host,
