@@ -43,6 +43,13 @@ function users.delete(params, listener)
   return deliver(listener, wait())
 end
 
+-- resendConfirmation({user_id, confirmation?}, listener) → the user id: a pending user's fresh
+-- confirmation link (the old one stops working).
+function users.resendConfirmation(params, listener)
+  USERS.resend_confirmation(params, scope())
+  return deliver(listener, wait())
+end
+
 -- Coronium 2.x: register(username, password, scope, meta) → user_id (users spec §2). The user
 -- is active and confirmed; a nil username makes one up (`user-` and 12 hex digits), a nil
 -- password makes a user only server code can log in; meta = {email, group, extra, login}.

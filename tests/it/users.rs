@@ -474,3 +474,33 @@ async fn a_password_less_user_cannot_log_in_from_a_client() {
         json!({"result": {"error": "Invalid username or password.", "status": 603}})
     );
 }
+
+/// `resendConfirmation` from Lua: the table form, answering the user id; 614 for a user who is
+/// not pending, 804 without an id.
+#[tokio::test]
+async fn resend_confirmation_from_lua() {
+    let db = TestDb::new().await;
+    let run = run_lua(
+        &db,
+        "resend.lua",
+        r#"
+local id = assert(core.users.create({username = "pend", password = "pw", email = "p@example.com",
+  confirmation = {from_email = "games@example.com", subject = "Confirm"}}))
+print(core.users.resendConfirmation({user_id = id}) == id)
+core.users.resendConfirmation({user_id = id}, function(evt) print("listener", evt.result == id) end)
+local plain = assert(core.users.create({username = "plain", password = "pw"}))
+print(select(2, core.users.resendConfirmation({user_id = plain})))
+print(select(2, core.users.resendConfirmation({})))
+"#,
+    );
+    assert_ok(&run);
+    assert_eq!(
+        run.lines(),
+        [
+            "true",
+            "listener\ttrue",
+            "Pending user not found.\t614",
+            "Missing required parameter: user_id\t804",
+        ]
+    );
+}

@@ -305,6 +305,24 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
     users_op(
         lua,
         &native,
+        "resend_confirmation",
+        Takes::Params,
+        host,
+        |host, lua, params, Caller { scope, .. }| async move {
+            let request = match params.get("confirmation") {
+                None | Some(Json::Null) => None,
+                Some(options) => Some(input::confirmation(options)?),
+            };
+            let user_id = input::user_id(&params)?;
+            let users = &host.services.users;
+            let user = users.resend_confirmation(&scope, user_id, request).await?;
+            Ok(Value::String(lua.create_string(user.user_id.to_string())?))
+        },
+    )?;
+
+    users_op(
+        lua,
+        &native,
         "register",
         Takes::Params,
         host,
