@@ -159,3 +159,29 @@ show(core.users.getAndMerge("00000000-0000-0000-0000-000000000000", {}))
     assert!(lines[2].contains("'where'"), "{}", lines[2]);
     assert_eq!(lines[8], "getAndMerge needs the database module.\t810");
 }
+
+/// `users.max_query_limit` cuts what a query may ask for.
+#[tokio::test]
+async fn the_operator_caps_how_many_users_a_query_returns() {
+    let db = TestDb::new().await;
+    let path = crate::common::scratch_dir("script").join("capped.lua");
+    std::fs::write(
+        &path,
+        script(
+            r#"
+print(names(core.users.getWithQuery("arena", {limit = 100})))
+print(names(core.users.getGroup("arena", "cadets", {1, 50})))
+"#,
+        ),
+    )
+    .unwrap();
+    let run: crate::common::Run = crate::common::coronium(Some(&db))
+        .env("CORONIUM_USERS_MAX_QUERY_LIMIT", "2")
+        .arg("run")
+        .arg(&path)
+        .output()
+        .unwrap()
+        .into();
+    assert_ok(&run);
+    assert_eq!(run.lines(), ["ann,bob", "bob,dee"]);
+}
