@@ -504,3 +504,59 @@ print(select(2, core.users.resendConfirmation({})))
         ]
     );
 }
+
+/// `login{user_id}` from server code (users spec §3): no password, any scope; the login event
+/// only for active, confirmed users; 604 for an unknown or malformed id. Not a client action.
+#[tokio::test]
+async fn server_code_logs_a_user_in_by_id() {
+    use coronium::users::password::md5_hex;
+    use serde_json::json;
+    let db = TestDb::new().await;
+    let run = run_lua(
+        &db,
+        "by-id.lua",
+        r#"
+local id = core.users.register("far", "pw", "arena")
+local user = core.users.login({user_id = id})
+print(user.username, user.scope, user.login_count)
+print(core.users.login({user_id = id, password = "wrong"}).login_count)
+local pend = assert(core.users.create({username = "pend", password = "pw", email = "p@example.com",
+  confirmation = {from_email = "g@example.com", subject = "Confirm"}}))
+local pending = core.users.login({user_id = pend})
+print(pending.username, pending.active, pending.login_count)
+print(select(2, core.users.login({user_id = "00000000-0000-4000-8000-000000000001"})))
+print(select(2, core.users.login({user_id = "not-an-id"})))
+print(id)
+"#,
+    );
+    assert_ok(&run);
+    let lines = run.lines();
+    assert_eq!(
+        lines[..5],
+        [
+            "far\tarena\t1",
+            "2",
+            "pend\tfalse\t0",
+            "User not found.\t604",
+            "User not found.\t604",
+        ]
+    );
+    let server = crate::common::TestServer::start(&db, |_| {});
+    assert_eq!(
+        server
+            .call_in("arena", "api.users", "login", json!({"user_id": lines[5]}))
+            .await,
+        json!({"result": {"error": "Missing required parameter: password", "status": 804}})
+    );
+    assert_eq!(
+        server
+            .call_in(
+                "arena",
+                "api.users",
+                "login",
+                json!({"user_id": lines[5], "password": md5_hex("nope")})
+            )
+            .await,
+        json!({"result": {"error": "Missing required parameter: username", "status": 804}})
+    );
+}

@@ -247,6 +247,15 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
                     .await?;
                 return Ok(sized(&lua, &user)?);
             }
+            // Then by user id, in any scope and without a password (server code only).
+            if params.get("user_id").is_some_and(|id| !id.is_null()) {
+                let user = host
+                    .services
+                    .users
+                    .login_by_id(input::user_id(&params)?)
+                    .await?;
+                return Ok(user_value(&lua, &user)?);
+            }
             let credentials = Credentials::parse(&params, PasswordForm::Plain)?;
             let user = host
                 .services
