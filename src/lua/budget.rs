@@ -170,14 +170,14 @@ impl Meter {
             }
             let now = Instant::now();
             if now >= slice.fail_at {
-                meter.mark_spent(slice.budget_ms);
+                let over = meter.mark_spent(slice.budget_ms);
                 // A script's own coroutine is yielded too: its resumer, in the request's
                 // coroutine, then meets the next check with the call stack that coroutine had.
                 if !pending.is_full() && !meter.yield_tried.replace(true) {
                     return Ok(VmState::Yield);
                 }
                 meter.yield_tried.set(false);
-                return Err(mlua::Error::runtime(meter.mark_spent(slice.budget_ms)));
+                return Err(mlua::Error::runtime(over));
             }
             if now >= slice.yield_at
                 && !pending.is_full()

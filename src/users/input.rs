@@ -234,6 +234,14 @@ fn extra(value: &Value, allow_null_sentinel: bool) -> Result<Map<String, Value>,
     })
 }
 
+/// `resendConfirmation`'s optional `confirmation` options (else the stored ones).
+pub fn resend_request(params: &Params) -> Result<Option<ConfirmationRequest>, UserError> {
+    match params.get("confirmation") {
+        None | Some(Value::Null) => Ok(None),
+        Some(options) => confirmation(options).map(Some),
+    }
+}
+
 /// `confirmation` options of `create` (compat §2).
 #[derive(Debug, Clone)]
 pub struct ConfirmationRequest {
@@ -291,18 +299,7 @@ impl NewUser {
     pub fn parse(params: &Params, form: PasswordForm) -> Result<Self, UserError> {
         let username = Username::parse(required_str(params, "username")?)?;
         let secret = Some(password(required_str(params, "password")?, form)?);
-        let email = opt_str(params, "email")?
-            .filter(|e| !e.is_empty())
-            .map(Email::parse)
-            .transpose()?;
-        let group = opt_str(params, "group")?
-            .map(group)
-            .transpose()?
-            .unwrap_or_else(|| DEFAULT_GROUP.to_owned());
-        let extra = match params.get("extra") {
-            None | Some(Value::Null) => Map::new(),
-            Some(v) => extra(v, false)?,
-        };
+        let (email, group, extra) = profile(params)?;
         let confirmation = match params.get("confirmation") {
             None | Some(Value::Null) => None,
             // The seed: "User email is required if using email confirmation."
@@ -320,12 +317,32 @@ impl NewUser {
     }
 }
 
+/// A new user's `email`, `group` and `extra`.
+type Profile = (Option<Email>, String, Map<String, Value>);
+
+/// [`Profile`] as `create`'s parameters and `register`'s meta give it.
+fn profile(params: &Params) -> Result<Profile, UserError> {
+    let email = opt_str(params, "email")?
+        .filter(|e| !e.is_empty())
+        .map(Email::parse)
+        .transpose()?;
+    let group = opt_str(params, "group")?
+        .map(group)
+        .transpose()?
+        .unwrap_or_else(|| DEFAULT_GROUP.to_owned());
+    let extra = match params.get("extra") {
+        None | Some(Value::Null) => Map::new(),
+        Some(v) => extra(v, false)?,
+    };
+    Ok((email, group, extra))
+}
+
 /// A validated `register(username, password, scope, meta)` (users spec §2): created active and
 /// confirmed, maybe without a name (one is made up) or a password (server-side logins only).
 #[derive(Debug)]
 pub struct Registration {
     pub user: NewUser,
-    /// No username was given: `user.username` is a placeholder to be replaced by a made-up one.
+    /// No username was given: `user.username` is to be replaced by a made-up one.
     pub anonymous: bool,
     /// `meta.login`: record a login along with the join.
     pub login: bool,
@@ -343,10 +360,11 @@ impl Registration {
         if username.is_none() && password.is_some() {
             return Err(UserError::bad("An anonymous user cannot have a password."));
         }
+        let no_meta = Map::new();
         let meta = match params.get("meta") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(meta)) => meta.clone(),
-            Some(Value::Array(items)) if items.is_empty() => Map::new(),
+            None | Some(Value::Null) => &no_meta,
+            Some(Value::Object(meta)) => meta,
+            Some(Value::Array(items)) if items.is_empty() => &no_meta,
             Some(_) => return Err(UserError::bad("Parameter 'meta' must be a table.")),
         };
         if let Some(key) = meta
@@ -360,18 +378,18 @@ impl Registration {
             Some(Value::Bool(login)) => *login,
             Some(_) => return Err(UserError::bad("Meta key 'login' must be a boolean.")),
         };
-        let mut fields = meta;
-        fields.remove("login");
-        fields.insert(
-            "username".into(),
-            Value::String(username.unwrap_or("anonymous").to_owned()),
-        );
-        // Parsed as `create` would, with a throwaway password (a registration's own is optional).
-        fields.insert("password".into(), Value::String("x".into()));
-        let mut user = NewUser::parse(&fields, PasswordForm::Plain)?;
-        user.secret = password
-            .map(|plain| self::password(plain, PasswordForm::Plain))
-            .transpose()?;
+        let (email, group, extra) = profile(meta)?;
+        let user = NewUser {
+            // Replaced by a made-up name when there is none.
+            username: Username::parse(username.unwrap_or(ANONYMOUS_PREFIX))?,
+            secret: password
+                .map(|plain| self::password(plain, PasswordForm::Plain))
+                .transpose()?,
+            email,
+            group,
+            extra,
+            confirmation: None,
+        };
         Ok(Registration {
             user,
             anonymous: username.is_none(),

@@ -127,17 +127,25 @@ impl Users {
         self.settings
     }
 
-    /// Creates a user; with `confirmation`, the user starts inactive and pending.
-    pub async fn create(&self, scope: &Scope, new_user: NewUser) -> Result<User, UserError> {
-        let password_hash = match &new_user.secret {
-            Some(secret) => Some(
+    /// The stored form of a password, when one was given.
+    async fn hash_if_given(
+        &self,
+        secret: Option<&password::Secret>,
+    ) -> Result<Option<String>, UserError> {
+        match secret {
+            Some(secret) => Ok(Some(
                 self.hasher
                     .hash(secret)
                     .await
                     .map_err(UserError::Internal)?,
-            ),
-            None => None,
-        };
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Creates a user; with `confirmation`, the user starts inactive and pending.
+    pub async fn create(&self, scope: &Scope, new_user: NewUser) -> Result<User, UserError> {
+        let password_hash = self.hash_if_given(new_user.secret.as_ref()).await?;
         let code = new_user
             .confirmation
             .as_ref()
@@ -173,16 +181,7 @@ impl Users {
             anonymous,
             login,
         } = registration;
-        user.confirmation = None;
-        let password_hash = match &user.secret {
-            Some(secret) => Some(
-                self.hasher
-                    .hash(secret)
-                    .await
-                    .map_err(UserError::Internal)?,
-            ),
-            None => None,
-        };
+        let password_hash = self.hash_if_given(user.secret.as_ref()).await?;
         let mut collisions = 0;
         let created = loop {
             if anonymous {
@@ -378,18 +377,11 @@ impl Users {
 
     /// The users of `scope` that `query` matches (`getWithQuery`, `getGroup`); no events.
     pub async fn query(&self, scope: &Scope, query: &UserQuery) -> Result<Vec<User>, UserError> {
-        let capped;
-        let query = if query.count > self.settings.max_query_limit {
-            capped = UserQuery {
-                count: self.settings.max_query_limit.max(1),
-                ..query.clone()
-            };
-            &capped
-        } else {
-            query
-        };
+        let count = query.count.min(self.settings.max_query_limit.max(1));
         self.db
-            .read(|client| async move { store::query(&*client, scope.as_str(), query).await })
+            .read(
+                |client| async move { store::query(&*client, scope.as_str(), query, count).await },
+            )
             .await
     }
 
@@ -418,15 +410,7 @@ impl Users {
         patch: UserPatch,
     ) -> Result<User, UserError> {
         let user_id = user_id.ok_or(UserError::NotFound)?;
-        let password_hash = match &patch.secret {
-            Some(secret) => Some(
-                self.hasher
-                    .hash(secret)
-                    .await
-                    .map_err(UserError::Internal)?,
-            ),
-            None => None,
-        };
+        let password_hash = self.hash_if_given(patch.secret.as_ref()).await?;
         let (patch, hash, scope) = (&patch, password_hash.as_deref(), within.scope());
         self.db
             .write(|client| async move {

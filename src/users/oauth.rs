@@ -79,6 +79,11 @@ pub fn provider(params: &Params) -> Result<String, UserError> {
     }
 }
 
+/// The user and provider a link operation names (`user_id`, `provider`).
+pub fn link_target(params: &Params) -> Result<(Option<UserId>, String), UserError> {
+    Ok((super::input::user_id(params)?, provider(params)?))
+}
+
 /// A provider account's id, where one is required (`getWithProvider`, OAuth login).
 pub fn required_client_id(params: &Params) -> Result<String, UserError> {
     match params.get("client_id") {
@@ -166,6 +171,15 @@ impl LinkFields {
             access_token,
             access_token_expiry,
         })
+    }
+
+    /// `addAuthProvider`'s fields: its `auth` table, or the flat form some Coronium code (a
+    /// documented client example among it) sends instead.
+    pub fn to_add(params: &Params) -> Result<LinkFields, UserError> {
+        match params.get("auth") {
+            Some(auth) if !auth.is_null() => LinkFields::parse(Some(auth)),
+            _ => LinkFields::parse_flat(params),
+        }
     }
 
     /// The flat form some Coronium code sends instead of an `auth` table.
@@ -299,16 +313,11 @@ impl Users {
         user_id: Option<UserId>,
         provider: Option<&str>,
     ) -> Result<Vec<Link>, UserError> {
-        let id = existing_id(user_id)?.uuid();
-        let scope = within.scope();
+        let (id, scope) = (existing_id(user_id)?.uuid(), within.scope());
         self.db
-            .transaction(async |tx| {
-                store::user_scope_for_links(tx, scope, id)
-                    .await?
-                    .ok_or(UserError::NotFound)?;
-                store::links(tx, id, provider).await
-            })
-            .await
+            .read(|client| async move { store::links(&*client, scope, id, provider).await })
+            .await?
+            .ok_or(UserError::NotFound)
     }
 
     /// Changes the given fields of the user's link to `provider`.
@@ -325,11 +334,9 @@ impl Users {
         let link = self
             .db
             .transaction(async |tx| {
-                store::user_scope_for_links(tx, scope, id)
+                let current = store::links(tx, scope, id, Some(provider))
                     .await?
-                    .ok_or(UserError::NotFound)?;
-                let current = store::links(tx, id, Some(provider))
-                    .await?
+                    .ok_or(UserError::NotFound)?
                     .pop()
                     .ok_or(UserError::ProviderNotLinked)?;
                 let changed = Link {

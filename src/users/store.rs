@@ -54,9 +54,14 @@ fn user_from_row(row: &Row) -> User {
 }
 
 /// Maps a unique-index violation to Coronium's 600; other errors pass through.
+/// The name of the unique index or constraint a statement violated, if that is why it failed.
+fn unique_violated(e: &tokio_postgres::Error) -> Option<&str> {
+    (e.code() == Some(&SqlState::UNIQUE_VIOLATION))
+        .then(|| e.as_db_error().and_then(|d| d.constraint()).unwrap_or(""))
+}
+
 fn duplicate_to_600(e: tokio_postgres::Error) -> UserError {
-    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-        let constraint = e.as_db_error().and_then(|d| d.constraint()).unwrap_or("");
+    if let Some(constraint) = unique_violated(&e) {
         return UserError::AlreadyExists(if constraint.contains("email") {
             "Email already exists."
         } else {
@@ -460,11 +465,13 @@ pub async fn renew_confirmation(
     Ok(row.as_ref().map(user_from_row))
 }
 
-/// The users `query` matches in `scope`, in its order (then by id), its window of rows.
+/// The users `query` matches in `scope`, in its order (then by id): `count` rows from its
+/// offset.
 pub async fn query(
     client: &impl GenericClient,
     scope: &str,
     query: &UserQuery,
+    count: i64,
 ) -> Result<Vec<User>, UserError> {
     use std::fmt::Write as _;
     use tokio_postgres::types::ToSql;
@@ -510,7 +517,7 @@ pub async fn query(
         params.len() + 1,
         params.len() + 2
     );
-    params.push(&query.count);
+    params.push(&count);
     params.push(&query.offset);
     let rows = client.query(sql.as_str(), &params).await?;
     Ok(rows.iter().map(user_from_row).collect())
@@ -525,8 +532,6 @@ pub struct Link {
     pub access_token_expiry: Option<i64>,
 }
 
-const LINK_COLUMNS: &str = "provider, client_id, access_token, access_token_expiry";
-
 fn link_from_row(row: &Row, first: usize) -> Link {
     Link {
         provider: row.get(first),
@@ -539,8 +544,7 @@ fn link_from_row(row: &Row, first: usize) -> Link {
 /// The two ways a link can collide: the user has one to this provider, or the provider account
 /// belongs to another user.
 fn link_taken(e: tokio_postgres::Error) -> UserError {
-    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-        let constraint = e.as_db_error().and_then(|d| d.constraint()).unwrap_or("");
+    if let Some(constraint) = unique_violated(&e) {
         return UserError::ProviderLinked(if constraint.contains("account") {
             "This provider account is already linked to another user."
         } else {
@@ -596,19 +600,34 @@ pub async fn insert_link(
     Ok(())
 }
 
-/// The user's links, to `provider` only when given, by provider name.
+/// The user's links (to `provider` only, when given), by provider name, in one read; `None`
+/// when there is no such user (in `scope`, or any).
 pub async fn links(
     client: &impl GenericClient,
+    scope: Option<&str>,
     user_id: Uuid,
     provider: Option<&str>,
-) -> Result<Vec<Link>, UserError> {
-    let sql = format!(
-        "SELECT {LINK_COLUMNS} FROM user_auth_providers \
-         WHERE user_id = $1 AND ($2::text IS NULL OR provider = $2) ORDER BY provider"
-    );
-    let stmt = client.prepare_cached(&sql).await?;
-    let rows = client.query(&stmt, &[&user_id, &provider]).await?;
-    Ok(rows.iter().map(|row| link_from_row(row, 0)).collect())
+) -> Result<Option<Vec<Link>>, UserError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT p.provider, p.client_id, p.access_token, p.access_token_expiry
+             FROM users u LEFT JOIN user_auth_providers p
+               ON p.user_id = u.user_id AND ($3::text IS NULL OR p.provider = $3)
+             WHERE u.user_id = $1 AND ($2::text IS NULL OR u.scope = $2)
+             ORDER BY p.provider",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&user_id, &scope, &provider]).await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        rows.iter()
+            // The user without a (matching) link: one row of NULLs.
+            .filter(|row| row.get::<_, Option<String>>(0).is_some())
+            .map(|row| link_from_row(row, 0))
+            .collect(),
+    ))
 }
 
 /// Replaces a link's fields with `link`'s; whether there was one to replace.

@@ -109,10 +109,7 @@ pub async fn execute(
                 .await?,
         ),
         Action::ResendConfirmation => {
-            let request = match params.get("confirmation") {
-                None | Some(Value::Null) => None,
-                Some(options) => Some(input::confirmation(options)?),
-            };
+            let request = input::resend_request(&params)?;
             let user = users
                 .resend_confirmation(scope, input::user_id(&params)?, request)
                 .await?;
@@ -120,12 +117,8 @@ pub async fn execute(
             json_text(&user.user_id.to_string())
         }
         Action::AddAuthProvider => {
-            let fields = match params.get("auth") {
-                Some(auth) if !auth.is_null() => LinkFields::parse(Some(auth))?,
-                // A documented client example sends the fields flat.
-                _ => LinkFields::parse_flat(&params)?,
-            };
-            let (user_id, provider) = (input::user_id(&params)?, oauth::provider(&params)?);
+            let fields = LinkFields::to_add(&params)?;
+            let (user_id, provider) = oauth::link_target(&params)?;
             json_text(
                 &users
                     .add_provider(within, user_id, provider, fields)
@@ -133,11 +126,11 @@ pub async fn execute(
             )
         }
         Action::GetAuthProvider => {
-            let (user_id, provider) = (input::user_id(&params)?, oauth::provider(&params)?);
+            let (user_id, provider) = oauth::link_target(&params)?;
             json_text(&users.provider(within, user_id, &provider).await?)
         }
         Action::UpdateAuthProvider => {
-            let (user_id, provider) = (input::user_id(&params)?, oauth::provider(&params)?);
+            let (user_id, provider) = oauth::link_target(&params)?;
             let fields = LinkFields::parse(params.get("update"))?;
             json_text(
                 &users
@@ -146,7 +139,7 @@ pub async fn execute(
             )
         }
         Action::UpdateTokenExpiry => {
-            let (user_id, provider) = (input::user_id(&params)?, oauth::provider(&params)?);
+            let (user_id, provider) = oauth::link_target(&params)?;
             let fields = LinkFields::token_expiry(&params)?;
             json_text(
                 &users
@@ -155,12 +148,12 @@ pub async fn execute(
             )
         }
         Action::AccessTokenExpired => {
-            let (user_id, provider) = (input::user_id(&params)?, oauth::provider(&params)?);
+            let (user_id, provider) = oauth::link_target(&params)?;
             let expired = users.token_expired(within, user_id, &provider).await?;
             json_text(&serde_json::json!({ "expired": expired }))
         }
         Action::RemoveAuthProvider => {
-            let (user_id, provider) = (input::user_id(&params)?, oauth::provider(&params)?);
+            let (user_id, provider) = oauth::link_target(&params)?;
             let id = users
                 .remove_providers(within, user_id, Some(&provider))
                 .await?;

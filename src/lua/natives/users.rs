@@ -318,10 +318,7 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
         Takes::Params,
         host,
         |host, lua, params, Caller { scope, .. }| async move {
-            let request = match params.get("confirmation") {
-                None | Some(Json::Null) => None,
-                Some(options) => Some(input::confirmation(options)?),
-            };
+            let request = input::resend_request(&params)?;
             let user_id = input::user_id(&params)?;
             let users = &host.services.users;
             let user = users.resend_confirmation(&scope, user_id, request).await?;
@@ -389,12 +386,8 @@ fn install_providers(lua: &Lua, native: &Table, host: &Rc<Host>) -> mlua::Result
         Takes::Params,
         host,
         |host, lua, params, caller| async move {
-            let user_id = input::user_id(&params)?;
-            let provider = oauth::provider(&params)?;
-            let fields = match params.get("auth") {
-                Some(auth) if !auth.is_null() => LinkFields::parse(Some(auth))?,
-                _ => LinkFields::parse_flat(&params)?,
-            };
+            let (user_id, provider) = oauth::link_target(&params)?;
+            let fields = LinkFields::to_add(&params)?;
             let users = &host.services.users;
             let info = users
                 .add_provider(caller.within(), user_id, provider, fields)
@@ -410,8 +403,7 @@ fn install_providers(lua: &Lua, native: &Table, host: &Rc<Host>) -> mlua::Result
         Takes::Params,
         host,
         |host, lua, params, caller| async move {
-            let user_id = input::user_id(&params)?;
-            let provider = oauth::provider(&params)?;
+            let (user_id, provider) = oauth::link_target(&params)?;
             let users = &host.services.users;
             let info = users.provider(caller.within(), user_id, &provider).await?;
             Ok(sized(&lua, &info)?)
@@ -446,8 +438,7 @@ fn install_providers(lua: &Lua, native: &Table, host: &Rc<Host>) -> mlua::Result
         Takes::Params,
         host,
         |host, lua, params, caller| async move {
-            let user_id = input::user_id(&params)?;
-            let provider = oauth::provider(&params)?;
+            let (user_id, provider) = oauth::link_target(&params)?;
             let fields = LinkFields::parse(params.get("update"))?;
             let users = &host.services.users;
             let info = users
@@ -464,8 +455,7 @@ fn install_providers(lua: &Lua, native: &Table, host: &Rc<Host>) -> mlua::Result
         Takes::Params,
         host,
         |host, lua, params, caller| async move {
-            let user_id = input::user_id(&params)?;
-            let provider = oauth::provider(&params)?;
+            let (user_id, provider) = oauth::link_target(&params)?;
             let fields = LinkFields::token_expiry(&params)?;
             let users = &host.services.users;
             let info = users
@@ -482,8 +472,7 @@ fn install_providers(lua: &Lua, native: &Table, host: &Rc<Host>) -> mlua::Result
         Takes::Params,
         host,
         |host, lua, params, caller| async move {
-            let user_id = input::user_id(&params)?;
-            let provider = oauth::provider(&params)?;
+            let (user_id, provider) = oauth::link_target(&params)?;
             let users = &host.services.users;
             let id = users
                 .remove_providers(caller.within(), user_id, Some(&provider))
@@ -515,8 +504,7 @@ fn install_providers(lua: &Lua, native: &Table, host: &Rc<Host>) -> mlua::Result
         Takes::Params,
         host,
         |host, _lua, params, caller| async move {
-            let user_id = input::user_id(&params)?;
-            let provider = oauth::provider(&params)?;
+            let (user_id, provider) = oauth::link_target(&params)?;
             let users = &host.services.users;
             let expired = users
                 .token_expired(caller.within(), user_id, &provider)
