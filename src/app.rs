@@ -9,6 +9,9 @@ use secrecy::SecretString;
 
 use crate::config::Config;
 use crate::db::{Database, DbError, DbHandle};
+use crate::mail::sender::Sender;
+use crate::mail::transport::Transport;
+use crate::mail::{MailError, Mailer, Templates};
 use crate::users::{PasswordHasher, Users};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +22,10 @@ pub enum AppError {
     Key(#[from] crate::wire::key::KeyError),
     #[error("argon2: {0}")]
     Hasher(String),
+    #[error(transparent)]
+    Mail(#[from] MailError),
+    #[error("cannot start the mail sender: {0}")]
+    MailSender(#[source] std::io::Error),
 }
 
 /// What one worker thread (or one script) works with: its own database handle and the domain
@@ -27,6 +34,7 @@ pub enum AppError {
 pub struct Services {
     pub db: DbHandle,
     pub users: Users,
+    pub mailer: Mailer,
 }
 
 /// The running configuration's resources, built once per process.
@@ -34,6 +42,7 @@ pub struct App {
     config: Config,
     database: Database,
     hasher: Arc<PasswordHasher>,
+    mailer: Mailer,
 }
 
 impl App {
@@ -43,11 +52,14 @@ impl App {
         // Cheap checks first: a bad setting should not wait for a database to start.
         let hasher =
             PasswordHasher::new(config.argon2).map_err(|e| AppError::Hasher(e.to_string()))?;
+        Transport::from_settings(&config.mail, &config.data_dir)?;
+        let mailer = Mailer::new(Templates::new(config.templates_dir()), &config.public_url);
         let database = Database::open(&config.database_location()).await?;
         Ok(App {
             config,
             database,
             hasher: Arc::new(hasher),
+            mailer,
         })
     }
 
@@ -64,10 +76,32 @@ impl App {
     /// Services on a database handle of `connections` shared connections of its own.
     pub fn services(&self, connections: usize) -> Result<Services, AppError> {
         let db = self.database.new_handle(connections)?;
-        let users = Users::new(db.clone(), self.hasher.clone(), &self.config.public_url)
+        let users = Users::new(db.clone(), self.hasher.clone(), self.mailer.clone())
             .with_login_throttle(self.config.login_throttle)
             .with_settings(self.config.users);
-        Ok(Services { db, users })
+        Ok(Services {
+            db,
+            users,
+            mailer: self.mailer.clone(),
+        })
+    }
+
+    /// Starts this instance's mail sender (see [`crate::mail::sender`]); it runs until the
+    /// returned handle is stopped or dropped. Logs where mail goes.
+    pub fn start_mail_sender(&self) -> Result<Sender, AppError> {
+        let transport = Transport::from_settings(&self.config.mail, &self.config.data_dir)?;
+        tracing::info!(
+            transport = %transport.describe(),
+            templates = %self.mailer.templates().dir().display(),
+            "mail"
+        );
+        Sender::spawn(
+            self.database.new_handle(1)?,
+            self.mailer.clone(),
+            transport,
+            self.config.mail.clone(),
+        )
+        .map_err(AppError::MailSender)
     }
 
     /// Stops the embedded database (if any). Handles still open lose their connections.

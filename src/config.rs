@@ -7,6 +7,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::db::{EmbeddedOptions, Location};
+use crate::mail::MailSettings;
 use crate::users::{HashParams, ThrottleSettings, UsersSettings};
 
 /// The config file read when `--config` is not given and it exists.
@@ -53,6 +54,8 @@ pub struct Config {
     /// The users module's choices (`[users]`).
     pub users: UsersSettings,
     pub lua: LuaSettings,
+    /// Mail transport, templates and retries (`[mail]`).
+    pub mail: MailSettings,
     pub postgres: PostgresSettings,
     pub server: ServerSettings,
 }
@@ -91,6 +94,9 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Lua CPU time one request may use, in milliseconds.
     pub cpu_budget_ms: u64,
+    /// Requests one client address may make per minute to the mail-link pages
+    /// (`/_confirmation`, `/_resetpassword`); 0 for no limit.
+    pub page_requests_per_minute: u32,
     /// On SIGTERM, how long in-flight requests get to finish.
     pub shutdown_grace_secs: u64,
     /// PEM certificate chain: with `tls_key`, the API port speaks HTTPS (files re-read when they
@@ -121,6 +127,7 @@ impl Default for ServerSettings {
             request_timeout_secs: 30,
             max_connections: 10_000,
             cpu_budget_ms: 1000,
+            page_requests_per_minute: 30,
             shutdown_grace_secs: 10,
             tls_cert: None,
             tls_key: None,
@@ -157,6 +164,7 @@ impl Default for Config {
             login_throttle: ThrottleSettings::default(),
             users: UsersSettings::default(),
             lua: LuaSettings::default(),
+            mail: MailSettings::default(),
             postgres: PostgresSettings::default(),
             server: ServerSettings::default(),
         }
@@ -250,8 +258,13 @@ impl Config {
             "CORONIUM_MAX_CONNECTIONS" => self.server.max_connections,
             "CORONIUM_CPU_BUDGET_MS" => self.server.cpu_budget_ms,
             "CORONIUM_SHUTDOWN_GRACE_SECS" => self.server.shutdown_grace_secs,
+            "CORONIUM_PAGE_REQUESTS_PER_MINUTE" => self.server.page_requests_per_minute,
             "CORONIUM_USERS_WIRE_OAUTH_LOGIN" => self.users.wire_oauth_login,
             "CORONIUM_USERS_MAX_QUERY_LIMIT" => self.users.max_query_limit,
+            "CORONIUM_MAIL_MAX_ATTEMPTS" => self.mail.max_attempts,
+            "CORONIUM_MAIL_RETRY_SECS" => self.mail.retry_secs,
+            "CORONIUM_MAIL_POLL_SECS" => self.mail.poll_secs,
+            "CORONIUM_MAILGUN_REGION" => self.mail.mailgun.region,
             "CORONIUM_LOGIN_THROTTLE" => self.login_throttle.enabled,
             "CORONIUM_LOGIN_THROTTLE_WINDOW_SECS" => self.login_throttle.window_secs,
             "CORONIUM_LOGIN_THROTTLE_PER_ACCOUNT_ADDRESS" => self.login_throttle.per_account_address,
@@ -279,6 +292,21 @@ impl Config {
         if let Some(v) = var("CORONIUM_SERVER_KEY") {
             self.server.server_key = Some(v).filter(|v| !v.is_empty()).map(SecretString::from);
         }
+        if let Some(v) = var("CORONIUM_MAIL_SMTP_URL") {
+            self.mail.smtp_url = Some(v).filter(|v| !v.is_empty()).map(SecretString::from);
+        }
+        if let Some(v) = var("CORONIUM_MAILGUN_API_KEY") {
+            self.mail.mailgun.api_key = Some(v).filter(|v| !v.is_empty()).map(SecretString::from);
+        }
+        if let Some(v) = var("CORONIUM_MAILGUN_DOMAIN") {
+            self.mail.mailgun.domain = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = var("CORONIUM_MAILGUN_BASE_URL") {
+            self.mail.mailgun.base_url = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = var("CORONIUM_MAIL_TEMPLATES_DIR") {
+            self.mail.templates_dir = Some(v.into());
+        }
         if let Some(v) = var("CORONIUM_TLS_CERT") {
             self.server.tls_cert = Some(v.into());
         }
@@ -289,6 +317,14 @@ impl Config {
             self.postgres.bin_dir = Some(v.into());
         }
         Ok(())
+    }
+
+    /// Where mail templates are looked for.
+    pub fn templates_dir(&self) -> PathBuf {
+        self.mail
+            .templates_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("templates"))
     }
 
     /// Where the database is: `database_url` when set, else the embedded cluster.

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod lua;
+pub mod mail;
 pub mod server;
 pub mod status;
 pub mod users;

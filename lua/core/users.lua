@@ -50,6 +50,26 @@ function users.resendConfirmation(params, listener)
   return deliver(listener, wait())
 end
 
+-- Mail (users spec §4), server-side only; options = {from_email, subject, tpl_name or email_tpl,
+-- tpl_keys}. sendConfirmationLink(user_id, options) → "OK": the user (in any scope) becomes
+-- pending until the link is opened.
+function users.sendConfirmationLink(user_id, options, listener)
+  USERS.send_confirmation_link({ user_id = user_id, options = options }, scope())
+  return deliver(listener, wait())
+end
+
+-- sendPasswordResetLink(to_email, scope, options) → true: a link valid for 24 hours.
+function users.sendPasswordResetLink(to_email, in_scope, options, listener)
+  USERS.send_password_reset_link({ to_email = to_email, scope = in_scope, options = options }, scope())
+  return deliver(listener, wait())
+end
+
+-- flushExpiredPasswordResets() → how many expired reset codes were deleted.
+function users.flushExpiredPasswordResets(listener)
+  USERS.flush_expired_password_resets({}, scope())
+  return deliver(listener, wait())
+end
+
 -- Coronium 2.x: register(username, password, scope, meta) → user_id (users spec §2). The user
 -- is active and confirmed; a nil username makes one up (`user-` and 12 hex digits), a nil
 -- password makes a user only server code can log in; meta = {email, group, extra, login}.

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "password-less users",
         include_str!("../../migrations/0004_passwordless_users.sql"),
     ),
+    (5, "mail", include_str!("../../migrations/0005_mail.sql")),
 ];
 
 /// Arbitrary constant naming "coronium schema migration" among advisory locks.

@@ -132,3 +132,59 @@ mod tests {
         );
     }
 }
+
+/// Requests per client address per minute on the mail-link pages (`/_confirmation`,
+/// `/_resetpassword`), across every worker: their code is the only credential, so guessing
+/// gets a budget.
+pub(crate) struct PageRate {
+    /// 0: no limit.
+    per_minute: u32,
+    windows: Mutex<HashMap<IpAddr, (std::time::Instant, u32)>>,
+}
+
+/// Addresses remembered before the stale ones are swept out.
+const PAGE_RATE_SWEEP_AT: usize = 10_000;
+
+impl PageRate {
+    pub(crate) fn new(per_minute: u32) -> Self {
+        PageRate {
+            per_minute,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `address` may have one more page now.
+    pub(crate) fn allow(&self, address: IpAddr) -> bool {
+        if self.per_minute == 0 {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        let minute = Duration::from_secs(60);
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if windows.len() >= PAGE_RATE_SWEEP_AT {
+            windows.retain(|_, (start, _)| now.duration_since(*start) < minute);
+        }
+        let (start, count) = windows.entry(address).or_insert((now, 0));
+        if now.duration_since(*start) >= minute {
+            *start = now;
+            *count = 0;
+        }
+        *count += 1;
+        *count <= self.per_minute
+    }
+}
+
+#[cfg(test)]
+mod page_rate_tests {
+    use super::*;
+
+    #[test]
+    fn an_address_gets_its_budget_per_minute() {
+        let rate = PageRate::new(3);
+        let (a, b) = (IpAddr::from([192, 0, 2, 1]), IpAddr::from([192, 0, 2, 2]));
+        assert!((0..3).all(|_| rate.allow(a)));
+        assert!(!rate.allow(a));
+        assert!(rate.allow(b), "another address has its own budget");
+        assert!((0..100).all(|_| PageRate::new(0).allow(a)));
+    }
+}

@@ -54,6 +54,8 @@ pub struct Shared {
     pub lua_memory_limit: usize,
     /// Renders `/metrics`; `None` serves no metrics.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The mail-link pages' per-address budget.
+    pub(crate) page_rate: limits::PageRate,
 }
 
 /// Installs the process-wide Prometheus recorder (once per process) and returns its handle.
@@ -84,6 +86,8 @@ pub struct Server {
     workers: Vec<JoinHandle<()>>,
     watchdog: Option<JoinHandle<()>>,
     scheme: &'static str,
+    /// This instance's mail sender.
+    mail: Option<crate::mail::sender::Sender>,
 }
 
 /// Every worker's Lua pulse. A slice may run its whole CPU budget; one that runs past the
@@ -273,9 +277,12 @@ impl Server {
             connections: Arc::new(Semaphore::new(config.server.max_connections)),
             lua_memory_limit: config.lua.memory_limit_mb.saturating_mul(1024 * 1024),
             metrics: install_metrics(),
+            page_rate: limits::PageRate::new(config.server.page_requests_per_minute),
             settings: config.server.clone(),
         });
-        Self::start_workers(shared, listeners, services)
+        let mut server = Self::start_workers(shared, listeners, services)?;
+        server.mail = Some(app.start_mail_sender()?);
+        Ok(server)
     }
 
     fn start_workers(
@@ -325,6 +332,7 @@ impl Server {
             workers,
             watchdog: Some(watchdog),
             scheme,
+            mail: None,
         })
     }
 
@@ -353,6 +361,9 @@ impl Server {
         }
         if let Some(watchdog) = self.watchdog {
             let _ = watchdog.join();
+        }
+        if let Some(mail) = self.mail {
+            mail.stop();
         }
     }
 }

@@ -47,6 +47,13 @@ pub enum UserError {
     /// 624: the user has no link to this provider.
     #[error("OAuth provider does not exist for user.")]
     ProviderNotLinked,
+    /// 702: the mail's template is missing or invalid (the cause is logged); nothing was
+    /// written.
+    #[error("Email configuration is not set or invalid.")]
+    MailNotConfigured,
+    /// 810: this was asked too often lately (a confirmation resent within a minute).
+    #[error("Too many requests.")]
+    TooManyRequests,
     /// 810: something on our side failed; details go to the log, not to the caller, who learns
     /// only whether the database is unreachable (worth trying again shortly) or not.
     #[error("{}", .0.caller_message())]
@@ -124,7 +131,8 @@ impl UserError {
             UserError::ServerSideLoginRequired => Status::SERVER_SIDE_LOGIN_REQUIRED,
             UserError::ProviderLinked(_) => Status::AUTH_PROVIDER_LINKED,
             UserError::ProviderNotLinked => Status::AUTH_PROVIDER_NOT_LINKED,
-            UserError::Internal(_) => Status::GENERAL,
+            UserError::MailNotConfigured => Status::EMAIL_NOT_CONFIGURED,
+            UserError::TooManyRequests | UserError::Internal(_) => Status::GENERAL,
         }
     }
 

@@ -16,7 +16,7 @@ const MAX_USERNAME_CHARS: usize = 64;
 const MAX_EMAIL_CHARS: usize = 254;
 const MAX_GROUP_CHARS: usize = 64;
 const MAX_SCOPE_CHARS: usize = 64;
-const MAX_PASSWORD_BYTES: usize = 1024;
+pub const MAX_PASSWORD_BYTES: usize = 1024;
 const MAX_EXTRA_BYTES: usize = 16 * 1024;
 const MAX_EXTRA_KEY_CHARS: usize = 128;
 
@@ -234,53 +234,97 @@ fn extra(value: &Value, allow_null_sentinel: bool) -> Result<Map<String, Value>,
     })
 }
 
-/// `resendConfirmation`'s optional `confirmation` options (else the stored ones).
-pub fn resend_request(params: &Params) -> Result<Option<ConfirmationRequest>, UserError> {
-    match params.get("confirmation") {
-        None | Some(Value::Null) => Ok(None),
-        Some(options) => confirmation(options).map(Some),
+/// A mail's sender: an address, maybe with a display name.
+fn sender(text: &str) -> Result<String, UserError> {
+    match text.parse::<lettre::message::Mailbox>() {
+        Ok(mailbox) if text.len() <= 320 => Ok(mailbox.to_string()),
+        _ => Err(UserError::InvalidEmail),
     }
 }
 
-/// `confirmation` options of `create` (compat §2).
-#[derive(Debug, Clone)]
-pub struct ConfirmationRequest {
-    pub from_email: Email,
+/// `resendConfirmation`'s optional `confirmation` options (else the stored ones).
+pub fn resend_request(params: &Params) -> Result<Option<MailOptions>, UserError> {
+    match params.get("confirmation") {
+        None | Some(Value::Null) => Ok(None),
+        Some(options) => MailOptions::parse(options, "confirmation").map(Some),
+    }
+}
+
+/// The options of a confirmation or reset mail (users spec §4): `create`'s `confirmation`,
+/// `sendConfirmationLink`'s and `sendPasswordResetLink`'s `options`. The template's name may be
+/// given as `email_tpl` or `tpl_name` (Coronium used one for each mail).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MailOptions {
+    /// An address, maybe with a name (`Games <games@example.com>`).
+    pub from_email: String,
     pub subject: String,
-    pub email_tpl: Option<String>,
+    pub template: Option<String>,
     pub tpl_keys: Map<String, Value>,
 }
 
-pub fn confirmation(value: &Value) -> Result<ConfirmationRequest, UserError> {
-    let Value::Object(opts) = value else {
-        return Err(UserError::bad("Parameter 'confirmation' must be a table."));
-    };
-    if let Some(unknown) = opts.keys().find(|k| {
-        !matches!(
-            k.as_str(),
-            "from_email" | "subject" | "email_tpl" | "tpl_keys"
-        )
-    }) {
-        return Err(UserError::bad(format!(
-            "Unknown confirmation option '{unknown}'."
-        )));
-    }
-    let tpl_keys = match opts.get("tpl_keys") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(keys)) => keys.clone(),
-        Some(Value::Array(a)) if a.is_empty() => Map::new(),
-        Some(_) => {
-            return Err(UserError::bad(
-                "Confirmation option 'tpl_keys' must be a table.",
-            ));
+impl MailOptions {
+    /// `what` names the options in messages (`confirmation`, `options`).
+    pub fn parse(value: &Value, what: &str) -> Result<MailOptions, UserError> {
+        let Value::Object(opts) = value else {
+            return Err(UserError::bad(format!(
+                "Parameter '{what}' must be a table."
+            )));
+        };
+        if let Some(unknown) = opts.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                "from_email" | "subject" | "email_tpl" | "tpl_name" | "tpl_keys"
+            )
+        }) {
+            return Err(UserError::bad(format!(
+                "Unknown {what} option '{unknown}'."
+            )));
         }
-    };
-    Ok(ConfirmationRequest {
-        from_email: Email::parse(required_str(opts, "from_email")?)?,
-        subject: required_str(opts, "subject")?.to_owned(),
-        email_tpl: opt_str(opts, "email_tpl")?.map(str::to_owned),
-        tpl_keys,
-    })
+        let tpl_keys = match opts.get("tpl_keys") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(keys)) => keys.clone(),
+            Some(Value::Array(a)) if a.is_empty() => Map::new(),
+            Some(_) => {
+                return Err(UserError::bad(format!(
+                    "Option 'tpl_keys' of '{what}' must be a table."
+                )));
+            }
+        };
+        let template = match (opt_str(opts, "email_tpl")?, opt_str(opts, "tpl_name")?) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(UserError::bad(format!(
+                    "Options 'email_tpl' and 'tpl_name' of '{what}' name different templates."
+                )));
+            }
+            (Some(name), _) | (None, Some(name)) => {
+                if !crate::mail::template::valid_name(name) {
+                    return Err(UserError::bad(format!(
+                        "Template name '{name}' must be a file name in the templates folder."
+                    )));
+                }
+                Some(name.to_owned())
+            }
+            (None, None) => None,
+        };
+        Ok(MailOptions {
+            from_email: sender(required_str(opts, "from_email")?)?,
+            subject: required_str(opts, "subject")?.to_owned(),
+            template,
+            tpl_keys,
+        })
+    }
+
+    /// The stored form, which [`parse`](Self::parse) reads back.
+    pub fn to_json(&self) -> Value {
+        let mut map = Map::new();
+        map.insert("from_email".into(), self.from_email.clone().into());
+        map.insert("subject".into(), self.subject.clone().into());
+        if let Some(template) = &self.template {
+            map.insert("email_tpl".into(), template.clone().into());
+        }
+        map.insert("tpl_keys".into(), Value::Object(self.tpl_keys.clone()));
+        Value::Object(map)
+    }
 }
 
 /// A validated `create`.
@@ -292,7 +336,7 @@ pub struct NewUser {
     pub email: Option<Email>,
     pub group: String,
     pub extra: Map<String, Value>,
-    pub confirmation: Option<ConfirmationRequest>,
+    pub confirmation: Option<MailOptions>,
 }
 
 impl NewUser {
@@ -304,7 +348,7 @@ impl NewUser {
             None | Some(Value::Null) => None,
             // The seed: "User email is required if using email confirmation."
             Some(_) if email.is_none() => return Err(UserError::Missing("email")),
-            Some(v) => Some(confirmation(v)?),
+            Some(v) => Some(MailOptions::parse(v, "confirmation")?),
         };
         Ok(NewUser {
             username,
@@ -581,6 +625,46 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "Missing required parameter: from_email"
+        );
+    }
+
+    #[test]
+    fn mail_options_alias_template_names_and_round_trip() {
+        let base = json!({"from_email": "games@example.com", "subject": "Hi"});
+        let with = |key: &str, value: Value| {
+            let mut v = base.clone();
+            v[key] = value;
+            v
+        };
+        let a = MailOptions::parse(&with("email_tpl", json!("a.tpl")), "options").unwrap();
+        let b = MailOptions::parse(&with("tpl_name", json!("a.tpl")), "options").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(MailOptions::parse(&a.to_json(), "options").unwrap(), a);
+        let mut both = with("email_tpl", json!("a.tpl"));
+        both["tpl_name"] = json!("b.tpl");
+        assert_eq!(
+            MailOptions::parse(&both, "options")
+                .unwrap_err()
+                .status()
+                .code(),
+            801
+        );
+        for bad in ["../secret", "a/b.tpl", ".."] {
+            assert_eq!(
+                MailOptions::parse(&with("tpl_name", json!(bad)), "options")
+                    .unwrap_err()
+                    .status()
+                    .code(),
+                801,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            MailOptions::parse(&with("bcc", json!("x@example.com")), "options")
+                .unwrap_err()
+                .status()
+                .code(),
+            801
         );
     }
 

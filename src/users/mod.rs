@@ -3,6 +3,7 @@
 
 mod error;
 pub mod input;
+mod mail;
 pub mod oauth;
 pub mod password;
 pub mod query;
@@ -12,14 +13,15 @@ pub mod throttle;
 use std::sync::Arc;
 
 use crate::db::DbHandle;
+use crate::mail::Mailer;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 pub use error::{EXTRA_TYPES_MESSAGE, InternalError, UserError};
 pub use input::{
-    ConfirmationRequest, Credentials, Email, NewUser, Params, PasswordForm, Scope, UserId,
-    UserPatch, Username,
+    Credentials, Email, MailOptions, NewUser, Params, PasswordForm, Scope, UserId, UserPatch,
+    Username,
 };
 pub use oauth::{LinkFields, LinkedUser, ProviderInfo};
 pub use password::{HashParams, PasswordHasher};
@@ -94,18 +96,18 @@ impl<'a> Within<'a> {
 pub struct Users {
     db: DbHandle,
     hasher: Arc<PasswordHasher>,
-    public_url: Arc<str>,
+    mailer: Mailer,
     throttle: ThrottleSettings,
     settings: UsersSettings,
 }
 
 impl Users {
-    /// `public_url` is where confirmation links point (`<public_url>/_confirmation?code=...`).
-    pub fn new(db: DbHandle, hasher: Arc<PasswordHasher>, public_url: &str) -> Self {
+    /// `mailer` queues confirmation and reset mail, with links to its public URL.
+    pub fn new(db: DbHandle, hasher: Arc<PasswordHasher>, mailer: Mailer) -> Self {
         Users {
             db,
             hasher,
-            public_url: public_url.trim_end_matches('/').into(),
+            mailer,
             throttle: ThrottleSettings::default(),
             settings: UsersSettings::default(),
         }
@@ -143,29 +145,21 @@ impl Users {
         }
     }
 
-    /// Creates a user; with `confirmation`, the user starts inactive and pending.
+    /// Creates a user; with `confirmation`, the user starts inactive and pending, and the
+    /// confirmation mail is queued in the same transaction (see [`mail`]).
     pub async fn create(&self, scope: &Scope, new_user: NewUser) -> Result<User, UserError> {
         let password_hash = self.hash_if_given(new_user.secret.as_ref()).await?;
-        let code = new_user
-            .confirmation
-            .as_ref()
-            .map(|_| Uuid::new_v4().simple().to_string());
-        let (scope, new_user_ref, hash, code_ref) = (
-            scope.as_str(),
-            &new_user,
-            password_hash.as_deref(),
-            code.as_deref(),
-        );
-        let user = self
-            .db
-            .write(|client| async move {
-                store::insert(&*client, scope, new_user_ref, hash, code_ref).await
-            })
-            .await?;
-        if let (Some(request), Some(code)) = (&new_user.confirmation, &code) {
-            self.send_confirmation(&user, Some(request), code);
+        if new_user.confirmation.is_some() {
+            return self
+                .create_pending(scope, &new_user, password_hash.as_deref())
+                .await;
         }
-        Ok(user)
+        let (scope, new_user_ref, hash) = (scope.as_str(), &new_user, password_hash.as_deref());
+        self.db
+            .write(|client| async move {
+                store::insert(&*client, scope, new_user_ref, hash, None).await
+            })
+            .await
     }
 
     /// Registers a user (users spec §2): active and confirmed, under a made-up name when none
@@ -227,39 +221,6 @@ impl Users {
             .write(|client| async move { store::record_passwordless_login(&*client, id).await })
             .await?
             .ok_or(UserError::NotFound)
-    }
-
-    /// Mail delivery is not wired yet: say what would be sent.
-    fn send_confirmation(&self, user: &User, request: Option<&ConfirmationRequest>, code: &str) {
-        tracing::info!(
-            to = user.email.as_deref().unwrap_or_default(),
-            from = request.map_or("(not given)", |r| r.from_email.as_str()),
-            subject = request.map_or("(not given)", |r| r.subject.as_str()),
-            template = request.and_then(|r| r.email_tpl.as_deref()).unwrap_or("(default)"),
-            link = %format!("{}/_confirmation?code={code}", self.public_url),
-            "confirmation mail not sent: no mail transport is configured"
-        );
-    }
-
-    /// Sends a pending user a fresh confirmation link (the old one stops working).
-    pub async fn resend_confirmation(
-        &self,
-        scope: &Scope,
-        user_id: Option<UserId>,
-        request: Option<ConfirmationRequest>,
-    ) -> Result<User, UserError> {
-        let user_id = user_id.ok_or(UserError::PendingNotFound)?;
-        let code = Uuid::new_v4().simple().to_string();
-        let code_ref = code.as_str();
-        let user = self
-            .db
-            .write(|client| async move {
-                store::renew_confirmation(&*client, scope.as_str(), user_id.uuid(), code_ref).await
-            })
-            .await?
-            .ok_or(UserError::PendingNotFound)?;
-        self.send_confirmation(&user, request.as_ref(), &code);
-        Ok(user)
     }
 
     /// Logs a user in by username or email. Unknown users and wrong passwords are answered alike

@@ -76,14 +76,14 @@ pub async fn insert(
     scope: &str,
     user: &NewUser,
     password_hash: Option<&str>,
-    confirmation_code: Option<&str>,
+    confirmation: Option<PendingConfirmation<'_>>,
 ) -> Result<User, UserError> {
     let stmt = client
         .prepare_cached(concat!(
             r#"WITH ins AS (
                  INSERT INTO users (user_id, scope, username, email, "group", extra, password_hash,
-                                    active, confirmation, confirmation_code)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                                    active, confirmation, confirmation_code, confirmation_options)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                  RETURNING "#,
             user_columns!(),
             r#"), stat AS (
@@ -95,7 +95,7 @@ pub async fn insert(
                SELECT * FROM ins"#
         ))
         .await?;
-    let pending = confirmation_code.map(|_| "pending");
+    let pending = confirmation.map(|_| "pending");
     let row = client
         .query_one(
             &stmt,
@@ -107,9 +107,10 @@ pub async fn insert(
                 &user.group,
                 &Value::Object(user.extra.clone()),
                 &password_hash,
-                &confirmation_code.is_none(),
+                &confirmation.is_none(),
                 &pending,
-                &confirmation_code,
+                &confirmation.map(|c| c.code_hash),
+                &confirmation.map(|c| c.options),
             ],
         )
         .await
@@ -445,23 +446,103 @@ pub async fn delete(
     Ok(client.execute(&stmt, &[&user_id, &scope]).await?)
 }
 
-/// Gives a pending (or failed) user a fresh confirmation code; `None` when the user is not
-/// waiting for confirmation.
-pub async fn renew_confirmation(
+/// A confirmation code's hash and the mail options stored with it.
+#[derive(Clone, Copy)]
+pub struct PendingConfirmation<'a> {
+    pub code_hash: &'a str,
+    pub options: &'a Value,
+}
+
+/// A user about to get a confirmation mail, locked until the transaction ends.
+pub struct ConfirmationTarget {
+    pub user: User,
+    /// The options stored with the last confirmation mail.
+    pub options: Option<Value>,
+    /// Whether a resend was queued within the last minute.
+    pub resent_lately: bool,
+}
+
+/// Locks the user `user_id` (in `scope`, or any) for a confirmation mail.
+pub async fn confirmation_target(
     client: &impl GenericClient,
-    scope: &str,
     user_id: Uuid,
-    code: &str,
-) -> Result<Option<User>, UserError> {
+    scope: Option<&str>,
+) -> Result<Option<ConfirmationTarget>, UserError> {
     let stmt = client
         .prepare_cached(concat!(
-            "UPDATE users SET confirmation = 'pending', confirmation_code = $3, updated = now()
-             WHERE user_id = $1 AND scope = $2 AND confirmation IS NOT NULL
+            "SELECT ",
+            user_columns!(),
+            ", confirmation_options,
+               coalesce(confirmation_resent > now() - interval '60 seconds', false)
+             FROM users WHERE user_id = $1 AND ($2::text IS NULL OR scope = $2)
+             FOR UPDATE"
+        ))
+        .await?;
+    let row = client.query_opt(&stmt, &[&user_id, &scope]).await?;
+    Ok(row.map(|row| ConfirmationTarget {
+        user: user_from_row(&row),
+        options: row.get(12),
+        resent_lately: row.get(13),
+    }))
+}
+
+/// Whose confirmation a new code is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// `resendConfirmation`: counts against the one-a-minute limit.
+    Resend,
+    /// `sendConfirmationLink`: the user also becomes inactive until confirmed.
+    NewLink,
+}
+
+/// Gives a user a fresh confirmation code (the old one stops working) and its mail options.
+pub async fn renew_confirmation(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    pending: PendingConfirmation<'_>,
+    renewal: Renewal,
+) -> Result<User, UserError> {
+    let stmt = client
+        .prepare_cached(concat!(
+            "UPDATE users SET confirmation = 'pending', confirmation_code = $2,
+                 confirmation_options = $3,
+                 confirmation_resent = CASE WHEN $4 THEN now() ELSE confirmation_resent END,
+                 active = CASE WHEN $4 THEN active ELSE false END,
+                 updated = now()
+             WHERE user_id = $1
              RETURNING ",
             user_columns!()
         ))
         .await?;
-    let row = client.query_opt(&stmt, &[&user_id, &scope, &code]).await?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[
+                &user_id,
+                &pending.code_hash,
+                &pending.options,
+                &(renewal == Renewal::Resend),
+            ],
+        )
+        .await?;
+    Ok(user_from_row(&row))
+}
+
+/// Confirms the user whose code hashes to `code_hash`: active, confirmed, the code gone.
+pub async fn confirm(
+    client: &impl GenericClient,
+    code_hash: &str,
+) -> Result<Option<User>, UserError> {
+    let stmt = client
+        .prepare_cached(concat!(
+            "UPDATE users SET active = true, confirmation = NULL, confirmation_code = NULL,
+                 confirmation_options = NULL, updated = now()
+             WHERE confirmation_code = $1
+             RETURNING ",
+            user_columns!()
+        ))
+        .await?;
+    let row = client.query_opt(&stmt, &[&code_hash]).await?;
     Ok(row.as_ref().map(user_from_row))
 }
 
@@ -726,4 +807,103 @@ pub async fn record_passwordless_login(
         .await?;
     let row = client.query_opt(&stmt, &[&user_id]).await?;
     Ok(row.as_ref().map(user_from_row))
+}
+
+/// The user an address belongs to in `scope` (compared as the unique index does) and the
+/// address as stored, locked until the transaction ends.
+pub async fn user_id_by_email(
+    client: &impl GenericClient,
+    scope: &str,
+    email: &str,
+) -> Result<Option<(Uuid, String)>, UserError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT user_id, email FROM users WHERE scope = $1 AND lower(email) = lower($2)
+             FOR UPDATE",
+        )
+        .await?;
+    let row = client.query_opt(&stmt, &[&scope, &email]).await?;
+    Ok(row.map(|row| (row.get(0), row.get(1))))
+}
+
+/// Records a reset code for a user, replacing the user's older ones.
+pub async fn replace_password_reset(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    scope: &str,
+    code_hash: &str,
+) -> Result<(), UserError> {
+    let stmt = client
+        .prepare_cached(
+            "WITH old AS (DELETE FROM password_resets WHERE user_id = $1)
+             INSERT INTO password_resets (code_hash, user_id, scope) VALUES ($3, $1, $2)",
+        )
+        .await?;
+    client
+        .execute(&stmt, &[&user_id, &scope, &code_hash])
+        .await?;
+    Ok(())
+}
+
+/// Reset codes live this long (users spec §4).
+macro_rules! reset_lifetime {
+    () => {
+        "interval '24 hours'"
+    };
+}
+
+/// The user a reset code is for, while it is valid.
+pub async fn password_reset_user(
+    client: &impl GenericClient,
+    code_hash: &str,
+) -> Result<Option<Uuid>, UserError> {
+    let stmt = client
+        .prepare_cached(concat!(
+            "SELECT user_id FROM password_resets WHERE code_hash = $1 AND created > now() - ",
+            reset_lifetime!()
+        ))
+        .await?;
+    let row = client.query_opt(&stmt, &[&code_hash]).await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// Uses a reset code: when it is valid, the user's password becomes `password_hash` and every
+/// reset code of theirs is gone. `false` for an unknown, used or expired code.
+pub async fn use_password_reset(
+    client: &impl GenericClient,
+    code_hash: &str,
+    password_hash: &str,
+) -> Result<bool, UserError> {
+    let stmt = client
+        .prepare_cached(concat!(
+            "WITH used AS (
+                 DELETE FROM password_resets WHERE code_hash = $1 AND created > now() - ",
+            reset_lifetime!(),
+            " RETURNING user_id),
+             others AS (
+                 DELETE FROM password_resets p USING used u
+                 WHERE p.user_id = u.user_id AND p.code_hash <> $1),
+             changed AS (
+                 UPDATE users SET password_hash = $2, updated = now()
+                 FROM used WHERE users.user_id = used.user_id
+                 RETURNING 1)
+             SELECT count(*) FROM changed"
+        ))
+        .await?;
+    let changed: i64 = client
+        .query_one(&stmt, &[&code_hash, &password_hash])
+        .await?
+        .get(0);
+    Ok(changed > 0)
+}
+
+/// Deletes reset codes past their lifetime; how many.
+pub async fn flush_expired_password_resets(client: &impl GenericClient) -> Result<u64, UserError> {
+    let stmt = client
+        .prepare_cached(concat!(
+            "DELETE FROM password_resets WHERE created <= now() - ",
+            reset_lifetime!()
+        ))
+        .await?;
+    Ok(client.execute(&stmt, &[]).await?)
 }

@@ -5,6 +5,7 @@ mod concurrency;
 mod db;
 mod embedded;
 mod lua_core;
+mod mail;
 mod passwords;
 mod projects;
 mod providers;

@@ -423,7 +423,7 @@ async fn resend_confirmation_renews_a_pending_users_code() {
         .get(0);
     assert_ne!(after, before, "a fresh code replaces the old one");
 
-    // A confirmed (or never asked) user, or an unknown id, is not pending.
+    // A confirmed (or never asked) user is not pending; an unknown id is nobody.
     let plain = server
         .call(
             "api.users",
@@ -431,14 +431,26 @@ async fn resend_confirmation_renews_a_pending_users_code() {
             json!({"username": "plain", "password": md5_hex("pw")}),
         )
         .await;
-    for id in [plain["result"]["user_id"].clone(), json!("not-a-uuid")] {
-        assert_eq!(
-            server
-                .call("api.users", "resendConfirmation", json!({"user_id": id}))
-                .await,
-            error("Pending user not found.", 614)
-        );
-    }
+    assert_eq!(
+        server
+            .call(
+                "api.users",
+                "resendConfirmation",
+                json!({"user_id": plain["result"]["user_id"]})
+            )
+            .await,
+        error("Pending user not found.", 614)
+    );
+    assert_eq!(
+        server
+            .call(
+                "api.users",
+                "resendConfirmation",
+                json!({"user_id": "not-a-uuid"})
+            )
+            .await,
+        error("User not found.", 604)
+    );
 }
 
 #[tokio::test]

@@ -329,6 +329,57 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
     users_op(
         lua,
         &native,
+        "send_confirmation_link",
+        Takes::Params,
+        host,
+        |host, lua, params, _caller| async move {
+            let user_id = input::user_id(&params)?;
+            let options = mail_options(&params)?;
+            let users = &host.services.users;
+            users.send_confirmation_link(user_id, options).await?;
+            Ok(Value::String(lua.create_string("OK")?))
+        },
+    )?;
+
+    users_op(
+        lua,
+        &native,
+        "send_password_reset_link",
+        Takes::Params,
+        host,
+        |host, _lua, params, Caller { scope, .. }| async move {
+            required_scope(&params)?;
+            let to = match params.get("to_email") {
+                Some(Json::String(to)) if !to.is_empty() => to.clone(),
+                None | Some(Json::Null) | Some(Json::String(_)) => {
+                    return Err(UserError::Missing("to_email").into());
+                }
+                Some(_) => {
+                    return Err(UserError::bad("Parameter 'to_email' must be a string.").into());
+                }
+            };
+            let options = mail_options(&params)?;
+            let users = &host.services.users;
+            users.send_password_reset_link(&scope, &to, options).await?;
+            Ok(Value::Boolean(true))
+        },
+    )?;
+
+    users_op(
+        lua,
+        &native,
+        "flush_expired_password_resets",
+        Takes::Params,
+        host,
+        |host, _lua, _params, _caller| async move {
+            let count = host.services.users.flush_expired_password_resets().await?;
+            Ok(Value::Number(count as f64))
+        },
+    )?;
+
+    users_op(
+        lua,
+        &native,
         "register",
         Takes::Params,
         host,
@@ -536,6 +587,14 @@ fn sized<T: serde::Serialize>(lua: &Lua, value: &T) -> mlua::Result<Value> {
 }
 
 /// Server-side queries name their scope (an argument, not the request's).
+/// The mail options of `sendConfirmationLink` and `sendPasswordResetLink` (804 without them).
+fn mail_options(params: &input::Params) -> Result<input::MailOptions, UserError> {
+    match params.get("options") {
+        None | Some(Json::Null) => Err(UserError::Missing("options")),
+        Some(options) => input::MailOptions::parse(options, "options"),
+    }
+}
+
 fn required_scope(params: &input::Params) -> Result<(), UserError> {
     match params.get("scope") {
         Some(Json::String(scope)) if !scope.is_empty() => Ok(()),

@@ -1,7 +1,9 @@
 //! Request routing: one module per route family. `wire`: the Coronium protocol (`POST /`);
-//! `ops`: operations (`/healthz`, `/metrics`). Page and console routes join here.
+//! `ops`: operations (`/healthz`, `/metrics`); `pages`: the mail-link pages (`/_confirmation`,
+//! `/_resetpassword`). Console routes join here.
 
 mod ops;
+mod pages;
 mod wire;
 
 use std::convert::Infallible;
@@ -27,9 +29,37 @@ pub(super) async fn handle(
         (&Method::GET, "/healthz") => Box::pin(ops::health(&worker)).await,
         (&Method::GET, "/metrics") => ops::metrics(&worker),
         (&Method::POST, "/") => wire::call(&worker, request, peer).await,
+        (&Method::GET, "/_confirmation") => {
+            let client = client_ip(&worker, request.headers(), peer);
+            Box::pin(pages::confirmation(&worker, &request, client)).await
+        }
+        (&Method::GET, "/_resetpassword") => {
+            let client = client_ip(&worker, request.headers(), peer);
+            Box::pin(pages::reset_form(&worker, &request, client)).await
+        }
+        (&Method::POST, "/_resetpassword") => {
+            let client = client_ip(&worker, request.headers(), peer);
+            Box::pin(pages::reset_submit(&worker, request, client)).await
+        }
         _ => json_response(404, &json!({ "error": "Not found." })),
     };
     Ok(response)
+}
+
+const X_FORWARDED_FOR: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("x-forwarded-for");
+
+/// Where a request came from: the socket's peer, or what trusted proxies say it forwarded.
+pub(super) fn client_ip(worker: &Worker, headers: &hyper::HeaderMap, peer: IpAddr) -> IpAddr {
+    let trusted = &worker.shared.settings.trusted_proxies;
+    if trusted.is_empty() {
+        return peer;
+    }
+    let forwarded_for = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    crate::server::forwarded::client_ip(peer, forwarded_for, trusted)
 }
 
 pub(super) fn json_response(status: u16, body: &Value) -> Response<Full<Bytes>> {

@@ -14,8 +14,8 @@ use serde_json::value::RawValue;
 
 use super::json_bytes_response;
 use crate::lua::HandlerOutcome;
+use crate::server::secs;
 use crate::server::worker::{RequestMetrics, Worker};
-use crate::server::{forwarded, secs};
 use crate::status::{ErrorAnswer, Status};
 use crate::wire::{self, WireError};
 
@@ -95,9 +95,6 @@ impl From<WireError> for Answer {
         Answer::Refused(e)
     }
 }
-
-const X_FORWARDED_FOR: hyper::header::HeaderName =
-    hyper::header::HeaderName::from_static("x-forwarded-for");
 
 /// A signed request, read and checked: what the call needs and nothing of the HTTP request (a
 /// handler that waits should not keep its request's headers and body alive).
@@ -187,16 +184,7 @@ async fn read_call(
         }
     };
     let params = wire::parse_params(&body)?;
-    let client = if settings.trusted_proxies.is_empty() {
-        peer
-    } else {
-        let forwarded_for = parts
-            .headers
-            .get_all(X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok());
-        forwarded::client_ip(peer, forwarded_for, &settings.trusted_proxies)
-    };
+    let client = super::client_ip(worker, &parts.headers, peer);
     Ok(WireCall {
         project: project.to_owned(),
         action: action.to_owned(),

@@ -1,0 +1,161 @@
+//! Mail (users spec §4): an outbox in PostgreSQL, written in the same transaction as the record a
+//! mail belongs to, and a sender per instance that drains it (see [`sender`]). Nothing on a
+//! request's path waits for a mail server.
+
+pub mod outbox;
+pub mod sender;
+pub mod settings;
+pub mod template;
+pub mod transport;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use tokio::sync::Notify;
+
+pub use settings::{MailSettings, MailgunSettings, Region};
+pub use template::{Kind as TemplateKind, TemplateError, Templates};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    /// The mail settings cannot work (said at start-up).
+    #[error("mail settings: {0}")]
+    Config(String),
+    #[error("mail outbox: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error("mail outbox: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+}
+
+impl crate::db::StatementError for MailError {
+    fn postgres(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            MailError::Database(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// One mail as the outbox keeps it. Addresses may carry a name (`Chris <user@example.com>`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Message {
+    pub from: String,
+    pub to: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cc: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bcc: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    /// Mailgun's `o:tag` (other transports ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// What a mail is for, and so what its final failure undoes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A confirmation link: failing for good marks the user's confirmation `"failed"`.
+    Confirmation,
+    /// A password-reset link: failing for good deletes the reset records the mail carried.
+    PasswordReset,
+    /// `core.email` from an API project.
+    Email,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Confirmation => "confirmation",
+            Purpose::PasswordReset => "password_reset",
+            Purpose::Email => "email",
+        }
+    }
+}
+
+/// What request-side code needs to queue mail: the templates, where links point, and a way to
+/// wake this instance's sender. Cheap to clone; one per process.
+#[derive(Clone)]
+pub struct Mailer {
+    inner: Arc<MailerInner>,
+}
+
+struct MailerInner {
+    templates: Templates,
+    public_url: String,
+    wake: Notify,
+}
+
+impl Mailer {
+    pub fn new(templates: Templates, public_url: &str) -> Self {
+        Mailer {
+            inner: Arc::new(MailerInner {
+                templates,
+                public_url: public_url.trim_end_matches('/').to_owned(),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    pub fn templates(&self) -> &Templates {
+        &self.inner.templates
+    }
+
+    /// A link to one of our pages carrying `code`.
+    pub fn link(&self, page: &str, code: &str) -> String {
+        format!("{}/{page}?code={code}", self.inner.public_url)
+    }
+
+    /// Counts `count` mails queued and wakes the sender (call after the transaction committed).
+    pub fn queued(&self, count: u64) {
+        metrics::counter!("coronium_mail_queued_total").increment(count);
+        self.inner.wake.notify_one();
+    }
+
+    pub(crate) async fn woken(&self) {
+        self.inner.wake.notified().await;
+    }
+}
+
+/// A fresh one-time code for a link (32 random bytes, base64url) and the hash that is stored
+/// instead of it.
+pub fn new_code() -> (String, String) {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    let code = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let hash = code_hash(&code);
+    (code, hash)
+}
+
+/// How a code is stored and looked up: SHA-256, hex. A code carries 256 random bits, so a fast
+/// hash is enough: nobody can guess one from its hash.
+pub fn code_hash(code: &str) -> String {
+    hex::encode(sha2::Sha256::digest(code.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_random_and_stored_hashed() {
+        let (a, a_hash) = new_code();
+        let (b, _) = new_code();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43, "32 bytes, base64url without padding");
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        assert_eq!(a_hash, code_hash(&a));
+        assert_eq!(a_hash.len(), 64);
+        assert!(!a_hash.contains(&a));
+    }
+}

@@ -1,0 +1,79 @@
+//! `[mail]` settings.
+
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailSettings {
+    /// An SMTP server: `smtps://user:pass@host:465`, `smtp://user:pass@host:587?tls=required`
+    /// (STARTTLS), or `smtp://localhost:25` (a local MTA). Never logged.
+    pub smtp_url: Option<SecretString>,
+    /// Mailgun's HTTP API, for ports that only have an API key.
+    pub mailgun: MailgunSettings,
+    /// Where templates are looked for (`registration/`, `password/`, `pages/`); unset:
+    /// `<data_dir>/templates`. Missing files fall back to the built-in ones.
+    pub templates_dir: Option<PathBuf>,
+    /// Delivery attempts before a mail is given up as failed.
+    pub max_attempts: u32,
+    /// Wait before the first retry, in seconds; each further retry waits twice as long (at most
+    /// an hour).
+    pub retry_secs: u64,
+    /// How often the sender looks for mail queued by other instances or due for a retry.
+    pub poll_secs: u64,
+}
+
+impl Default for MailSettings {
+    fn default() -> Self {
+        MailSettings {
+            smtp_url: None,
+            mailgun: MailgunSettings::default(),
+            templates_dir: None,
+            max_attempts: 8,
+            retry_secs: 30,
+            poll_secs: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailgunSettings {
+    /// The sending domain.
+    pub domain: Option<String>,
+    /// Never logged.
+    pub api_key: Option<SecretString>,
+    /// `US` (default) or `EU`, any case.
+    pub region: Region,
+    /// Overrides the region's API address (a proxy, or a test's listener).
+    pub base_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Region {
+    #[default]
+    Us,
+    Eu,
+}
+
+impl std::str::FromStr for Region {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "US" => Ok(Region::Us),
+            "EU" => Ok(Region::Eu),
+            _ => Err(format!("{s:?} is not a Mailgun region (US or EU)")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Region {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,1004 @@
+//! Mail over real protocols (users spec §4): an SMTP server on loopback and a local HTTP
+//! listener standing in for Mailgun receive what the outbox sends; the links in the mails are
+//! followed over HTTP; the outbox survives a restart and is shared by two instances.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coronium::users::password::md5_hex;
+use mail_parser::MessageParser;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+
+use crate::common::{TestDb, TestServer, http_get, scratch_dir, serve_projects, write_project};
+
+/// How a test SMTP server answers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Accept,
+    /// 451 at MAIL FROM: try again later.
+    Transient,
+    /// 550 at RCPT TO: this mailbox does not exist.
+    Permanent,
+}
+
+#[derive(Debug, Clone)]
+struct Received {
+    from: String,
+    to: Vec<String>,
+    data: String,
+}
+
+/// An SMTP server on loopback, on a thread of its own, that keeps what it receives.
+struct SmtpSink {
+    port: u16,
+    received: Arc<Mutex<Vec<Received>>>,
+    mode: Arc<Mutex<Mode>>,
+    attempts: Arc<Mutex<usize>>,
+}
+
+impl SmtpSink {
+    fn start(mode: Mode) -> SmtpSink {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sink = SmtpSink {
+            port,
+            received: Arc::default(),
+            mode: Arc::new(Mutex::new(mode)),
+            attempts: Arc::default(),
+        };
+        let (received, mode, attempts) = (
+            sink.received.clone(),
+            sink.mode.clone(),
+            sink.attempts.clone(),
+        );
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let (received, mode, attempts) =
+                        (received.clone(), mode.clone(), attempts.clone());
+                    tokio::spawn(async move {
+                        let _ = session(stream, received, mode, attempts).await;
+                    });
+                }
+            });
+        });
+        sink
+    }
+
+    fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    fn attempts(&self) -> usize {
+        *self.attempts.lock().unwrap()
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `count` mails arrived; they all.
+    async fn wait_for(&self, count: usize) -> Vec<Received> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = self.received();
+            if got.len() >= count {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {count} mails arrived",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn session(
+    stream: tokio::net::TcpStream,
+    received: Arc<Mutex<Vec<Received>>>,
+    mode: Arc<Mutex<Mode>>,
+    attempts: Arc<Mutex<usize>>,
+) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    write.write_all(b"220 sink ESMTP\r\n").await?;
+    let mut mail = Received {
+        from: String::new(),
+        to: Vec::new(),
+        data: String::new(),
+    };
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let command = line.trim_end().to_owned();
+        let upper = command.to_ascii_uppercase();
+        let mode = *mode.lock().unwrap();
+        let answer: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+            b"250-sink\r\n250 8BITMIME\r\n"
+        } else if upper.starts_with("MAIL FROM:") {
+            *attempts.lock().unwrap() += 1;
+            if mode == Mode::Transient {
+                b"451 4.3.0 try again later\r\n"
+            } else {
+                mail.from = command[10..].trim().to_owned();
+                b"250 OK\r\n"
+            }
+        } else if upper.starts_with("RCPT TO:") {
+            if mode == Mode::Permanent {
+                b"550 5.1.1 no such mailbox\r\n"
+            } else {
+                mail.to.push(command[8..].trim().to_owned());
+                b"250 OK\r\n"
+            }
+        } else if upper == "DATA" {
+            write.write_all(b"354 go ahead\r\n").await?;
+            let mut data = String::new();
+            loop {
+                line.clear();
+                if lines.read_line(&mut line).await? == 0 {
+                    return Ok(());
+                }
+                if line == ".\r\n" {
+                    break;
+                }
+                data.push_str(line.strip_prefix('.').unwrap_or(&line));
+            }
+            mail.data = data;
+            received.lock().unwrap().push(mail.clone());
+            mail.to.clear();
+            b"250 queued\r\n"
+        } else if upper == "QUIT" {
+            write.write_all(b"221 bye\r\n").await?;
+            return Ok(());
+        } else if upper == "RSET" || upper == "NOOP" {
+            b"250 OK\r\n"
+        } else {
+            b"502 not implemented\r\n"
+        };
+        write.write_all(answer).await?;
+    }
+}
+
+/// A mail's parts, decoded.
+struct Parsed {
+    subject: String,
+    from: String,
+    to: String,
+    text: String,
+    html: Option<String>,
+}
+
+fn parse(mail: &Received) -> Parsed {
+    let message = MessageParser::default()
+        .parse(mail.data.as_bytes())
+        .expect("a MIME message");
+    let address = |a: Option<&mail_parser::Address>| {
+        a.and_then(|a| a.first())
+            .and_then(|a| a.address())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Parsed {
+        subject: message.subject().unwrap_or_default().to_owned(),
+        from: address(message.from()),
+        to: address(message.to()),
+        // SMTP carries CRLF line ends.
+        text: message
+            .body_text(0)
+            .unwrap_or_default()
+            .replace("\r\n", "\n"),
+        html: message.body_html(0).map(|h| h.into_owned()),
+    }
+}
+
+/// The path and query of the first link to `page` in `text`.
+fn link_path(text: &str, page: &str) -> String {
+    let at = text
+        .find(&format!("/{page}?code="))
+        .unwrap_or_else(|| panic!("no {page} link in {text:?}"));
+    text[at..]
+        .split(|c: char| c.is_whitespace() || c == '"' || c == '<')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+const PUBLIC_URL: &str = "https://play.example.com";
+
+fn smtp_env(sink: &SmtpSink) -> Vec<(String, String)> {
+    vec![
+        ("CORONIUM_MAIL_SMTP_URL".into(), sink.url()),
+        ("CORONIUM_PUBLIC_URL".into(), PUBLIC_URL.into()),
+        ("CORONIUM_MAIL_RETRY_SECS".into(), "1".into()),
+        ("CORONIUM_MAIL_POLL_SECS".into(), "1".into()),
+    ]
+}
+
+fn with_env(env: Vec<(String, String)>) -> impl FnOnce(&mut std::process::Command) {
+    move |cmd| {
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+    }
+}
+
+fn confirmation(subject: &str) -> Value {
+    json!({"from_email": "Games <games@example.com>", "subject": subject})
+}
+
+async fn create_pending(server: &TestServer, name: &str, options: Value) -> Value {
+    server
+        .call(
+            "api.users",
+            "create",
+            json!({"username": name, "password": md5_hex("old-pw"),
+                   "email": format!("{name}@example.com"), "confirmation": options}),
+        )
+        .await
+}
+
+async fn login(server: &TestServer, name: &str, password: &str) -> Value {
+    server
+        .call(
+            "api.users",
+            "login",
+            json!({"username": name, "password": md5_hex(password)}),
+        )
+        .await
+}
+
+/// The whole confirmation flow: create → SMTP → link → active and validated; the link works
+/// once; the code is stored only as a hash.
+#[tokio::test]
+async fn confirmation_mail_arrives_over_smtp_and_its_link_confirms() {
+    let db = TestDb::new().await;
+    let sink = SmtpSink::start(Mode::Accept);
+    let server = TestServer::start(&db, with_env(smtp_env(&sink)));
+    let created = create_pending(&server, "tiny", confirmation("Confirm your account")).await;
+    assert_eq!(created["result"]["confirmation"], "pending", "{created}");
+    let user_id = created["result"]["user_id"].as_str().unwrap().to_owned();
+
+    let mails = sink.wait_for(1).await;
+    let mail = parse(&mails[0]);
+    assert_eq!(mail.subject, "Confirm your account");
+    assert_eq!(mail.from, "games@example.com");
+    assert_eq!(mail.to, "tiny@example.com");
+    assert_eq!(mails[0].to, ["<tiny@example.com>"]);
+    let path = link_path(&mail.text, "_confirmation");
+    assert!(
+        mail.text.contains(&format!("{PUBLIC_URL}{path}")),
+        "{}",
+        mail.text
+    );
+    let html = mail.html.expect("an HTML alternative");
+    assert!(mails[0].data.contains("text/html"), "{}", mails[0].data);
+    assert!(
+        html.contains(&format!("<a href=\"{PUBLIC_URL}{path}\"")),
+        "{html}"
+    );
+
+    let client = db.client().await;
+    let stored: String = client
+        .query_one(
+            "SELECT confirmation_code FROM users WHERE user_id = $1::text::uuid",
+            &[&user_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let code = path.split("code=").nth(1).unwrap();
+    assert!(!stored.contains(code), "the code is stored only as a hash");
+
+    let before = login(&server, "tiny", "old-pw").await;
+    assert_eq!(before["result"]["active"], false, "{before}");
+    let (status, page) = http_get(&server.addr, &path).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("confirmed"), "{page}");
+    let after = login(&server, "tiny", "old-pw").await;
+    assert_eq!(after["result"]["active"], true, "{after}");
+    assert_eq!(after["result"]["validated"], true, "{after}");
+    assert!(after["result"].get("confirmation").is_none(), "{after}");
+
+    let (status, page) = http_get(&server.addr, &path).await;
+    assert_eq!(status, 404, "a used link: {page}");
+    let (status, _) = http_get(&server.addr, "/_confirmation?code=made-up").await;
+    assert_eq!(status, 404);
+    let (status, _) = http_get(&server.addr, "/_confirmation").await;
+    assert_eq!(status, 404);
+}
+
+/// Custom templates with tpl_keys (escaped and raw), the alias of the template option, and a
+/// missing or code-running template refused with 702 and nothing written.
+#[tokio::test]
+async fn templates_fill_tpl_keys_and_a_bad_template_changes_nothing() {
+    let db = TestDb::new().await;
+    let sink = SmtpSink::start(Mode::Accept);
+    let templates = scratch_dir("templates");
+    std::fs::create_dir_all(templates.join("registration")).unwrap();
+    std::fs::write(
+        templates.join("registration/welcome.tpl"),
+        "Hello {{ name }} of {* team *}!\nConfirm: {* confirm_link *}\nAgain: {{ confirm_link }}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        templates.join("registration/evil.tpl"),
+        "{% os.execute('true') %}",
+    )
+    .unwrap();
+    let mut env = smtp_env(&sink);
+    env.push((
+        "CORONIUM_MAIL_TEMPLATES_DIR".into(),
+        templates.display().to_string(),
+    ));
+    let server = TestServer::start(&db, with_env(env));
+    let mut options = confirmation("Welcome");
+    options["tpl_name"] = json!("welcome.tpl");
+    options["tpl_keys"] = json!({"name": "A & B", "team": "<Red>", "confirm_link": "ignored"});
+    let created = create_pending(&server, "templated", options).await;
+    assert_eq!(created["result"]["confirmation"], "pending", "{created}");
+    let raw = sink.wait_for(1).await[0].clone();
+    let mail = parse(&raw);
+    assert!(
+        mail.text.starts_with("Hello A &amp; B of <Red>!\n"),
+        "{}",
+        mail.text
+    );
+    let path = link_path(&mail.text, "_confirmation");
+    assert!(
+        mail.text
+            .contains("Again: https:&#47;&#47;play.example.com&#47;_confirmation?code="),
+        "{{{{ }}}} escapes the link, as Coronium did: {}",
+        mail.text
+    );
+    assert!(
+        !raw.data.contains("text/html"),
+        "no welcome.html.tpl beside it: {}",
+        raw.data
+    );
+    assert!(path.len() > 20);
+
+    for (name, template) in [("missing", "nope.tpl"), ("evil", "evil.tpl")] {
+        let mut options = confirmation("Welcome");
+        options["email_tpl"] = json!(template);
+        assert_eq!(
+            create_pending(&server, name, options).await,
+            json!({"result": {"error": "Email configuration is not set or invalid.", "status": 702}})
+        );
+        assert_eq!(
+            server
+                .call(
+                    "api.users",
+                    "login",
+                    json!({"username": name, "password": md5_hex("old-pw")})
+                )
+                .await["result"]["status"],
+            603,
+            "{name}: no user was created"
+        );
+    }
+    let mut options = confirmation("Welcome");
+    options["email_tpl"] = json!("../../etc/passwd");
+    assert_eq!(
+        create_pending(&server, "escape", options).await["result"]["status"],
+        801
+    );
+    let queued: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM mail_outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 1, "only the good mail was queued");
+}
+
+const RESET_PROJECT: &str = r#"
+local api = core.api()
+function api.forgot(input)
+  return core.users.sendPasswordResetLink(input.email, "default",
+    { from_email = "support@example.com", subject = "Reset your password" })
+end
+function api.lua_login(input)
+  local user, err, status = core.users.login({ username = input.username, password = input.password })
+  if not user then return nil, err, status end
+  return user.username
+end
+function api.flush() return core.users.flushExpiredPasswordResets() end
+function api.relink(input)
+  return core.users.sendConfirmationLink(input.user_id,
+    { from_email = "games@example.com", subject = "Please confirm again" })
+end
+return api
+"#;
+
+/// POSTs a form to the reset page; the status and the page.
+async fn post_form(addr: &str, fields: &[(&str, &str)]) -> (u16, String) {
+    use http_body_util::BodyExt as _;
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(
+            hyper::Request::post("/_resetpassword")
+                .header("Host", addr)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// sendPasswordResetLink → SMTP → the form → a new password that both wire and Lua logins
+/// take, the old one no longer; the code works once, expires after 24 hours, and the flush
+/// removes expired ones.
+#[tokio::test]
+async fn a_reset_mail_sets_a_new_password() {
+    let db = TestDb::new().await;
+    let sink = SmtpSink::start(Mode::Accept);
+    let root = scratch_dir("projects");
+    write_project(&root, "Account", &[("main.lua", RESET_PROJECT)]);
+    let env = smtp_env(&sink);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = serve_projects(&db, &root, "2", &env);
+    let created = server
+        .call(
+            "api.users",
+            "create",
+            json!({"username": "forgetful", "password": md5_hex("old-pw"), "email": "Forgetful@Example.com"}),
+        )
+        .await;
+    assert!(created["result"]["user_id"].is_string(), "{created}");
+
+    // Unknown addresses are 704 for server code (which decides what a client learns).
+    assert_eq!(
+        server
+            .call("Account", "forgot", json!({"email": "nobody@example.com"}))
+            .await,
+        json!({"result": {"error": "Email address not found or invalid.", "status": 704}})
+    );
+    assert_eq!(
+        server
+            .call(
+                "Account",
+                "forgot",
+                json!({"email": "forgetful@example.com"})
+            )
+            .await,
+        json!({"result": true})
+    );
+    let mail = parse(&sink.wait_for(1).await[0]);
+    assert_eq!(mail.subject, "Reset your password");
+    assert_eq!(mail.to, "Forgetful@Example.com");
+    let path = link_path(&mail.text, "_resetpassword");
+    let code = path.split("code=").nth(1).unwrap().to_owned();
+
+    let (status, form) = http_get(&server.addr, &path).await;
+    assert_eq!(status, 200, "{form}");
+    assert!(form.contains("<form method=\"post\""), "{form}");
+    assert!(form.contains(&code), "the code rides in the form");
+    assert!(!form.contains("<script"), "no JavaScript needed");
+
+    let (status, page) = post_form(
+        &server.addr,
+        &[
+            ("code", &code),
+            ("password", "new-pw"),
+            ("password_repeat", "typo"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(page.contains("not the same"), "{page}");
+    let (status, page) = post_form(
+        &server.addr,
+        &[
+            ("code", &code),
+            ("password", "new-pw"),
+            ("password_repeat", "new-pw"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("changed"), "{page}");
+
+    assert_eq!(
+        login(&server, "forgetful", "new-pw").await["result"]["username"],
+        "forgetful"
+    );
+    assert_eq!(
+        login(&server, "forgetful", "old-pw").await["result"]["status"],
+        603
+    );
+    assert_eq!(
+        server
+            .call(
+                "Account",
+                "lua_login",
+                json!({"username": "forgetful", "password": "new-pw"})
+            )
+            .await,
+        json!({"result": "forgetful"})
+    );
+
+    // Used: the form and the post both say the link is gone.
+    let (status, page) = http_get(&server.addr, &path).await;
+    assert_eq!(status, 404);
+    assert!(page.contains("no longer works"), "{page}");
+    let (status, _) = post_form(
+        &server.addr,
+        &[
+            ("code", &code),
+            ("password", "again"),
+            ("password_repeat", "again"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        login(&server, "forgetful", "new-pw").await["result"]["username"],
+        "forgetful"
+    );
+
+    // Expired after 24 hours; the flush deletes it.
+    server
+        .call(
+            "Account",
+            "forgot",
+            json!({"email": "forgetful@example.com"}),
+        )
+        .await;
+    let mail = parse(&sink.wait_for(2).await[1]);
+    let path = link_path(&mail.text, "_resetpassword");
+    db.client()
+        .await
+        .execute(
+            "UPDATE password_resets SET created = now() - interval '25 hours'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (status, _) = http_get(&server.addr, &path).await;
+    assert_eq!(status, 404, "expired");
+    assert_eq!(
+        server.call("Account", "flush", json!({})).await,
+        json!({"result": 1})
+    );
+    assert_eq!(
+        server.call("Account", "flush", json!({})).await,
+        json!({"result": 0})
+    );
+}
+
+/// resendConfirmation reuses the stored options and kills the old link; once a minute.
+/// sendConfirmationLink makes an active user pending again.
+#[tokio::test]
+async fn resend_and_send_confirmation_link() {
+    let db = TestDb::new().await;
+    let sink = SmtpSink::start(Mode::Accept);
+    let root = scratch_dir("projects");
+    write_project(&root, "Account", &[("main.lua", RESET_PROJECT)]);
+    let env = smtp_env(&sink);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = serve_projects(&db, &root, "2", &env);
+    let created = create_pending(&server, "again", confirmation("First subject")).await;
+    let user_id = created["result"]["user_id"].as_str().unwrap().to_owned();
+    let first = link_path(&parse(&sink.wait_for(1).await[0]).text, "_confirmation");
+
+    assert_eq!(
+        server
+            .call(
+                "api.users",
+                "resendConfirmation",
+                json!({"user_id": user_id})
+            )
+            .await,
+        json!({"result": user_id})
+    );
+    let second = parse(&sink.wait_for(2).await[1]);
+    assert_eq!(second.subject, "First subject", "the stored options");
+    let second_link = link_path(&second.text, "_confirmation");
+    assert_ne!(first, second_link);
+    assert_eq!(
+        server
+            .call(
+                "api.users",
+                "resendConfirmation",
+                json!({"user_id": user_id})
+            )
+            .await,
+        json!({"result": {"error": "Too many requests.", "status": 810}})
+    );
+    assert_eq!(
+        http_get(&server.addr, &first).await.0,
+        404,
+        "the old link died"
+    );
+    assert_eq!(http_get(&server.addr, &second_link).await.0, 200);
+    assert_eq!(
+        server
+            .call(
+                "api.users",
+                "resendConfirmation",
+                json!({"user_id": user_id})
+            )
+            .await,
+        json!({"result": {"error": "Pending user not found.", "status": 614}}),
+        "confirmed: nothing to resend"
+    );
+
+    // sendConfirmationLink: the active user becomes pending until the new link is opened.
+    assert_eq!(
+        server
+            .call("Account", "relink", json!({"user_id": user_id}))
+            .await,
+        json!({"result": "OK"})
+    );
+    let third = parse(&sink.wait_for(3).await[2]);
+    assert_eq!(third.subject, "Please confirm again");
+    let user = login(&server, "again", "old-pw").await;
+    assert_eq!(user["result"]["active"], false, "{user}");
+    assert_eq!(user["result"]["confirmation"], "pending", "{user}");
+    let (status, _) = http_get(&server.addr, &link_path(&third.text, "_confirmation")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        login(&server, "again", "old-pw").await["result"]["active"],
+        true
+    );
+
+    // A user without an address, and an unknown one.
+    let plain = server
+        .call(
+            "api.users",
+            "create",
+            json!({"username": "noaddr", "password": md5_hex("pw")}),
+        )
+        .await;
+    assert_eq!(
+        server
+            .call(
+                "Account",
+                "relink",
+                json!({"user_id": plain["result"]["user_id"]})
+            )
+            .await,
+        json!({"result": {"error": "Email address not found or invalid.", "status": 704}})
+    );
+    assert_eq!(
+        server
+            .call(
+                "Account",
+                "relink",
+                json!({"user_id": "00000000-0000-4000-8000-000000000000"})
+            )
+            .await,
+        json!({"result": {"error": "User not found.", "status": 604}})
+    );
+}
+
+/// A mail the SMTP server keeps deferring is retried; one it refuses for good fails, and the
+/// confirmation it carried becomes "failed".
+#[tokio::test]
+async fn deferred_mail_is_retried_and_refused_mail_fails_the_confirmation() {
+    let db = TestDb::new().await;
+    let sink = SmtpSink::start(Mode::Transient);
+    let server = TestServer::start(&db, with_env(smtp_env(&sink)));
+    create_pending(&server, "deferred", confirmation("Hi")).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while sink.attempts() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "retried: {} attempts",
+            sink.attempts()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sink.set_mode(Mode::Accept);
+    assert_eq!(parse(&sink.wait_for(1).await[0]).to, "deferred@example.com");
+    let user = login(&server, "deferred", "old-pw").await;
+    assert_eq!(user["result"]["confirmation"], "pending", "{user}");
+
+    sink.set_mode(Mode::Permanent);
+    create_pending(&server, "bounced", confirmation("Hi")).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let user = login(&server, "bounced", "old-pw").await;
+        if user["result"]["confirmation"] == "failed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{user}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (state, error): (String, String) = {
+        let row = db
+            .client()
+            .await
+            .query_one(
+                "SELECT state, last_error FROM mail_outbox ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(state, "failed");
+    assert!(error.contains("550"), "{error}");
+}
+
+/// A mail queued while its server could not send it is sent by the next server on the same
+/// database; two servers sharing an outbox send each mail once.
+#[tokio::test]
+async fn the_outbox_survives_a_restart_and_instances_share_it() {
+    let db = TestDb::new().await;
+    let down = SmtpSink::start(Mode::Transient);
+    let first = TestServer::start(&db, with_env(smtp_env(&down)));
+    create_pending(&first, "patient", confirmation("Still here")).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while down.attempts() < 1 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(first);
+
+    let up = SmtpSink::start(Mode::Accept);
+    let a = TestServer::start(&db, with_env(smtp_env(&up)));
+    let other = SmtpSink::start(Mode::Accept);
+    let b = TestServer::start(&db, with_env(smtp_env(&other)));
+    let mail = parse(&up.wait_for(1).await[0]);
+    assert_eq!(mail.subject, "Still here");
+
+    for i in 0..20 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        create_pending(server, &format!("many{i}"), confirmation("Many")).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let total = up.received().len() + other.received().len();
+        if total >= 21 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{total} of 21 sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut recipients: Vec<String> = up
+        .received()
+        .iter()
+        .chain(other.received().iter())
+        .map(|m| m.to.join(","))
+        .collect();
+    assert_eq!(recipients.len(), 21, "each mail once");
+    recipients.sort();
+    recipients.dedup();
+    assert_eq!(recipients.len(), 21, "each mail once");
+}
+
+/// What the Mailgun stand-in kept of a request: its path, authorization and form.
+type MailgunPost = (String, String, Vec<(String, String)>);
+
+/// A stand-in for Mailgun's API on loopback: answers `status` and keeps each request.
+struct MailgunStub {
+    addr: String,
+    requests: Arc<Mutex<Vec<MailgunPost>>>,
+}
+
+impl MailgunStub {
+    fn start(status: u16) -> MailgunStub {
+        use http_body_util::BodyExt as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests: Arc<Mutex<Vec<_>>> = Arc::default();
+        let kept = requests.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let kept = kept.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(
+                            move |request: hyper::Request<hyper::body::Incoming>| {
+                                let kept = kept.clone();
+                                async move {
+                                    let path = request.uri().path().to_owned();
+                                    let auth = request
+                                        .headers()
+                                        .get("authorization")
+                                        .and_then(|v| v.to_str().ok())
+                                        .unwrap_or_default()
+                                        .to_owned();
+                                    let body =
+                                        request.into_body().collect().await.unwrap().to_bytes();
+                                    let form = form_urlencoded::parse(&body)
+                                        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                                        .collect();
+                                    kept.lock().unwrap().push((path, auth, form));
+                                    let mut response =
+                                        hyper::Response::new(http_body_util::Full::new(
+                                            bytes::Bytes::from_static(br#"{"message": "stub"}"#),
+                                        ));
+                                    *response.status_mut() =
+                                        hyper::StatusCode::from_u16(status).unwrap();
+                                    Ok::<_, std::convert::Infallible>(response)
+                                }
+                            },
+                        );
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        MailgunStub { addr, requests }
+    }
+
+    async fn wait_for(&self, count: usize) -> Vec<MailgunPost> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = self.requests.lock().unwrap().clone();
+            if got.len() >= count {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "{} of {count} posts", got.len());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn mailgun_env(stub: &MailgunStub) -> Vec<(String, String)> {
+    vec![
+        ("CORONIUM_MAILGUN_DOMAIN".into(), "mg.example.com".into()),
+        ("CORONIUM_MAILGUN_API_KEY".into(), "key-0123456789".into()),
+        (
+            "CORONIUM_MAILGUN_BASE_URL".into(),
+            format!("http://{}", stub.addr),
+        ),
+        ("CORONIUM_MAIL_POLL_SECS".into(), "1".into()),
+    ]
+}
+
+/// The Mailgun transport posts Mailgun's form with basic auth `api:<key>`; a refusal fails the
+/// mail (and its confirmation).
+#[tokio::test]
+async fn mailgun_transport_posts_the_messages_form() {
+    use base64::Engine as _;
+    let db = TestDb::new().await;
+    let stub = MailgunStub::start(200);
+    let server = TestServer::start(&db, with_env(mailgun_env(&stub)));
+    create_pending(&server, "gunned", confirmation("Via Mailgun")).await;
+    let posts = stub.wait_for(1).await;
+    let (path, auth, form) = &posts[0];
+    assert_eq!(path, "/v3/mg.example.com/messages");
+    let expected = base64::engine::general_purpose::STANDARD.encode("api:key-0123456789");
+    assert_eq!(auth, &format!("Basic {expected}"));
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("from"), "Games <games@example.com>");
+    assert_eq!(field("to"), "gunned@example.com");
+    assert_eq!(field("subject"), "Via Mailgun");
+    assert!(field("text").contains("/_confirmation?code="), "{form:?}");
+    assert!(field("html").contains("/_confirmation?code="), "{form:?}");
+    drop(server);
+
+    let refusing = MailgunStub::start(401);
+    let server = TestServer::start(&db, with_env(mailgun_env(&refusing)));
+    create_pending(&server, "refused", confirmation("Via Mailgun")).await;
+    refusing.wait_for(1).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let user = login(&server, "refused", "old-pw").await;
+        if user["result"]["confirmation"] == "failed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{user}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// With no transport configured, each mail is an `.eml` file under `<data_dir>/mail/` that
+/// only its owner can read.
+#[tokio::test]
+async fn without_a_transport_mail_goes_to_eml_files() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let db = TestDb::new().await;
+    let data_dir = scratch_dir("data");
+    let server = TestServer::start(&db, |cmd| {
+        cmd.env("CORONIUM_DATA_DIR", &data_dir);
+    });
+    create_pending(&server, "local", confirmation("Local")).await;
+    let dir = data_dir.join("mail");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let file = loop {
+        let found = std::fs::read_dir(&dir)
+            .ok()
+            .and_then(|mut entries| entries.next())
+            .and_then(Result::ok);
+        if let Some(entry) = found {
+            break entry.path();
+        }
+        assert!(Instant::now() < deadline, "no .eml in {}", dir.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(file.extension().unwrap(), "eml");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let data = std::fs::read_to_string(&file).unwrap();
+    let mail = parse(&Received {
+        from: String::new(),
+        to: Vec::new(),
+        data,
+    });
+    assert_eq!(mail.to, "local@example.com");
+    let path = link_path(&mail.text, "_confirmation");
+    assert_eq!(http_get(&server.addr, &path).await.0, 200);
+}
+
+/// The link pages give each client address a budget per minute (the code is the only
+/// credential): guessing codes runs out of it.
+#[tokio::test]
+async fn link_pages_are_rate_limited_per_address() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |cmd| {
+        cmd.env("CORONIUM_PAGE_REQUESTS_PER_MINUTE", "5");
+    });
+    for i in 0..5 {
+        let path = format!("/_confirmation?code=guess{i}");
+        assert_eq!(http_get(&server.addr, &path).await.0, 404);
+    }
+    assert_eq!(
+        http_get(&server.addr, "/_confirmation?code=guess5").await.0,
+        429
+    );
+    assert_eq!(
+        http_get(&server.addr, "/_resetpassword?code=guess6")
+            .await
+            .0,
+        429
+    );
+    let (status, _) = post_form(
+        &server.addr,
+        &[("code", "x"), ("password", "a"), ("password_repeat", "a")],
+    )
+    .await;
+    assert_eq!(status, 429);
+}
