@@ -82,7 +82,8 @@ end
 
 -- The `core` modules written in Lua, each a file of its own under lua/core/ (compiled by the
 -- host and passed in as `modules`), get what they share with the prelude through `kernel`.
-local kernel = { deliver = deliver, wait = wait, scope = scope, client = client, NULL = NULL, STATUS = STATUS }
+local kernel = { deliver = deliver, wait = wait, scope = scope, client = client, NULL = NULL, STATUS = STATUS,
+  freeze = native.freeze }
 core.users = modules.users(native.users, kernel)
 
 ------------------------------------------------------------------------------------------------
@@ -92,6 +93,7 @@ for name, value in pairs(modules.util(UTIL, kernel, TEXT)) do
   core[name] = value
 end
 core.json = modules.json(JSON, kernel)
+core.email = modules.email(native.email, kernel)
 
 -- print with the sink the host chose (stdout for `coronium run`).
 function print(...)

@@ -53,7 +53,11 @@ impl App {
         let hasher =
             PasswordHasher::new(config.argon2).map_err(|e| AppError::Hasher(e.to_string()))?;
         Transport::from_settings(&config.mail, &config.data_dir)?;
-        let mailer = Mailer::new(Templates::new(config.templates_dir()), &config.public_url);
+        let mailer = Mailer::new(
+            Templates::new(config.templates_dir()),
+            &config.public_url,
+            &config.mail.client_senders,
+        );
         let database = Database::open(&config.database_location()).await?;
         Ok(App {
             config,
@@ -95,6 +99,11 @@ impl App {
             templates = %self.mailer.templates().dir().display(),
             "mail"
         );
+        if !matches!(transport, Transport::Files(_)) && self.config.mail.client_senders.is_empty() {
+            tracing::warn!(
+                "mail.client_senders is empty: any client holding the server key can have this                  server mail any address under any sender name; list your senders there"
+            );
+        }
         Sender::spawn(
             self.database.new_handle(1)?,
             self.mailer.clone(),

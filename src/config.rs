@@ -304,6 +304,14 @@ impl Config {
         if let Some(v) = var("CORONIUM_MAILGUN_BASE_URL") {
             self.mail.mailgun.base_url = Some(v).filter(|v| !v.is_empty());
         }
+        if let Some(v) = var("CORONIUM_MAIL_CLIENT_SENDERS") {
+            self.mail.client_senders = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
         if let Some(v) = var("CORONIUM_MAIL_TEMPLATES_DIR") {
             self.mail.templates_dir = Some(v.into());
         }

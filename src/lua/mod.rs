@@ -44,6 +44,7 @@ const LUA_FILES: &[(&str, &str, &str)] = &[
     lua_file!("users", "core/users.lua"),
     lua_file!("util", "core/util.lua"),
     lua_file!("json", "core/json.lua"),
+    lua_file!("email", "core/email.lua"),
     lua_file!("guards", "host/guards.lua"),
     lua_file!("lua51", "host/lua51.lua"),
 ];

@@ -2,6 +2,7 @@
 //! mail belongs to, and a sender per instance that drains it (see [`sender`]). Nothing on a
 //! request's path waits for a mail server.
 
+pub mod email;
 pub mod outbox;
 pub mod sender;
 pub mod settings;
@@ -90,17 +91,27 @@ struct MailerInner {
     templates: Templates,
     public_url: String,
     wake: Notify,
+    /// Lower-cased addresses; empty: any.
+    client_senders: Vec<String>,
 }
 
 impl Mailer {
-    pub fn new(templates: Templates, public_url: &str) -> Self {
+    /// `client_senders`: the senders clients may name (see [`MailSettings::client_senders`]).
+    pub fn new(templates: Templates, public_url: &str, client_senders: &[String]) -> Self {
         Mailer {
             inner: Arc::new(MailerInner {
                 templates,
                 public_url: public_url.trim_end_matches('/').to_owned(),
                 wake: Notify::new(),
+                client_senders: client_senders.iter().map(|s| address_of(s)).collect(),
             }),
         }
+    }
+
+    /// Whether a client may send mail as `from` (an address, maybe with a name).
+    pub fn client_may_send_as(&self, from: &str) -> bool {
+        let allowed = &self.inner.client_senders;
+        allowed.is_empty() || allowed.contains(&address_of(from))
     }
 
     pub fn templates(&self) -> &Templates {
@@ -120,6 +131,14 @@ impl Mailer {
 
     pub(crate) async fn woken(&self) {
         self.inner.wake.notified().await;
+    }
+}
+
+/// The lower-cased address of `Name <address>` or `address`.
+fn address_of(text: &str) -> String {
+    match text.parse::<lettre::message::Mailbox>() {
+        Ok(mailbox) => mailbox.email.to_string().to_ascii_lowercase(),
+        Err(_) => text.trim().to_ascii_lowercase(),
     }
 }
 
@@ -143,6 +162,17 @@ pub fn code_hash(code: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_senders_compare_addresses() {
+        let templates = Templates::new("/nonexistent");
+        let open = Mailer::new(templates.clone(), "http://x", &[]);
+        assert!(open.client_may_send_as("anyone@example.com"));
+        let closed = Mailer::new(templates, "http://x", &["Games <Games@Example.com>".into()]);
+        assert!(closed.client_may_send_as("games@example.com"));
+        assert!(closed.client_may_send_as("The Team <GAMES@example.com>"));
+        assert!(!closed.client_may_send_as("bank@example.com"));
+    }
 
     #[test]
     fn codes_are_random_and_stored_hashed() {

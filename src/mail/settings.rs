@@ -23,6 +23,10 @@ pub struct MailSettings {
     pub retry_secs: u64,
     /// How often the sender looks for mail queued by other instances or due for a retry.
     pub poll_secs: u64,
+    /// The only senders (`from_email`) a client's `create` or `resendConfirmation` may name;
+    /// empty: any, as in Coronium. Every game ships the server key, so anyone can ask for a
+    /// confirmation mail to any address: this keeps them from choosing whose name it carries.
+    pub client_senders: Vec<String>,
 }
 
 impl Default for MailSettings {
@@ -34,6 +38,7 @@ impl Default for MailSettings {
             max_attempts: 8,
             retry_secs: 30,
             poll_secs: 5,
+            client_senders: Vec::new(),
         }
     }
 }

@@ -163,7 +163,15 @@ fn smtp(url: &SecretString) -> Result<AsyncSmtpTransport<Tokio1Executor>, MailEr
     let loopback = match parsed.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(name)) => name == "localhost",
+        // `smtp` is no special scheme to the URL parser: an IP address arrives as a name.
+        Some(url::Host::Domain(name)) => {
+            name == "localhost"
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
         None => false,
     };
     if parsed.password().is_some() && !tls && !loopback {
@@ -300,4 +308,66 @@ async fn write_private(
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_smtp(url: &str) -> MailSettings {
+        MailSettings {
+            smtp_url: Some(url.to_owned().into()),
+            ..MailSettings::default()
+        }
+    }
+
+    fn config_error(settings: &MailSettings) -> String {
+        match Transport::from_settings(settings, std::path::Path::new("/tmp")) {
+            Err(MailError::Config(message)) => message,
+            Err(e) => panic!("{e}"),
+            Ok(t) => panic!("accepted: {}", t.describe()),
+        }
+    }
+
+    #[test]
+    fn passwords_cross_the_network_only_over_tls() {
+        let message = config_error(&with_smtp("smtp://me:hunter2@mail.example.com"));
+        assert!(message.contains("TLS"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        let path = std::path::Path::new("/tmp");
+        for fine in [
+            "smtp://me:hunter2@127.0.0.1:25",
+            "smtp://me:hunter2@mail.example.com?tls=required",
+            "smtps://me:hunter2@mail.example.com",
+            "smtp://mail.example.com",
+        ] {
+            let transport = Transport::from_settings(&with_smtp(fine), path).unwrap();
+            assert!(!transport.describe().contains("hunter2"));
+        }
+        let bad = config_error(&with_smtp("not a url with hunter2"));
+        assert!(!bad.contains("hunter2"), "{bad}");
+    }
+
+    #[test]
+    fn one_transport_at_a_time() {
+        let mut both = with_smtp("smtp://localhost");
+        both.mailgun.api_key = Some("key".to_owned().into());
+        both.mailgun.domain = Some("mg.example.com".into());
+        assert!(config_error(&both).contains("one transport"));
+        let mut no_domain = MailSettings::default();
+        no_domain.mailgun.api_key = Some("key".to_owned().into());
+        assert!(config_error(&no_domain).contains("domain"));
+        let mut eu = no_domain.clone();
+        eu.mailgun.domain = Some("mg.example.com".into());
+        eu.mailgun.region = Region::Eu;
+        let transport = Transport::from_settings(&eu, std::path::Path::new("/tmp")).unwrap();
+        assert_eq!(
+            transport.describe(),
+            "Mailgun API at https://api.eu.mailgun.net/v3/mg.example.com/messages"
+        );
+        assert!(matches!(
+            Transport::from_settings(&MailSettings::default(), std::path::Path::new("/d")),
+            Ok(Transport::Files(dir)) if dir == std::path::Path::new("/d/mail")
+        ));
+    }
 }

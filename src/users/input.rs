@@ -234,6 +234,9 @@ fn extra(value: &Value, allow_null_sentinel: bool) -> Result<Map<String, Value>,
     })
 }
 
+/// The longest subject a confirmation or reset mail may have.
+const MAX_SUBJECT_BYTES: usize = 255;
+
 /// A mail's sender: an address, maybe with a display name.
 fn sender(text: &str) -> Result<String, UserError> {
     match text.parse::<lettre::message::Mailbox>() {
@@ -306,9 +309,15 @@ impl MailOptions {
             }
             (None, None) => None,
         };
+        let subject = required_str(opts, "subject")?;
+        if subject.contains(['\r', '\n']) || subject.len() > MAX_SUBJECT_BYTES {
+            return Err(UserError::bad(format!(
+                "Option 'subject' of '{what}' must be one line of at most {MAX_SUBJECT_BYTES} bytes."
+            )));
+        }
         Ok(MailOptions {
             from_email: sender(required_str(opts, "from_email")?)?,
-            subject: required_str(opts, "subject")?.to_owned(),
+            subject: subject.to_owned(),
             template,
             tpl_keys,
         })

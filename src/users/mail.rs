@@ -99,6 +99,19 @@ impl Users {
         Ok(user)
     }
 
+    /// Refuses mail options a client may not use: a sender outside `mail.client_senders`.
+    pub fn check_client_mail(&self, options: Option<&MailOptions>) -> Result<(), UserError> {
+        match options {
+            Some(options) if !self.mailer.client_may_send_as(&options.from_email) => {
+                Err(UserError::bad(format!(
+                    "Sender '{}' is not allowed for client requests (see mail.client_senders).",
+                    options.from_email
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// `resendConfirmation` (users spec §4): a fresh code and mail, with the stored options
     /// unless others are given; the old link stops working. 604 for an unknown user, 614 for
     /// one not waiting for confirmation, 810 within a minute of the last resend.

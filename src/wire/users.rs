@@ -93,6 +93,7 @@ pub async fn execute(
         ),
         Action::Create => {
             let new_user = NewUser::parse(&params, PasswordForm::Canonical)?;
+            users.check_client_mail(new_user.confirmation.as_ref())?;
             let user = users.create(scope, new_user).await?;
             json_text(
                 &serde_json::json!({ "user_id": user.user_id, "confirmation": user.confirmation }),
@@ -110,6 +111,7 @@ pub async fn execute(
         ),
         Action::ResendConfirmation => {
             let request = input::resend_request(&params)?;
+            users.check_client_mail(request.as_ref())?;
             let user = users
                 .resend_confirmation(scope, input::user_id(&params)?, request)
                 .await?;

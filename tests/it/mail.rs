@@ -1002,3 +1002,116 @@ async fn link_pages_are_rate_limited_per_address() {
     .await;
     assert_eq!(status, 429);
 }
+
+const NEWSLETTER: &str = r#"
+local api = core.api()
+function api.send()
+  local msg = core.email.new("ignored-key", "ignored-domain")
+  msg:to("a@example.com, Jim <jim@example.com>"):cc("c@example.com"):bcc("hidden@example.com")
+  msg:from("News <news@example.com>"):replyTo("Help <help@example.com>")
+  msg:subject("Weekly"):text("Plain words"):html("<p>Rich words</p>"):tag("weekly")
+  local resp, err, status = msg:send()
+  if not resp then return nil, err, status end
+  return resp.message
+end
+function api.bad()
+  local _, err, status = core.email.new():to("a@example.com"):send()
+  local _, err2, status2 = core.email.new():from("x@example.com"):to("not an address"):send()
+  return { err, status, err2, status2 }
+end
+function api.tamper()
+  local m = core.email.new()
+  local reach = pcall(function() getmetatable(m).send = function() end end)
+  local replace = pcall(function() core.email.new = function() end end)
+  return { reach = reach, replace = replace, meta = getmetatable(m) }
+end
+return api
+"#;
+
+/// `core.email` from an API project: the builder's fields arrive over SMTP (bcc only in the
+/// envelope); bad messages get their status; a project cannot reach the shared methods.
+#[tokio::test]
+async fn core_email_sends_through_the_outbox() {
+    let db = TestDb::new().await;
+    let sink = SmtpSink::start(Mode::Accept);
+    let root = scratch_dir("projects");
+    write_project(&root, "News", &[("main.lua", NEWSLETTER)]);
+    let env = smtp_env(&sink);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = serve_projects(&db, &root, "2", &env);
+    assert_eq!(
+        server.call("News", "send", json!({})).await,
+        json!({"result": "Queued. Thank you."})
+    );
+    let raw = sink.wait_for(1).await[0].clone();
+    let mut envelope = raw.to.clone();
+    envelope.sort();
+    assert_eq!(
+        envelope,
+        [
+            "<a@example.com>",
+            "<c@example.com>",
+            "<hidden@example.com>",
+            "<jim@example.com>"
+        ]
+    );
+    assert_eq!(raw.from, "<news@example.com>");
+    assert!(
+        !raw.data.contains("hidden@example.com"),
+        "bcc stays out of the headers"
+    );
+    let message = MessageParser::default().parse(raw.data.as_bytes()).unwrap();
+    assert_eq!(message.subject(), Some("Weekly"));
+    assert_eq!(
+        message
+            .reply_to()
+            .and_then(|a| a.first())
+            .and_then(|a| a.address()),
+        Some("help@example.com")
+    );
+    assert!(message.body_text(0).unwrap().contains("Plain words"));
+    assert!(message.body_html(0).unwrap().contains("<p>Rich words</p>"));
+
+    assert_eq!(
+        server.call("News", "bad", json!({})).await,
+        json!({"result": ["Missing required parameter: from", 804,
+                          "Email address not found or invalid.", 704]})
+    );
+    assert_eq!(
+        server.call("News", "tamper", json!({})).await,
+        json!({"result": {"reach": false, "replace": false, "meta": false}})
+    );
+}
+
+/// With `mail.client_senders` set, a client's confirmation can name only those senders
+/// (anyone holding the server key could otherwise mail any address in anyone's name); server
+/// code is not limited.
+#[tokio::test]
+async fn clients_send_only_as_the_listed_senders() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |cmd| {
+        cmd.env(
+            "CORONIUM_MAIL_CLIENT_SENDERS",
+            "games@example.com, help@example.com",
+        );
+    });
+    let refused = create_pending(
+        &server,
+        "phished",
+        json!({"from_email": "Your Bank <security@bank.example>", "subject": "Verify"}),
+    )
+    .await;
+    assert_eq!(refused["result"]["status"], 801, "{refused}");
+    assert_eq!(
+        login(&server, "phished", "old-pw").await["result"]["status"],
+        603,
+        "nothing was created"
+    );
+    let allowed = create_pending(
+        &server,
+        "welcome",
+        json!({"from_email": "The Team <Games@Example.com>", "subject": "Welcome"}),
+    )
+    .await;
+    assert_eq!(allowed["result"]["confirmation"], "pending", "{allowed}");
+}

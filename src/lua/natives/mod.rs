@@ -1,8 +1,9 @@
-//! The Rust functions behind `core`, one table per `core` module (`users`, `json`, `text`,
-//! `util`), plus what the prelude itself needs from the host (waiting, project loading,
+//! The Rust functions behind `core`, one table per `core` module (`users`, `json`, `email`,
+//! `text`, `util`), plus what the prelude itself needs from the host (waiting, project loading,
 //! freezing, environments, the CPU budget, status codes). The prelude receives them as `native`;
 //! scripts never see it. A new `core` module is a file here and a table in [`install`].
 
+mod email;
 mod json;
 mod text;
 mod users;
@@ -27,6 +28,7 @@ pub(crate) fn install(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
     native.set("STATUS", statuses)?;
     native.set("users", users::install(lua, &host)?)?;
     native.set("json", json::install(lua, &host)?)?;
+    native.set("email", email::install(lua, &host)?)?;
     native.set("text", text::install(lua, &host)?)?;
     native.set("util", util::install(lua, &host)?)?;
     let projects_host = host.clone();
