@@ -10,7 +10,9 @@ use mail_parser::MessageParser;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
-use crate::common::{TestDb, TestServer, http_get, scratch_dir, serve_projects, write_project};
+use crate::common::{
+    TestDb, TestServer, assert_ok, http_get, run_lua, scratch_dir, serve_projects, write_project,
+};
 
 /// How a test SMTP server answers.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -754,19 +756,35 @@ async fn deferred_mail_is_retried_and_refused_mail_fails_the_confirmation() {
 }
 
 /// A mail queued while its server could not send it is sent by the next server on the same
-/// database; two servers sharing an outbox send each mail once.
+/// database, after the first was killed (SIGKILL); two servers sharing an outbox send each mail
+/// once.
 #[tokio::test]
-async fn the_outbox_survives_a_restart_and_instances_share_it() {
+async fn the_outbox_survives_a_kill_and_instances_share_it() {
     let db = TestDb::new().await;
     let down = SmtpSink::start(Mode::Transient);
-    let first = TestServer::start(&db, with_env(smtp_env(&down)));
+    let first = TestServer::start_process(&db, with_env(smtp_env(&down)));
     create_pending(&first, "patient", confirmation("Still here")).await;
+    // Killed once its first attempt is recorded as failed (not mid-attempt, where the mail's
+    // lease would hold it for a minute).
+    let client = db.client().await;
     let deadline = Instant::now() + Duration::from_secs(15);
-    while down.attempts() < 1 {
-        assert!(Instant::now() < deadline);
+    loop {
+        let retrying: i64 = client
+            .query_one(
+                "SELECT count(*) FROM mail_outbox WHERE state = 'queued' AND attempts >= 1
+                 AND last_error IS NOT NULL AND next_attempt < now() + interval '30 seconds'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if retrying == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed attempt recorded");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    drop(first);
+    drop(first); // SIGKILL
 
     let up = SmtpSink::start(Mode::Accept);
     let a = TestServer::start(&db, with_env(smtp_env(&up)));
@@ -1114,4 +1132,114 @@ async fn clients_send_only_as_the_listed_senders() {
     )
     .await;
     assert_eq!(allowed["result"]["confirmation"], "pending", "{allowed}");
+}
+
+/// The server-side mail functions from Lua: each success shape, with and without a listener,
+/// and each status; refused calls queue nothing.
+#[tokio::test]
+async fn mail_functions_answer_every_status() {
+    let db = TestDb::new().await;
+    let run = run_lua(
+        &db,
+        "mail.lua",
+        r#"
+local opts = { from_email = "games@example.com", subject = "Hi" }
+local function with(extra)
+  local t = { from_email = "games@example.com", subject = "Hi" }
+  for k, v in pairs(extra) do t[k] = v end
+  return t
+end
+local id = assert(core.users.create({ username = "m", password = "pw", email = "M@example.com" }))
+local noaddr = assert(core.users.create({ username = "n", password = "pw" }))
+local nobody = "00000000-0000-4000-8000-000000000000"
+print("link", core.users.sendConfirmationLink(id, opts))
+core.users.sendConfirmationLink(id, opts, function(evt) print("listener", evt.result) end)
+print(select(2, core.users.sendConfirmationLink(nil, opts)))
+print(select(2, core.users.sendConfirmationLink(id)))
+print(select(2, core.users.sendConfirmationLink(id, { subject = "x" })))
+print(select(2, core.users.sendConfirmationLink(id, with({ colour = 1 }))))
+print(select(2, core.users.sendConfirmationLink(nobody, opts)))
+print(select(2, core.users.sendConfirmationLink(noaddr, opts)))
+print(select(2, core.users.sendConfirmationLink(id, with({ tpl_name = "missing.tpl" }))))
+print("user", core.users.get(id).active, core.users.get(id).confirmation)
+
+print("reset", core.users.sendPasswordResetLink("m@example.com", "default", opts))
+core.users.sendPasswordResetLink("m@EXAMPLE.com", "default", opts, function(evt) print("listener", evt.result) end)
+print(select(2, core.users.sendPasswordResetLink(nil, "default", opts)))
+print(select(2, core.users.sendPasswordResetLink("m@example.com", nil, opts)))
+print(select(2, core.users.sendPasswordResetLink("m@example.com", "default")))
+print(select(2, core.users.sendPasswordResetLink("m@example.com", "default", with({ subject = "a\nb" }))))
+print(select(2, core.users.sendPasswordResetLink("x@example.com", "default", opts)))
+print(select(2, core.users.sendPasswordResetLink("m@example.com", "other", opts)))
+print(select(2, core.users.sendPasswordResetLink("not an address", "default", opts)))
+print(select(2, core.users.sendPasswordResetLink("m@example.com", "default", with({ tpl_name = "missing.tpl" }))))
+
+print("flush", core.users.flushExpiredPasswordResets())
+core.users.flushExpiredPasswordResets(function(evt) print("listener", evt.result) end)
+
+print(select(2, core.users.resendConfirmation({ user_id = id, confirmation = with({ email_tpl = "missing.tpl" }) })))
+print("resend", core.users.resendConfirmation({ user_id = id }) == id)
+print(select(2, core.users.resendConfirmation({ user_id = id })))
+print(select(2, core.users.resendConfirmation({ user_id = nobody })))
+"#,
+    );
+    assert_ok(&run);
+    assert_eq!(
+        run.lines(),
+        [
+            "link\tOK",
+            "listener\tOK",
+            "Missing required parameter: user_id\t804",
+            "Missing required parameter: options\t804",
+            "Missing required parameter: from_email\t804",
+            "Unknown options option 'colour'.\t801",
+            "User not found.\t604",
+            "Email address not found or invalid.\t704",
+            "Email configuration is not set or invalid.\t702",
+            "user\tfalse\tpending",
+            "reset\ttrue",
+            "listener\ttrue",
+            "Missing required parameter: to_email\t804",
+            "Missing required parameter: scope\t804",
+            "Missing required parameter: options\t804",
+            "Option 'subject' of 'options' must be one line of at most 255 bytes.\t801",
+            "Email address not found or invalid.\t704",
+            "Email address not found or invalid.\t704",
+            "Email address not found or invalid.\t704",
+            "Email configuration is not set or invalid.\t702",
+            "flush\t0",
+            "listener\t0",
+            "Email configuration is not set or invalid.\t702",
+            "resend\ttrue",
+            "Too many requests.\t810",
+            "User not found.\t604",
+        ]
+    );
+    let client = db.client().await;
+    let rows = client
+        .query(
+            "SELECT purpose, message->'to'->>0 FROM mail_outbox ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let queued: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let expected = [
+        ("confirmation", "M@example.com"),
+        ("confirmation", "M@example.com"),
+        ("password_reset", "M@example.com"),
+        ("password_reset", "M@example.com"),
+        ("confirmation", "M@example.com"),
+    ];
+    assert_eq!(
+        queued,
+        expected.map(|(p, t)| (p.to_owned(), t.to_owned())),
+        "only the successful calls queued mail"
+    );
+    let resets: i64 = client
+        .query_one("SELECT count(*) FROM password_resets", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(resets, 1, "a new reset code replaces the user's older one");
 }
