@@ -115,7 +115,7 @@ impl Transport {
     pub async fn send(&self, id: i64, message: &Message) -> Result<(), SendFailure> {
         match self {
             Transport::Smtp(smtp) => {
-                let email = build(message).map_err(SendFailure::permanent)?;
+                let email = build(message, Encoding::Standard).map_err(SendFailure::permanent)?;
                 match tokio::time::timeout(SEND_TIMEOUT, smtp.send(email)).await {
                     Err(_) => Err(SendFailure::transient(
                         "the SMTP server did not answer in time",
@@ -131,7 +131,7 @@ impl Transport {
                 api_key,
             } => mailgun_send(client, url, api_key, message).await,
             Transport::Files(dir) => {
-                let email = build(message).map_err(SendFailure::permanent)?;
+                let email = build(message, Encoding::Readable).map_err(SendFailure::permanent)?;
                 let path = dir.join(format!("{id}.eml"));
                 write_private(dir, &path, &email.formatted())
                     .await
@@ -187,11 +187,30 @@ fn smtp(url: &SecretString) -> Result<AsyncSmtpTransport<Tokio1Executor>, MailEr
         .build())
 }
 
+/// How bodies are encoded: as the standard picks (quoted-printable for long lines), or as plain
+/// 8-bit text where it fits, so a development `.eml` file reads as it will be seen (links whole).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Standard,
+    Readable,
+}
+
 /// The MIME message: text, HTML, or both as alternatives.
-pub fn build(message: &Message) -> Result<lettre::Message, String> {
+pub fn build(message: &Message, encoding: Encoding) -> Result<lettre::Message, String> {
+    use lettre::message::{Body, SinglePart, header::ContentTransferEncoding};
     let mailbox = |text: &str| -> Result<Mailbox, String> {
         text.parse()
             .map_err(|e| format!("invalid address {text:?}: {e}"))
+    };
+    let body = |text: &str| match encoding {
+        Encoding::Readable => {
+            Body::new_with_encoding(text.to_owned(), ContentTransferEncoding::EightBit)
+                .unwrap_or_else(|_| Body::new(text.to_owned()))
+        }
+        Encoding::Standard => Body::new(text.to_owned()),
+    };
+    let part = |content_type: ContentType, text: &str| {
+        SinglePart::builder().header(content_type).body(body(text))
     };
     let mut builder = lettre::Message::builder()
         .from(mailbox(&message.from)?)
@@ -209,14 +228,16 @@ pub fn build(message: &Message) -> Result<lettre::Message, String> {
         builder = builder.reply_to(mailbox(reply_to)?);
     }
     let built = match (&message.text, &message.html) {
-        (Some(text), Some(html)) => builder.multipart(MultiPart::alternative_plain_html(
-            text.clone(),
-            html.clone(),
+        (Some(text), Some(html)) => builder.multipart(
+            MultiPart::alternative()
+                .singlepart(part(ContentType::TEXT_PLAIN, text))
+                .singlepart(part(ContentType::TEXT_HTML, html)),
+        ),
+        (None, Some(html)) => builder.singlepart(part(ContentType::TEXT_HTML, html)),
+        (text, None) => builder.singlepart(part(
+            ContentType::TEXT_PLAIN,
+            text.as_deref().unwrap_or_default(),
         )),
-        (None, Some(html)) => builder.header(ContentType::TEXT_HTML).body(html.clone()),
-        (text, None) => builder
-            .header(ContentType::TEXT_PLAIN)
-            .body(text.clone().unwrap_or_default()),
     };
     built.map_err(|e| e.to_string())
 }

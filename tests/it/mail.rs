@@ -981,6 +981,10 @@ async fn without_a_transport_mail_goes_to_eml_files() {
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let data = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        data.contains("http://localhost:10001/_confirmation?code="),
+        "the link reads whole in the file: {data}"
+    );
     let mail = parse(&Received {
         from: String::new(),
         to: Vec::new(),
@@ -1242,4 +1246,71 @@ print(select(2, core.users.resendConfirmation({ user_id = nobody })))
         .unwrap()
         .get(0);
     assert_eq!(resets, 1, "a new reset code replaces the user's older one");
+}
+
+/// `examples/projects/Accounts` as the README runs it: sign-up with confirmation, the link,
+/// a forgotten password (the same answer for an unknown address), and device login.
+#[tokio::test]
+async fn the_accounts_example_works() {
+    let db = TestDb::new().await;
+    let sink = SmtpSink::start(Mode::Accept);
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/projects");
+    let env = smtp_env(&sink);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = serve_projects(&db, &root, "2", &env);
+    let account = json!({"username": "ann", "password": "secret", "email": "ann@example.com"});
+    let signed_up = server.call("Accounts", "signup", account.clone()).await;
+    assert_eq!(
+        signed_up["result"]["confirmation"], "pending",
+        "{signed_up}"
+    );
+    let status = server.call("Accounts", "status", account.clone()).await;
+    assert_eq!(status["result"]["validated"], false, "{status}");
+    let mail = parse(&sink.wait_for(1).await[0]);
+    assert_eq!(mail.subject, "Confirm your account");
+    assert_eq!(
+        http_get(&server.addr, &link_path(&mail.text, "_confirmation"))
+            .await
+            .0,
+        200
+    );
+    let status = server.call("Accounts", "status", account).await;
+    assert_eq!(
+        status,
+        json!({"result": {"active": true, "validated": true}}),
+        "{status}"
+    );
+
+    for email in ["ann@example.com", "nobody@example.com"] {
+        assert_eq!(
+            server
+                .call("Accounts", "forgot", json!({"email": email}))
+                .await,
+            json!({"result": {"requested": true}})
+        );
+    }
+    let mails = sink.wait_for(2).await;
+    assert_eq!(parse(&mails[1]).subject, "Reset your password");
+
+    let first = server
+        .call("Accounts", "device", json!({"device_id": "device-0001"}))
+        .await;
+    assert_eq!(first["result"]["created"], true, "{first}");
+    let again = server
+        .call("Accounts", "device", json!({"device_id": "device-0001"}))
+        .await;
+    assert_eq!(again["result"]["created"], false, "{again}");
+    assert_eq!(again["result"]["user_id"], first["result"]["user_id"]);
+    assert!(
+        again["result"]["username"]
+            .as_str()
+            .unwrap()
+            .starts_with("user-")
+    );
+    assert_eq!(
+        server.call("Accounts", "flush", json!({})).await,
+        json!({"result": {"deleted": 0}})
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.received().len(), 2, "no mail for an unknown address");
 }
