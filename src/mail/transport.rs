@@ -187,8 +187,8 @@ fn smtp(url: &SecretString) -> Result<AsyncSmtpTransport<Tokio1Executor>, MailEr
         .build())
 }
 
-/// How bodies are encoded: as the standard picks (quoted-printable for long lines), or as plain
-/// 8-bit text where it fits, so a development `.eml` file reads as it will be seen (links whole).
+/// How bodies are encoded: as the standard picks (quoted-printable for long lines), or as they
+/// are, so a development `.eml` file reads as it will be seen (links whole).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
     Standard,
@@ -203,8 +203,9 @@ pub fn build(message: &Message, encoding: Encoding) -> Result<lettre::Message, S
             .map_err(|e| format!("invalid address {text:?}: {e}"))
     };
     let body = |text: &str| match encoding {
+        // Binary: no transfer encoding at all (a file, not a wire with line limits).
         Encoding::Readable => {
-            Body::new_with_encoding(text.to_owned(), ContentTransferEncoding::EightBit)
+            Body::new_with_encoding(text.to_owned(), ContentTransferEncoding::Binary)
                 .unwrap_or_else(|_| Body::new(text.to_owned()))
         }
         Encoding::Standard => Body::new(text.to_owned()),
