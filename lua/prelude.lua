@@ -68,6 +68,14 @@ local function context()
   return contexts[coroutine.running()]
 end
 
+-- The tables a client sent (each request's input), however far a handler passes them on: a
+-- client's own table may log in only as the client could over the wire (users spec §3).
+local from_client = setmetatable({}, { __mode = "k" })
+
+local function is_from_client(t)
+  return from_client[t] == true
+end
+
 local function scope()
   local ctx = contexts[coroutine.running()]
   return ctx and ctx.scope
@@ -83,7 +91,7 @@ end
 -- The `core` modules written in Lua, each a file of its own under lua/core/ (compiled by the
 -- host and passed in as `modules`), get what they share with the prelude through `kernel`.
 local kernel = { deliver = deliver, wait = wait, scope = scope, client = client, NULL = NULL, STATUS = STATUS,
-  freeze = native.freeze }
+  freeze = native.freeze, is_from_client = is_from_client }
 core.users = modules.users(native.users, kernel)
 
 ------------------------------------------------------------------------------------------------
@@ -291,6 +299,9 @@ local host = {}
 function host.request(api, method, input, in_scope, project, from)
   -- `globals` is made on the request's first global write; most requests write none.
   contexts[coroutine.running()] = { scope = in_scope, project = project, client = from }
+  if type(input) == "table" then
+    from_client[input] = true
+  end
   return invoke(api, method, input, in_scope)
 end
 

@@ -13,7 +13,19 @@ function users.create(params, listener)
   return deliver(listener, wait())
 end
 
+-- login({username, password} | {email, password} | {provider, client_id}), and from server
+-- code also password-less: {user_id} (any scope) or {username, scope} (that scope). A handler
+-- that passes the client's own input table on gets only the client's ways in: a client that
+-- sends {user_id} or {username, scope} to `core.users.login(input)` logs in as nobody.
 function users.login(params, listener)
+  if kernel.is_from_client(params) and not (params.provider ~= nil and params.client_id ~= nil) then
+    if params.user_id ~= nil then
+      return deliver(listener, nil, "A client cannot log in by user_id.", kernel.STATUS.MISMATCHED_PARAMETER)
+    end
+    if params.password == nil then
+      return deliver(listener, nil, "Missing required parameter: password", kernel.STATUS.MISSING_PARAMETER)
+    end
+  end
   USERS.login(params, scope(), client())
   return deliver(listener, wait())
 end

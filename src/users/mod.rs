@@ -223,6 +223,27 @@ impl Users {
             .ok_or(UserError::NotFound)
     }
 
+    /// Logs a user in by username alone, in `scope`, with no password (server code only: users
+    /// spec §3); the login event for active, confirmed users. 604 when nobody has that name.
+    pub async fn login_by_username(
+        &self,
+        scope: &Scope,
+        username: &str,
+    ) -> Result<User, UserError> {
+        let login = input::Login::Username(username.to_owned());
+        let (scope, login) = (scope.as_str(), &login);
+        let candidate = self
+            .db
+            .read(|client| async move { store::find_for_login(&*client, scope, login).await })
+            .await?
+            .ok_or(UserError::NotFound)?;
+        let id = candidate.user_id;
+        self.db
+            .write(|client| async move { store::record_passwordless_login(&*client, id).await })
+            .await?
+            .ok_or(UserError::NotFound)
+    }
+
     /// Logs a user in by username or email. Unknown users and wrong passwords are answered alike
     /// (603) after the same amount of hashing work. Inactive or pending users get their record
     /// (`active = false`, `validated = false`) and no login event. Attempts pass the failed-login

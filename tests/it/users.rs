@@ -573,3 +573,101 @@ print(id)
         json!({"result": {"error": "Missing required parameter: username", "status": 804}})
     );
 }
+
+/// `login{username, scope}` from server code (users spec §3): no password, in the scope the call
+/// names; 604 for nobody; without `scope` it is a password login missing its password. A handler
+/// that passes the client's own input on gets only the client's ways in (no `user_id`, no
+/// password-less name), whatever else it does with the table.
+#[tokio::test]
+async fn server_code_logs_a_user_in_by_name_and_forwarded_input_cannot() {
+    use crate::common::{serve_projects, write_project};
+    use serde_json::json;
+    let db = TestDb::new().await;
+    let run = run_lua(
+        &db,
+        "by-name.lua",
+        r#"
+local id = core.users.register("named", "pw", "arena")
+local user = core.users.login({username = "NAMED", scope = "arena"})
+print(user.user_id == id, user.scope, user.login_count)
+core.users.login({username = "named", scope = "arena"}, function(evt) print("listener", evt.result.login_count) end)
+print(select(2, core.users.login({username = "nobody", scope = "arena"})))
+print(select(2, core.users.login({username = "named", scope = "default"})))
+print(select(2, core.users.login({username = "named"})))
+"#,
+    );
+    assert_ok(&run);
+    assert_eq!(
+        run.lines(),
+        [
+            "true\tarena\t1",
+            "listener\t2",
+            "User not found.\t604",
+            "User not found.\t604",
+            "Missing required parameter: password\t804",
+        ]
+    );
+
+    let root = scratch_dir("projects");
+    write_project(
+        &root,
+        "Fwd",
+        &[(
+            "main.lua",
+            r#"
+local api = core.api()
+function api.login(input)
+  input.scope = input.scope or "arena"
+  local user, err, status = core.users.login(input)
+  if not user then return nil, err, status end
+  return user.username
+end
+function api.relay(input) return core.callApi("Fwd", "login", input) end
+return api
+"#,
+        )],
+    );
+    let server = serve_projects(&db, &root, "1", &[]);
+    let id = db
+        .client()
+        .await
+        .query_one(
+            "SELECT user_id::text FROM users WHERE username = 'named'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    for method in ["login", "relay"] {
+        assert_eq!(
+            server.call("Fwd", method, json!({"user_id": id})).await,
+            json!({"result": {"error": "A client cannot log in by user_id.", "status": 801}}),
+            "{method}"
+        );
+        assert_eq!(
+            server
+                .call("Fwd", method, json!({"user_id": id, "password": "wrong"}))
+                .await["result"]["status"],
+            801,
+            "{method}"
+        );
+        assert_eq!(
+            server
+                .call("Fwd", method, json!({"username": "named"}))
+                .await,
+            json!({"result": {"error": "Missing required parameter: password", "status": 804}}),
+            "{method}"
+        );
+        assert_eq!(
+            server
+                .call(
+                    "Fwd",
+                    method,
+                    json!({"username": "named", "password": "pw"})
+                )
+                .await,
+            json!({"result": "named"}),
+            "{method}: a password login passes through"
+        );
+    }
+}

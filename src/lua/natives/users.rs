@@ -256,6 +256,15 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
                     .await?;
                 return Ok(user_value(&lua, &user)?);
             }
+            // Then by username alone, in the scope the call names (server code only).
+            let no_password = params.get("password").is_none_or(Json::is_null);
+            if let (true, Some(Json::String(username)), Some(Json::String(_))) =
+                (no_password, params.get("username"), params.get("scope"))
+            {
+                let users = &host.services.users;
+                let user = users.login_by_username(&scope, username).await?;
+                return Ok(user_value(&lua, &user)?);
+            }
             let credentials = Credentials::parse(&params, PasswordForm::Plain)?;
             let user = host
                 .services
