@@ -400,8 +400,8 @@ pub async fn update(
     patch: &UserPatch,
     password_hash: Option<&str>,
 ) -> Result<Option<User>, UserError> {
-    let stmt = client
-        .prepare_cached(concat!(
+    macro_rules! update_users {
+        () => {
             r#"UPDATE users SET
                  username = COALESCE($3, username),
                  email = COALESCE($4, email),
@@ -411,10 +411,22 @@ pub async fn update(
                  active = COALESCE($9, active),
                  updated = now()
                WHERE user_id = $1 AND ($2::text IS NULL OR scope = $2)
-               RETURNING "#,
-            user_columns!()
-        ))
-        .await?;
+               RETURNING "#
+        };
+    }
+    // A new password also ends the user's open password resets (users spec §3), in the same
+    // statement; other updates keep to the plain one.
+    let stmt = match password_hash {
+        None => client.prepare_cached(concat!(update_users!(), user_columns!())),
+        Some(_) => client.prepare_cached(concat!(
+            "WITH u AS (",
+            update_users!(),
+            user_columns!(),
+            "), resets AS (DELETE FROM password_resets p USING u WHERE p.user_id = u.user_id)
+             SELECT * FROM u"
+        )),
+    }
+    .await?;
     let row = client
         .query_opt(
             &stmt,

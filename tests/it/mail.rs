@@ -570,7 +570,7 @@ async fn a_reset_mail_sets_a_new_password() {
         "forgetful"
     );
 
-    // Expired after 24 hours; the flush deletes it.
+    // A password changed by update ends open resets.
     server
         .call(
             "Account",
@@ -579,6 +579,28 @@ async fn a_reset_mail_sets_a_new_password() {
         )
         .await;
     let mail = parse(&sink.wait_for(2).await[1]);
+    let open_link = link_path(&mail.text, "_resetpassword");
+    assert_eq!(http_get(&server.addr, &open_link).await.0, 200);
+    let user_id = created["result"]["user_id"].clone();
+    let updated = server
+        .call(
+            "api.users",
+            "update",
+            json!({"user_id": user_id, "update": {"password": md5_hex("newer-pw")}}),
+        )
+        .await;
+    assert!(updated["result"]["user_id"].is_string(), "{updated}");
+    assert_eq!(http_get(&server.addr, &open_link).await.0, 404);
+
+    // Expired after 24 hours; the flush deletes it.
+    server
+        .call(
+            "Account",
+            "forgot",
+            json!({"email": "forgetful@example.com"}),
+        )
+        .await;
+    let mail = parse(&sink.wait_for(3).await[2]);
     let path = link_path(&mail.text, "_resetpassword");
     db.client()
         .await
