@@ -71,6 +71,18 @@ impl Default for UsersSettings {
     }
 }
 
+/// Our own failure while creating a user becomes Coronium's 601 `User could not be created.`
+/// (users spec §2), with the cause in the log; the caller's mistakes keep their status.
+fn not_created(error: UserError, operation: &'static str) -> UserError {
+    match error {
+        UserError::Internal(cause) => {
+            tracing::error!(error = %cause, operation, "the user could not be stored");
+            UserError::NotCreated
+        }
+        other => other,
+    }
+}
+
 /// Where an operation looks for a user it is given by id.
 #[derive(Debug, Clone, Copy)]
 pub enum Within<'a> {
@@ -147,12 +159,17 @@ impl Users {
 
     /// Creates a user; with `confirmation`, the user starts inactive and pending, and the
     /// confirmation mail is queued in the same transaction (see [`mail`]).
+    /// A failure to store the user is 601 (users spec §2; the cause is logged).
     pub async fn create(&self, scope: &Scope, new_user: NewUser) -> Result<User, UserError> {
-        let password_hash = self.hash_if_given(new_user.secret.as_ref()).await?;
+        let password_hash = self
+            .hash_if_given(new_user.secret.as_ref())
+            .await
+            .map_err(|e| not_created(e, "create"))?;
         if new_user.confirmation.is_some() {
             return self
                 .create_pending(scope, &new_user, password_hash.as_deref())
-                .await;
+                .await
+                .map_err(|e| not_created(e, "create"));
         }
         let (scope, new_user_ref, hash) = (scope.as_str(), &new_user, password_hash.as_deref());
         self.db
@@ -160,6 +177,7 @@ impl Users {
                 store::insert(&*client, scope, new_user_ref, hash, None).await
             })
             .await
+            .map_err(|e| not_created(e, "create"))
     }
 
     /// Registers a user (users spec §2): active and confirmed, under a made-up name when none
@@ -197,11 +215,7 @@ impl Users {
                 {
                     collisions += 1;
                 }
-                Err(UserError::Internal(cause)) => {
-                    tracing::error!(error = %cause, "core.users.register could not store the user");
-                    return Err(UserError::NotCreated);
-                }
-                other => break other?,
+                other => break other.map_err(|e| not_created(e, "register"))?,
             }
         };
         if login {

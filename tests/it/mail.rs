@@ -1336,3 +1336,81 @@ async fn the_accounts_example_works() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.received().len(), 2, "no mail for an unknown address");
 }
+
+/// POSTs JSON to the reset page; the status and the answer.
+async fn post_json(addr: &str, body: Value) -> (u16, Value) {
+    use http_body_util::BodyExt as _;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(
+            hyper::Request::post("/_resetpassword")
+                .header("Host", addr)
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    body.to_string(),
+                )))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// An app may post the new password as JSON: `{"ok": true}`, or `{"error", "status"}` (801 for
+/// a bad password, 604 for a code that is unknown or used); a password-less user gains one.
+#[tokio::test]
+async fn the_reset_page_answers_json_to_apps() {
+    let db = TestDb::new().await;
+    let run = run_lua(
+        &db,
+        "reset.lua",
+        r#"
+assert(core.users.register("device-user", nil, "default", { email = "dev@example.com" }))
+print(core.users.sendPasswordResetLink("dev@example.com", "default",
+  { from_email = "games@example.com", subject = "Reset" }))
+"#,
+    );
+    assert_ok(&run);
+    let text: String = db
+        .client()
+        .await
+        .query_one("SELECT message->>'text' FROM mail_outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let path = link_path(&text, "_resetpassword");
+    let code = path.split("code=").nth(1).unwrap();
+    let server = TestServer::start(&db, |_| {});
+    let (status, answer) = post_json(
+        &server.addr,
+        json!({"code": code, "password": "a", "password_repeat": "b"}),
+    )
+    .await;
+    assert_eq!((status, &answer["status"]), (400, &json!(801)), "{answer}");
+    let (status, answer) = post_json(&server.addr, json!({"code": code, "password": ""})).await;
+    assert_eq!((status, &answer["status"]), (400, &json!(801)), "{answer}");
+    let (status, answer) =
+        post_json(&server.addr, json!({"code": "made-up", "password": "x"})).await;
+    assert_eq!((status, &answer["status"]), (404, &json!(604)), "{answer}");
+    assert_eq!(
+        login(&server, "device-user", "chosen").await["result"]["status"],
+        605,
+        "no password yet: server-side login only"
+    );
+    let (status, answer) =
+        post_json(&server.addr, json!({"code": code, "password": "chosen"})).await;
+    assert_eq!((status, answer), (200, json!({"ok": true})));
+    assert_eq!(
+        login(&server, "device-user", "chosen").await["result"]["username"],
+        "device-user"
+    );
+    let (status, _) = post_json(&server.addr, json!({"code": code, "password": "again"})).await;
+    assert_eq!(status, 404, "used");
+}

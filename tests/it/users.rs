@@ -671,3 +671,71 @@ return api
         );
     }
 }
+
+/// A user the database refuses to store (here a trigger standing in for a full disk) is 601
+/// `User could not be created.` from create and register, in Lua and over the wire, with the
+/// cause in the log and nothing queued.
+#[tokio::test]
+async fn a_storage_failure_is_601() {
+    use coronium::users::password::md5_hex;
+    use serde_json::json;
+    let db = TestDb::new().await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION refuse_doomed() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.username = 'doomed' THEN RAISE EXCEPTION 'disk full (simulated)'; END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_doomed BEFORE INSERT ON users
+               FOR EACH ROW EXECUTE FUNCTION refuse_doomed();",
+        )
+        .await
+        .unwrap();
+    let run = run_lua(
+        &db,
+        "doomed.lua",
+        r#"
+print(select(2, core.users.register("doomed", "pw", "default")))
+print(select(2, core.users.create({username = "doomed", password = "pw"})))
+print(select(2, core.users.create({username = "doomed", password = "pw", email = "d@example.com",
+  confirmation = {from_email = "g@example.com", subject = "Hi"}})))
+print(core.users.create({username = "fine", password = "pw"}) ~= nil)
+"#,
+    );
+    assert_ok(&run);
+    assert_eq!(
+        run.lines(),
+        [
+            "User could not be created.\t601",
+            "User could not be created.\t601",
+            "User could not be created.\t601",
+            "true",
+        ]
+    );
+    assert!(
+        run.stderr.contains("disk full (simulated)"),
+        "{}",
+        run.stderr
+    );
+    let server = crate::common::TestServer::start(&db, |_| {});
+    assert_eq!(
+        server
+            .call(
+                "api.users",
+                "create",
+                json!({"username": "doomed", "password": md5_hex("pw")})
+            )
+            .await,
+        json!({"result": {"error": "User could not be created.", "status": 601}})
+    );
+    let queued: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM mail_outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 0);
+}
