@@ -775,6 +775,18 @@ async fn deferred_mail_is_retried_and_refused_mail_fails_the_confirmation() {
     };
     assert_eq!(state, "failed");
     assert!(error.contains("550"), "{error}");
+    let (status, metrics) = http_get(&server.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "coronium_mail_queued_total",
+        "coronium_mail_sent_total",
+        "coronium_mail_retries_total",
+        "coronium_mail_failed_total",
+        "coronium_mail_queued ",
+        "coronium_mail_oldest_queued_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} in {metrics}");
+    }
 }
 
 /// A mail queued while its server could not send it is sent by the next server on the same
