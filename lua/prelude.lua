@@ -91,7 +91,8 @@ end
 -- The `core` modules written in Lua, each a file of its own under lua/core/ (compiled by the
 -- host and passed in as `modules`), get what they share with the prelude through `kernel`.
 local kernel = { deliver = deliver, wait = wait, scope = scope, client = client, NULL = NULL, STATUS = STATUS,
-  freeze = native.freeze, is_from_client = is_from_client }
+  freeze = native.freeze, is_from_client = is_from_client,
+  project = function() local ctx = context() return ctx and ctx.project end }
 core.users = modules.users(native.users, kernel)
 
 ------------------------------------------------------------------------------------------------

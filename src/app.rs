@@ -56,7 +56,7 @@ impl App {
         let mailer = Mailer::new(
             Templates::new(config.templates_dir()),
             &config.public_url,
-            &config.mail.client_senders,
+            &config.mail,
         );
         let database = Database::open(&config.database_location()).await?;
         Ok(App {

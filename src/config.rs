@@ -264,6 +264,7 @@ impl Config {
             "CORONIUM_MAIL_MAX_ATTEMPTS" => self.mail.max_attempts,
             "CORONIUM_MAIL_RETRY_SECS" => self.mail.retry_secs,
             "CORONIUM_MAIL_POLL_SECS" => self.mail.poll_secs,
+            "CORONIUM_MAIL_PROJECT_MESSAGES_PER_MINUTE" => self.mail.project_messages_per_minute,
             "CORONIUM_MAILGUN_REGION" => self.mail.mailgun.region,
             "CORONIUM_LOGIN_THROTTLE" => self.login_throttle.enabled,
             "CORONIUM_LOGIN_THROTTLE_WINDOW_SECS" => self.login_throttle.window_secs,

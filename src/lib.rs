@@ -21,6 +21,7 @@ pub mod config;
 pub mod db;
 pub mod lua;
 pub mod mail;
+pub mod rate;
 pub mod server;
 pub mod status;
 pub mod users;

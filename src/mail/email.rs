@@ -22,6 +22,8 @@ pub enum EmailError {
     Bad(String),
     #[error("Email could not be queued.")]
     Queue(#[from] super::MailError),
+    #[error("Too many messages from this project; try again in a minute.")]
+    TooMany,
 }
 
 impl EmailError {
@@ -31,6 +33,7 @@ impl EmailError {
             EmailError::InvalidAddress => Status::EMAIL_INVALID,
             EmailError::Bad(_) => Status::MISMATCHED_PARAMETER,
             EmailError::Queue(_) => Status::EMAIL_NOT_SENT,
+            EmailError::TooMany => Status::GENERAL,
         };
         ErrorAnswer::new(status, self.to_string())
     }

@@ -93,18 +93,33 @@ struct MailerInner {
     wake: Notify,
     /// Lower-cased addresses; empty: any.
     client_senders: Vec<String>,
+    /// `core.email` messages per project per minute.
+    project_rate: crate::rate::PerMinute<String>,
 }
 
 impl Mailer {
-    /// `client_senders`: the senders clients may name (see [`MailSettings::client_senders`]).
-    pub fn new(templates: Templates, public_url: &str, client_senders: &[String]) -> Self {
+    pub fn new(templates: Templates, public_url: &str, settings: &MailSettings) -> Self {
         Mailer {
             inner: Arc::new(MailerInner {
                 templates,
                 public_url: public_url.trim_end_matches('/').to_owned(),
                 wake: Notify::new(),
-                client_senders: client_senders.iter().map(|s| address_of(s)).collect(),
+                client_senders: settings
+                    .client_senders
+                    .iter()
+                    .map(|s| address_of(s))
+                    .collect(),
+                project_rate: crate::rate::PerMinute::new(settings.project_messages_per_minute),
             }),
+        }
+    }
+
+    /// Counts a `core.email` message of `project` (scripts have none: not counted); whether it
+    /// is within the project's budget for this minute.
+    pub fn admit_project_message(&self, project: Option<&str>) -> bool {
+        match project {
+            Some(project) => self.inner.project_rate.allow(project.to_owned()),
+            None => true,
         }
     }
 
@@ -166,9 +181,13 @@ mod tests {
     #[test]
     fn client_senders_compare_addresses() {
         let templates = Templates::new("/nonexistent");
-        let open = Mailer::new(templates.clone(), "http://x", &[]);
+        let open = Mailer::new(templates.clone(), "http://x", &MailSettings::default());
         assert!(open.client_may_send_as("anyone@example.com"));
-        let closed = Mailer::new(templates, "http://x", &["Games <Games@Example.com>".into()]);
+        let listed = MailSettings {
+            client_senders: vec!["Games <Games@Example.com>".into()],
+            ..MailSettings::default()
+        };
+        let closed = Mailer::new(templates, "http://x", &listed);
         assert!(closed.client_may_send_as("games@example.com"));
         assert!(closed.client_may_send_as("The Team <GAMES@example.com>"));
         assert!(!closed.client_may_send_as("bank@example.com"));

@@ -27,6 +27,9 @@ pub struct MailSettings {
     /// empty: any, as in Coronium. Every game ships the server key, so anyone can ask for a
     /// confirmation mail to any address: this keeps them from choosing whose name it carries.
     pub client_senders: Vec<String>,
+    /// Messages one API project may queue through `core.email` per minute (0: no limit), so a
+    /// project cannot flood the mail account every project's mail leaves through.
+    pub project_messages_per_minute: u32,
 }
 
 impl Default for MailSettings {
@@ -39,6 +42,7 @@ impl Default for MailSettings {
             retry_secs: 30,
             poll_secs: 5,
             client_senders: Vec::new(),
+            project_messages_per_minute: 60,
         }
     }
 }

@@ -291,7 +291,8 @@ async fn mailgun_send(
         return Ok(());
     }
     // Mailgun explains a refusal in a small JSON body; keep a bounded piece of it.
-    let body = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
+    let limited = http_body_util::Limited::new(response.into_body(), 64 * 1024);
+    let body = tokio::time::timeout(Duration::from_secs(5), limited.collect())
         .await
         .ok()
         .and_then(Result::ok)

@@ -135,42 +135,25 @@ mod tests {
 
 /// Requests per client address per minute on the mail-link pages (`/_confirmation`,
 /// `/_resetpassword`), across every worker: their code is the only credential, so guessing
-/// gets a budget.
-pub(crate) struct PageRate {
-    /// 0: no limit.
-    per_minute: u32,
-    windows: Mutex<HashMap<IpAddr, (std::time::Instant, u32)>>,
-}
-
-/// Addresses remembered before the stale ones are swept out.
-const PAGE_RATE_SWEEP_AT: usize = 10_000;
+/// gets a budget. IPv6 clients count by their /64 (one subscriber's network).
+pub(crate) struct PageRate(crate::rate::PerMinute<IpAddr>);
 
 impl PageRate {
     pub(crate) fn new(per_minute: u32) -> Self {
-        PageRate {
-            per_minute,
-            windows: Mutex::new(HashMap::new()),
-        }
+        PageRate(crate::rate::PerMinute::new(per_minute))
     }
 
     /// Whether `address` may have one more page now.
     pub(crate) fn allow(&self, address: IpAddr) -> bool {
-        if self.per_minute == 0 {
-            return true;
-        }
-        let now = std::time::Instant::now();
-        let minute = Duration::from_secs(60);
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        if windows.len() >= PAGE_RATE_SWEEP_AT {
-            windows.retain(|_, (start, _)| now.duration_since(*start) < minute);
-        }
-        let (start, count) = windows.entry(address).or_insert((now, 0));
-        if now.duration_since(*start) >= minute {
-            *start = now;
-            *count = 0;
-        }
-        *count += 1;
-        *count <= self.per_minute
+        let key = match address {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::from(octets)
+            }
+            other => other,
+        };
+        self.0.allow(key)
     }
 }
 
@@ -179,12 +162,15 @@ mod page_rate_tests {
     use super::*;
 
     #[test]
-    fn an_address_gets_its_budget_per_minute() {
-        let rate = PageRate::new(3);
-        let (a, b) = (IpAddr::from([192, 0, 2, 1]), IpAddr::from([192, 0, 2, 2]));
-        assert!((0..3).all(|_| rate.allow(a)));
-        assert!(!rate.allow(a));
-        assert!(rate.allow(b), "another address has its own budget");
-        assert!((0..100).all(|_| PageRate::new(0).allow(a)));
+    fn an_ipv6_network_shares_one_budget() {
+        let rate = PageRate::new(2);
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::ffff:1234".parse().unwrap();
+        let elsewhere: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        assert!(rate.allow(a) && rate.allow(b));
+        assert!(!rate.allow(a), "the same /64");
+        assert!(rate.allow(elsewhere));
+        let v4 = IpAddr::from([192, 0, 2, 1]);
+        assert!(rate.allow(v4) && rate.allow(v4) && !rate.allow(v4));
     }
 }

@@ -734,7 +734,8 @@ async fn resend_and_send_confirmation_link() {
 async fn deferred_mail_is_retried_and_refused_mail_fails_the_confirmation() {
     let db = TestDb::new().await;
     let sink = SmtpSink::start(Mode::Transient);
-    let server = TestServer::start(&db, with_env(smtp_env(&sink)));
+    // A process: its /metrics are its own.
+    let server = TestServer::start_process(&db, with_env(smtp_env(&sink)));
     create_pending(&server, "deferred", confirmation("Hi")).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     while sink.attempts() < 2 {
@@ -1425,4 +1426,50 @@ print(core.users.sendPasswordResetLink("dev@example.com", "default",
     );
     let (status, _) = post_json(&server.addr, json!({"code": code, "password": "again"})).await;
     assert_eq!(status, 404, "used");
+}
+
+const SPAMMER: &str = r#"
+local api = core.api()
+function api.blast(input)
+  local answers = {}
+  for i = 1, input.n do
+    local sent, err, status = core.email.new():from("x@example.com"):to("victim" .. i .. "@example.com"):send()
+    answers[i] = sent and "queued" or (err .. " " .. status)
+  end
+  return answers
+end
+return api
+"#;
+
+/// One project cannot flood the mail account every project shares: `core.email` gets a budget
+/// per project per minute; another project keeps its own.
+#[tokio::test]
+async fn a_project_gets_a_mail_budget() {
+    let db = TestDb::new().await;
+    let root = scratch_dir("projects");
+    write_project(&root, "Spam", &[("main.lua", SPAMMER)]);
+    write_project(&root, "Other", &[("main.lua", SPAMMER)]);
+    let server = serve_projects(
+        &db,
+        &root,
+        "2",
+        &[("CORONIUM_MAIL_PROJECT_MESSAGES_PER_MINUTE", "3")],
+    );
+    let over = "Too many messages from this project; try again in a minute. 810";
+    assert_eq!(
+        server.call("Spam", "blast", json!({"n": 5})).await,
+        json!({"result": ["queued", "queued", "queued", over, over]})
+    );
+    assert_eq!(
+        server.call("Other", "blast", json!({"n": 1})).await,
+        json!({"result": ["queued"]})
+    );
+    let queued: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM mail_outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 4);
 }

@@ -15,7 +15,7 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
     let send_host = host.clone();
     native.set(
         "send",
-        lua.create_function(move |lua, message: Table| {
+        lua.create_function(move |lua, (message, project): (Table, Option<String>)| {
             let value = Value::Table(message);
             let fields = convert::host_sized(lua, || {
                 convert::lua_to_json(lua, &value, Unencodable::Mark, Some(&send_host.meter))
@@ -25,6 +25,15 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
                 Err(ConvertError::OverBudget(e)) => return Err(mlua::Error::runtime(e)),
                 _ => Err(EmailError::Bad("The message could not be read.".into())),
             };
+            // Only a message that would be queued counts against its project's budget.
+            let mailer = &send_host.services.mailer;
+            let draft = draft.and_then(|message| {
+                if mailer.admit_project_message(project.as_deref()) {
+                    Ok(message)
+                } else {
+                    Err(EmailError::TooMany)
+                }
+            });
             let (host, lua) = (send_host.clone(), lua.clone());
             send_host.pending.start(async move {
                 let queued = match draft {
