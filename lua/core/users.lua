@@ -18,7 +18,8 @@ end
 -- that passes the client's own input table on gets only the client's ways in: a client that
 -- sends {user_id} or {username, scope} to `core.users.login(input)` logs in as nobody.
 function users.login(params, listener)
-  if kernel.is_from_client(params) and not (params.provider ~= nil and params.client_id ~= nil) then
+  local by_account = USERS.wire_oauth_login and params.provider ~= nil and params.client_id ~= nil
+  if kernel.is_from_client(params) and not by_account then
     if params.user_id ~= nil then
       return deliver(listener, nil, "A client cannot log in by user_id.", kernel.STATUS.MISMATCHED_PARAMETER)
     end

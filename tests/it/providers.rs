@@ -305,11 +305,11 @@ async fn the_client_actions_over_the_wire() {
     );
 }
 
-/// `users.wire_oauth_login = false`: a client can no longer log in by provider account alone;
-/// server code still can.
+/// `users.wire_oauth_login = false`: a client can no longer log in by provider account alone,
+/// over the wire or through a handler that passes its input on; server code still can.
 #[tokio::test]
 async fn operators_can_turn_off_the_wire_login_by_provider_account() {
-    use crate::common::TestServer;
+    use crate::common::{TestServer, scratch_dir, serve_projects, write_project};
     use serde_json::json;
     let db = TestDb::new().await;
     let run = run_lua(
@@ -336,4 +336,45 @@ print(core.users.login({provider = core.OPENUDID, client_id = "device-1"}).usern
             .await,
         json!({"result": {"error": "Missing required parameter: password", "status": 804}})
     );
+    let root = scratch_dir("projects");
+    write_project(
+        &root,
+        "Fwd",
+        &[(
+            "main.lua",
+            r#"
+local api = core.api()
+function api.login(input)
+  local user, err, status = core.users.login(input)
+  if not user then return nil, err, status end
+  return user.username
+end
+function api.own(input)
+  return core.users.login({provider = input.provider, client_id = input.client_id}).username
+end
+return api
+"#,
+        )],
+    );
+    let account = json!({"provider": "openudid", "client_id": "device-1"});
+    for (setting, forwarded) in [
+        ("true", json!({"result": "dev"})),
+        (
+            "false",
+            json!({"result": {"error": "Missing required parameter: password", "status": 804}}),
+        ),
+    ] {
+        let env = [("CORONIUM_USERS_WIRE_OAUTH_LOGIN", setting)];
+        let server = serve_projects(&db, &root, "1", &env);
+        assert_eq!(
+            server.call("Fwd", "login", account.clone()).await,
+            forwarded,
+            "wire_oauth_login = {setting}"
+        );
+        assert_eq!(
+            server.call("Fwd", "own", account.clone()).await,
+            json!({"result": "dev"}),
+            "a table the handler builds is its own choice"
+        );
+    }
 }

@@ -219,6 +219,12 @@ where
 
 pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
     let native = lua.create_table()?;
+    // Whether a client may log in by provider account alone: the prelude applies the wire's
+    // rules to a client's own table passed to `login`.
+    native.set(
+        "wire_oauth_login",
+        host.services.users.settings().wire_oauth_login,
+    )?;
     users_op(
         lua,
         &native,
