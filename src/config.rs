@@ -296,6 +296,9 @@ impl Config {
         if let Some(v) = var("CORONIUM_MAIL_SMTP_URL") {
             self.mail.smtp_url = Some(v).filter(|v| !v.is_empty()).map(SecretString::from);
         }
+        if let Some(v) = var("CORONIUM_MAIL_SMTP_CA_FILE") {
+            self.mail.smtp_ca_file = Some(v).filter(|v| !v.is_empty()).map(PathBuf::from);
+        }
         if let Some(v) = var("CORONIUM_MAILGUN_API_KEY") {
             self.mail.mailgun.api_key = Some(v).filter(|v| !v.is_empty()).map(SecretString::from);
         }

@@ -11,6 +11,9 @@ pub struct MailSettings {
     /// An SMTP server: `smtps://user:pass@host:465`, `smtp://user:pass@host:587?tls=required`
     /// (STARTTLS), or `smtp://localhost:25` (a local MTA). Never logged.
     pub smtp_url: Option<SecretString>,
+    /// A PEM CA certificate to trust for the SMTP server's TLS, besides the public roots (a
+    /// private MTA with an internal CA). Certificates are always verified.
+    pub smtp_ca_file: Option<PathBuf>,
     /// Mailgun's HTTP API, for ports that only have an API key.
     pub mailgun: MailgunSettings,
     /// Where templates are looked for (`registration/`, `password/`, `pages/`); unset:
@@ -36,6 +39,7 @@ impl Default for MailSettings {
     fn default() -> Self {
         MailSettings {
             smtp_url: None,
+            smtp_ca_file: None,
             mailgun: MailgunSettings::default(),
             templates_dir: None,
             max_attempts: 8,

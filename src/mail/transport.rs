@@ -67,7 +67,7 @@ impl Transport {
                 "both mail.smtp_url and mail.mailgun.api_key are set; configure one transport"
                     .into(),
             )),
-            (Some(url), None) => smtp(url).map(Transport::Smtp),
+            (Some(url), None) => smtp(url, settings.smtp_ca_file.as_deref()).map(Transport::Smtp),
             (None, Some(api_key)) => {
                 let domain = mailgun
                     .domain
@@ -149,17 +149,24 @@ impl Transport {
     }
 }
 
-/// An SMTP transport from its URL (`smtp://`, `smtp://...?tls=required`, `smtps://`).
-/// Credentials travel only over TLS, except to this machine.
-fn smtp(url: &SecretString) -> Result<AsyncSmtpTransport<Tokio1Executor>, MailError> {
+/// An SMTP transport from its URL (`smtp://`, `smtp://...?tls=required`, `smtps://`), trusting
+/// `ca_file`'s certificate too when given. Credentials travel only over TLS, except to this
+/// machine.
+fn smtp(
+    url: &SecretString,
+    ca_file: Option<&std::path::Path>,
+) -> Result<AsyncSmtpTransport<Tokio1Executor>, MailError> {
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
     let text = url.expose_secret();
     // Errors never show the URL: it may hold a password.
     let parsed = url::Url::parse(text)
         .map_err(|e| MailError::Config(format!("mail.smtp_url is not a URL: {e}")))?;
+    let tls_mode = parsed
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
     let tls = parsed.scheme() == "smtps"
-        || parsed
-            .query_pairs()
-            .any(|(k, v)| k == "tls" && (v == "required" || v == "opportunistic"));
+        || matches!(tls_mode.as_deref(), Some("required" | "opportunistic"));
     let loopback = match parsed.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
@@ -181,10 +188,32 @@ fn smtp(url: &SecretString) -> Result<AsyncSmtpTransport<Tokio1Executor>, MailEr
                 .into(),
         ));
     }
-    Ok(AsyncSmtpTransport::<Tokio1Executor>::from_url(text)
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(text)
         .map_err(|e| MailError::Config(format!("mail.smtp_url: {e}")))?
-        .timeout(Some(SEND_TIMEOUT))
-        .build())
+        .timeout(Some(SEND_TIMEOUT));
+    if let Some(ca_file) = ca_file {
+        let shown = ca_file.display();
+        if !tls {
+            return Err(MailError::Config(format!(
+                "mail.smtp_ca_file ({shown}) is set but mail.smtp_url uses no TLS"
+            )));
+        }
+        let pem = std::fs::read(ca_file)
+            .map_err(|e| MailError::Config(format!("mail.smtp_ca_file {shown}: {e}")))?;
+        let certificate = Certificate::from_pem(&pem)
+            .map_err(|e| MailError::Config(format!("mail.smtp_ca_file {shown}: {e}")))?;
+        let host = parsed.host_str().unwrap_or_default().to_owned();
+        let parameters = TlsParameters::builder(host)
+            .add_root_certificate(certificate)
+            .build_rustls()
+            .map_err(|e| MailError::Config(format!("mail.smtp_ca_file {shown}: {e}")))?;
+        builder = builder.tls(match (parsed.scheme(), tls_mode.as_deref()) {
+            ("smtps", _) => Tls::Wrapper(parameters),
+            (_, Some("opportunistic")) => Tls::Opportunistic(parameters),
+            _ => Tls::Required(parameters),
+        });
+    }
+    Ok(builder.build())
 }
 
 /// How bodies are encoded: as the standard picks (quoted-printable for long lines), or as they

@@ -31,30 +31,46 @@ struct Received {
     data: String,
 }
 
-/// An SMTP server on loopback, on a thread of its own, that keeps what it receives.
+/// An SMTP server on loopback, on a thread of its own, that keeps what it receives. With a TLS
+/// acceptor it offers STARTTLS, and AUTH only once TLS is up (as real servers do).
 struct SmtpSink {
     port: u16,
-    received: Arc<Mutex<Vec<Received>>>,
-    mode: Arc<Mutex<Mode>>,
-    attempts: Arc<Mutex<usize>>,
+    shared: Arc<SinkState>,
+}
+
+#[derive(Default)]
+struct SinkState {
+    received: Mutex<Vec<Received>>,
+    mode: Mutex<Option<Mode>>,
+    attempts: Mutex<usize>,
+    /// (user, password, over TLS)
+    logins: Mutex<Vec<(String, String, bool)>>,
+}
+
+impl SinkState {
+    fn mode(&self) -> Mode {
+        self.mode.lock().unwrap().unwrap_or(Mode::Accept)
+    }
+}
+
+/// How an SMTP session ended: closed, or upgraded to TLS (the plain stream handed back).
+enum Ended<S> {
+    Closed,
+    StartTls(S),
 }
 
 impl SmtpSink {
     fn start(mode: Mode) -> SmtpSink {
+        Self::start_with(mode, None)
+    }
+
+    fn start_with(mode: Mode, tls: Option<tokio_rustls::TlsAcceptor>) -> SmtpSink {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
-        let sink = SmtpSink {
-            port,
-            received: Arc::default(),
-            mode: Arc::new(Mutex::new(mode)),
-            attempts: Arc::default(),
-        };
-        let (received, mode, attempts) = (
-            sink.received.clone(),
-            sink.mode.clone(),
-            sink.attempts.clone(),
-        );
+        let shared = Arc::new(SinkState::default());
+        *shared.mode.lock().unwrap() = Some(mode);
+        let state = shared.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -66,15 +82,20 @@ impl SmtpSink {
                     let Ok((stream, _)) = listener.accept().await else {
                         return;
                     };
-                    let (received, mode, attempts) =
-                        (received.clone(), mode.clone(), attempts.clone());
+                    let (state, tls) = (state.clone(), tls.clone());
                     tokio::spawn(async move {
-                        let _ = session(stream, received, mode, attempts).await;
+                        let offer_tls = tls.is_some();
+                        if let (Ok(Ended::StartTls(plain)), Some(tls)) =
+                            (session(stream, false, offer_tls, &state).await, tls)
+                            && let Ok(secure) = tls.accept(plain).await
+                        {
+                            let _ = session(secure, true, false, &state).await;
+                        }
                     });
                 }
             });
         });
-        sink
+        SmtpSink { port, shared }
     }
 
     fn url(&self) -> String {
@@ -82,15 +103,19 @@ impl SmtpSink {
     }
 
     fn set_mode(&self, mode: Mode) {
-        *self.mode.lock().unwrap() = mode;
+        *self.shared.mode.lock().unwrap() = Some(mode);
     }
 
     fn attempts(&self) -> usize {
-        *self.attempts.lock().unwrap()
+        *self.shared.attempts.lock().unwrap()
     }
 
     fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
+        self.shared.received.lock().unwrap().clone()
+    }
+
+    fn logins(&self) -> Vec<(String, String, bool)> {
+        self.shared.logins.lock().unwrap().clone()
     }
 
     /// Waits until `count` mails arrived; they all.
@@ -111,15 +136,20 @@ impl SmtpSink {
     }
 }
 
-async fn session(
-    stream: tokio::net::TcpStream,
-    received: Arc<Mutex<Vec<Received>>>,
-    mode: Arc<Mutex<Mode>>,
-    attempts: Arc<Mutex<usize>>,
-) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read);
-    write.write_all(b"220 sink ESMTP\r\n").await?;
+async fn session<S>(
+    stream: S,
+    secure: bool,
+    offer_tls: bool,
+    state: &SinkState,
+) -> std::io::Result<Ended<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use base64::Engine as _;
+    let mut io = BufReader::new(stream);
+    if !secure {
+        io.get_mut().write_all(b"220 sink ESMTP\r\n").await?;
+    }
     let mut mail = Received {
         from: String::new(),
         to: Vec::new(),
@@ -128,16 +158,47 @@ async fn session(
     let mut line = String::new();
     loop {
         line.clear();
-        if lines.read_line(&mut line).await? == 0 {
-            return Ok(());
+        if io.read_line(&mut line).await? == 0 {
+            return Ok(Ended::Closed);
         }
         let command = line.trim_end().to_owned();
         let upper = command.to_ascii_uppercase();
-        let mode = *mode.lock().unwrap();
+        let mode = state.mode();
         let answer: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-            b"250-sink\r\n250 8BITMIME\r\n"
+            match (secure, offer_tls) {
+                (false, true) => b"250-sink\r\n250-STARTTLS\r\n250 8BITMIME\r\n",
+                (true, _) => b"250-sink\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n",
+                (false, false) => b"250-sink\r\n250 8BITMIME\r\n",
+            }
+        } else if upper == "STARTTLS" && offer_tls && !secure {
+            io.get_mut().write_all(b"220 2.0.0 ready\r\n").await?;
+            io.get_mut().flush().await?;
+            return Ok(Ended::StartTls(io.into_inner()));
+        } else if upper.starts_with("AUTH PLAIN") {
+            let mut token = command[10..].trim().to_owned();
+            if token.is_empty() {
+                io.get_mut().write_all(b"334 \r\n").await?;
+                line.clear();
+                io.read_line(&mut line).await?;
+                token = line.trim().to_owned();
+            }
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(token)
+                .unwrap_or_default();
+            let parts: Vec<String> = decoded
+                .split(|b| *b == 0)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            if let [_, user, password] = parts.as_slice() {
+                state
+                    .logins
+                    .lock()
+                    .unwrap()
+                    .push((user.clone(), password.clone(), secure));
+            }
+            b"235 2.7.0 accepted\r\n"
         } else if upper.starts_with("MAIL FROM:") {
-            *attempts.lock().unwrap() += 1;
+            *state.attempts.lock().unwrap() += 1;
             if mode == Mode::Transient {
                 b"451 4.3.0 try again later\r\n"
             } else {
@@ -152,12 +213,12 @@ async fn session(
                 b"250 OK\r\n"
             }
         } else if upper == "DATA" {
-            write.write_all(b"354 go ahead\r\n").await?;
+            io.get_mut().write_all(b"354 go ahead\r\n").await?;
             let mut data = String::new();
             loop {
                 line.clear();
-                if lines.read_line(&mut line).await? == 0 {
-                    return Ok(());
+                if io.read_line(&mut line).await? == 0 {
+                    return Ok(Ended::Closed);
                 }
                 if line == ".\r\n" {
                     break;
@@ -165,18 +226,19 @@ async fn session(
                 data.push_str(line.strip_prefix('.').unwrap_or(&line));
             }
             mail.data = data;
-            received.lock().unwrap().push(mail.clone());
+            state.received.lock().unwrap().push(mail.clone());
             mail.to.clear();
             b"250 queued\r\n"
         } else if upper == "QUIT" {
-            write.write_all(b"221 bye\r\n").await?;
-            return Ok(());
+            io.get_mut().write_all(b"221 bye\r\n").await?;
+            return Ok(Ended::Closed);
         } else if upper == "RSET" || upper == "NOOP" {
             b"250 OK\r\n"
         } else {
             b"502 not implemented\r\n"
         };
-        write.write_all(answer).await?;
+        io.get_mut().write_all(answer).await?;
+        io.get_mut().flush().await?;
     }
 }
 
@@ -1472,4 +1534,80 @@ async fn a_project_gets_a_mail_budget() {
         .unwrap()
         .get(0);
     assert_eq!(queued, 4);
+}
+
+/// SMTP with STARTTLS to a server whose certificate a private CA signed (`mail.smtp_ca_file`):
+/// the mail arrives and the credentials cross only the encrypted channel. Without the CA the
+/// certificate is refused and the credentials are never sent.
+#[tokio::test]
+async fn smtp_starttls_with_a_private_ca_and_credentials() {
+    let db = TestDb::new().await;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = scratch_dir("smtp-tls");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, certified.cert.pem()).unwrap();
+    let key =
+        rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![certified.cert.der().clone()], key)
+    .unwrap();
+    let sink = SmtpSink::start_with(
+        Mode::Accept,
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+    );
+    let url = format!(
+        "smtp://mailer:s3cret-pw@localhost:{}?tls=required",
+        sink.port
+    );
+    let mut env = smtp_env(&sink);
+    env.retain(|(k, _)| k != "CORONIUM_MAIL_SMTP_URL");
+    let mut trusting = env.clone();
+    trusting.push(("CORONIUM_MAIL_SMTP_URL".into(), url.clone()));
+    trusting.push((
+        "CORONIUM_MAIL_SMTP_CA_FILE".into(),
+        ca.display().to_string(),
+    ));
+    let server = TestServer::start(&db, with_env(trusting));
+    create_pending(&server, "secure", confirmation("Over TLS")).await;
+    let mail = parse(&sink.wait_for(1).await[0]);
+    assert_eq!(mail.subject, "Over TLS");
+    assert_eq!(
+        sink.logins(),
+        [("mailer".to_owned(), "s3cret-pw".to_owned(), true)]
+    );
+    drop(server);
+
+    let mut untrusting = env;
+    untrusting.push(("CORONIUM_MAIL_SMTP_URL".into(), url));
+    let server = TestServer::start(&db, with_env(untrusting));
+    create_pending(&server, "unsure", confirmation("Over TLS")).await;
+    let client = db.client().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let error = loop {
+        let row = client
+            .query_opt(
+                "SELECT last_error FROM mail_outbox o JOIN users u USING (user_id)
+                 WHERE u.username = 'unsure' AND o.last_error IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            break row.get::<_, String>(0);
+        }
+        assert!(Instant::now() < deadline, "no failed attempt recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!error.contains("s3cret-pw"), "{error}");
+    assert_eq!(
+        sink.logins().len(),
+        1,
+        "no credentials to an unverified server"
+    );
+    assert_eq!(sink.received().len(), 1);
 }
