@@ -1611,3 +1611,59 @@ async fn smtp_starttls_with_a_private_ca_and_credentials() {
     );
     assert_eq!(sink.received().len(), 1);
 }
+
+/// An operator's page templates replace the built-in ones; the pages carry headers that keep
+/// their codes out of caches, referrers and frames.
+#[tokio::test]
+async fn pages_use_the_operators_templates_and_safe_headers() {
+    let db = TestDb::new().await;
+    let templates = scratch_dir("templates");
+    std::fs::create_dir_all(templates.join("pages")).unwrap();
+    std::fs::write(
+        templates.join("pages/confirmation.tpl"),
+        "<main class=\"ours\">{{ title }}: {{ message }}</main>",
+    )
+    .unwrap();
+    let server = TestServer::start(&db, |cmd| {
+        cmd.env("CORONIUM_MAIL_TEMPLATES_DIR", &templates);
+    });
+    let (status, page) = http_get(&server.addr, "/_confirmation?code=%3Cscript%3E").await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        page,
+        "<main class=\"ours\">Link not valid: This confirmation link is not valid or has \
+         already been used.</main>"
+    );
+    let (status, page) = http_get(&server.addr, "/_resetpassword?code=x").await;
+    assert_eq!(status, 404, "the built-in page where none is given");
+    assert!(page.contains("Link no longer valid"), "{page}");
+
+    let stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(
+            hyper::Request::get("/_resetpassword?code=x")
+                .header("Host", &server.addr)
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(header("cache-control"), "no-store");
+    assert_eq!(header("referrer-policy"), "no-referrer");
+    assert_eq!(header("x-frame-options"), "DENY");
+    assert!(header("content-security-policy").contains("default-src 'none'"));
+    assert!(header("content-type").starts_with("text/html"));
+}
