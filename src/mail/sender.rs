@@ -16,6 +16,8 @@ const BATCH: i64 = 16;
 /// How long a claimed mail is ours: past one attempt's deadline, so it is never sent twice at
 /// once, and short enough that a crash delays it only a little.
 const LEASE: Duration = Duration::from_secs(SEND_TIMEOUT.as_secs() + 30);
+/// How long a stopping sender waits for the attempt under way.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// The longest wait between retries.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(3600);
 
@@ -84,8 +86,21 @@ async fn run(
     let oldest = metrics::gauge!("coronium_mail_oldest_queued_seconds");
     let poll = Duration::from_secs(settings.poll_secs.max(1));
     let mut warned = false;
+    // What `drain` checks between mails; `stopped` itself is awaited below.
+    let watching = stopped.clone();
     while !*stopped.borrow() {
-        match drain(&db, &transport, &settings, &stopped).await {
+        let drained = drain(&db, &transport, &settings, &watching);
+        tokio::pin!(drained);
+        let outcome = tokio::select! {
+            outcome = &mut drained => outcome,
+            _ = stopped.changed() => {
+                // Stopping: the attempt under way gets a moment to finish (the drain stops
+                // after it); one that hangs comes back to the queue when its lease ends.
+                let _ = tokio::time::timeout(STOP_GRACE, drained).await;
+                return;
+            }
+        };
+        match outcome {
             Ok(()) => warned = false,
             // The database is away (restarting, unreachable): try again next round.
             Err(e) if !warned => {

@@ -22,6 +22,8 @@ enum Mode {
     Transient,
     /// 550 at RCPT TO: this mailbox does not exist.
     Permanent,
+    /// Accepts the connection and never says a word.
+    Hang,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +45,7 @@ struct SinkState {
     received: Mutex<Vec<Received>>,
     mode: Mutex<Option<Mode>>,
     attempts: Mutex<usize>,
+    connections: Mutex<usize>,
     /// (user, password, over TLS)
     logins: Mutex<Vec<(String, String, bool)>>,
 }
@@ -148,6 +151,10 @@ where
     use base64::Engine as _;
     let mut io = BufReader::new(stream);
     if !secure {
+        *state.connections.lock().unwrap() += 1;
+        if state.mode() == Mode::Hang {
+            std::future::pending::<()>().await;
+        }
         io.get_mut().write_all(b"220 sink ESMTP\r\n").await?;
     }
     let mut mail = Received {
@@ -1666,4 +1673,31 @@ async fn pages_use_the_operators_templates_and_safe_headers() {
     assert_eq!(header("x-frame-options"), "DENY");
     assert!(header("content-security-policy").contains("default-src 'none'"));
     assert!(header("content-type").starts_with("text/html"));
+}
+
+/// A server stops promptly even while its sender waits on a mail server that never answers; the
+/// mail stays queued for the next one.
+#[tokio::test]
+async fn stopping_does_not_wait_for_a_hung_mail_server() {
+    let db = TestDb::new().await;
+    let sink = SmtpSink::start(Mode::Hang);
+    let server = TestServer::start(&db, with_env(smtp_env(&sink)));
+    create_pending(&server, "waiting", confirmation("Hi")).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while *sink.shared.connections.lock().unwrap() == 0 {
+        assert!(Instant::now() < deadline, "the sender never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = Instant::now();
+    drop(server);
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(9), "stopping took {took:?}");
+    let state: String = db
+        .client()
+        .await
+        .query_one("SELECT state FROM mail_outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "queued");
 }
