@@ -18,8 +18,10 @@ end
 -- that passes the client's own input table on gets only the client's ways in: a client that
 -- sends {user_id} or {username, scope} to `core.users.login(input)` logs in as nobody.
 function users.login(params, listener)
-  local by_account = USERS.wire_oauth_login and params.provider ~= nil and params.client_id ~= nil
-  if kernel.is_from_client(params) and not by_account then
+  local from_client = type(params) == "table" and kernel.is_from_client(params)
+  local by_account = from_client and USERS.wire_oauth_login
+    and params.provider ~= nil and params.client_id ~= nil
+  if from_client and not by_account then
     if params.user_id ~= nil then
       return deliver(listener, nil, "A client cannot log in by user_id.", kernel.STATUS.MISMATCHED_PARAMETER)
     end

@@ -72,10 +72,12 @@ impl Default for UsersSettings {
 }
 
 /// Our own failure while creating a user becomes Coronium's 601 `User could not be created.`
-/// (users spec §2), with the cause in the log; the caller's mistakes keep their status.
+/// (users spec §2), with the cause in the log; the caller's mistakes keep their status, and an
+/// unreachable database its "try again shortly" (810).
 fn not_created(error: UserError, operation: &'static str) -> UserError {
     match error {
-        UserError::Internal(cause) => {
+        // An unreachable database keeps its own answer: the caller should try again shortly.
+        UserError::Internal(cause) if !cause.is_unavailable() => {
             tracing::error!(error = %cause, operation, "the user could not be stored");
             UserError::NotCreated
         }
