@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 
+use crate::admin::Console;
 use crate::config::Config;
 use crate::db::{Database, DbError, DbHandle};
 use crate::mail::sender::Sender;
@@ -35,6 +36,8 @@ pub struct Services {
     pub db: DbHandle,
     pub users: Users,
     pub mailer: Mailer,
+    /// The operator's console; `None` when `console.enabled` is off.
+    pub console: Option<Console>,
 }
 
 /// The running configuration's resources, built once per process.
@@ -83,10 +86,19 @@ impl App {
         let users = Users::new(db.clone(), self.hasher.clone(), self.mailer.clone())
             .with_login_throttle(self.config.login_throttle)
             .with_settings(self.config.users);
+        let console = self.config.console.enabled.then(|| {
+            Console::new(
+                db.clone(),
+                self.hasher.clone(),
+                users.clone(),
+                self.config.console.clone(),
+            )
+        });
         Ok(Services {
             db,
             users,
             mailer: self.mailer.clone(),
+            console,
         })
     }
 

@@ -102,9 +102,12 @@ pub enum Command {
         #[arg(long, default_value_t = 15)]
         samples: usize,
     },
-    /// Manage users.
+    /// Manage users (works beside a running server).
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Manage the console's admin accounts (works beside a running server).
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Print the server key clients sign requests with (created on first use).
     Key {
         /// Replace the key with a new one (clients must be given the new key).
@@ -124,6 +127,37 @@ pub enum UsersCommand {
         #[arg(long, default_value = "default")]
         scope: String,
     },
+    /// List a scope's users by username (50 at a time; --after continues).
+    List {
+        #[arg(long, default_value = "default")]
+        scope: String,
+        /// Only usernames (or, with an '@', emails) that start with this.
+        #[arg(long)]
+        search: Option<String>,
+        /// Continue after this username (or email).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Print one user's record as JSON.
+    Show { user_id: String },
+    /// Make a user inactive: their logins answer `active = false`.
+    Disable { user_id: String },
+    /// Make a user active again.
+    Enable { user_id: String },
+    /// Delete a user, their OAuth links and unsent mail.
+    Delete { user_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Add a console admin. The password is asked for (or read from one line of stdin).
+    Add { name: String },
+    /// Set an admin's password; their open sessions end.
+    Passwd { name: String },
+    /// List the admins.
+    List,
+    /// Remove an admin; their open sessions end.
+    Remove { name: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +174,8 @@ pub enum CliError {
     Server(#[from] crate::server::ServerError),
     #[error(transparent)]
     App(#[from] AppError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 impl Cli {
@@ -180,6 +216,15 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Key { regenerate } => key(&config, regenerate),
         Command::Users(UsersCommand::Unlock { name, scope }) => {
             local.block_on(&runtime, unlock(config, &name, &scope))
+        }
+        Command::Users(command) => local.block_on(&runtime, users_command(config, command)),
+        Command::Admin(command) => {
+            // Read before anything starts: the prompt should not wait behind a database start.
+            let password = match &command {
+                AdminCommand::Add { .. } | AdminCommand::Passwd { .. } => Some(read_password()?),
+                _ => None,
+            };
+            local.block_on(&runtime, admin_command(config, command, password))
         }
         Command::Sign {
             project,
@@ -360,15 +405,10 @@ async fn run_script(
     outcome
 }
 
-/// `coronium users unlock NAME --scope S`.
-async fn unlock(config: Config, name: &str, scope: &str) -> Result<ExitCode, CliError> {
-    let user_error = |e| match e {
-        crate::users::UserError::Internal(cause) => CliError::Setup(cause.to_string()),
-        other => CliError::Setup(other.to_string()),
-    };
-    let parsed_scope = crate::users::Scope::parse(scope).map_err(user_error)?;
-    let app = match App::build(config.clone()).await {
-        // The server holds the embedded cluster: reach its database through its socket.
+/// An `App` for a maintenance command: on its own database, or, when a server holds the
+/// embedded cluster, on that cluster through its socket.
+async fn open_beside_server(config: Config) -> Result<App, CliError> {
+    Ok(match App::build(config.clone()).await {
         Err(AppError::Database(DbError::Embedded(EmbeddedError::InUse { .. }))) => {
             let crate::db::Location::Embedded(options) = config.database_location() else {
                 unreachable!("only the embedded cluster has a data directory lock")
@@ -381,7 +421,20 @@ async fn unlock(config: Config, name: &str, scope: &str) -> Result<ExitCode, Cli
             App::build(through_socket).await?
         }
         other => other?,
-    };
+    })
+}
+
+fn user_error(e: crate::users::UserError) -> CliError {
+    match e {
+        crate::users::UserError::Internal(cause) => CliError::Setup(cause.to_string()),
+        other => CliError::Setup(other.to_string()),
+    }
+}
+
+/// `coronium users unlock NAME --scope S`.
+async fn unlock(config: Config, name: &str, scope: &str) -> Result<ExitCode, CliError> {
+    let parsed_scope = crate::users::Scope::parse(scope).map_err(user_error)?;
+    let app = open_beside_server(config).await?;
     let cleared = match app.services(2) {
         Ok(services) => services
             .users
@@ -394,6 +447,165 @@ async fn unlock(config: Config, name: &str, scope: &str) -> Result<ExitCode, Cli
     let cleared = cleared?;
     println!("cleared {cleared} failed-login counter(s) of {name:?} in scope {scope:?}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `coronium users list|show|disable|enable|delete`.
+async fn users_command(config: Config, command: UsersCommand) -> Result<ExitCode, CliError> {
+    let app = open_beside_server(config).await?;
+    let outcome = match app.services(2) {
+        Ok(services) => run_users_command(&services, command).await,
+        Err(e) => Err(e.into()),
+    };
+    app.shutdown().await;
+    outcome
+}
+
+/// `coronium admin add|passwd|list|remove`.
+async fn admin_command(
+    config: Config,
+    command: AdminCommand,
+    password: Option<SecretString>,
+) -> Result<ExitCode, CliError> {
+    let app = open_beside_server(config).await?;
+    let outcome = match app.services(2) {
+        Ok(services) => run_admin_command(&services, command, password).await,
+        Err(e) => Err(e.into()),
+    };
+    app.shutdown().await;
+    outcome
+}
+
+fn console_of(services: &crate::app::Services) -> Result<&crate::admin::Console, CliError> {
+    services.console.as_ref().ok_or_else(|| {
+        CliError::Setup("the console is turned off (console.enabled = false)".into())
+    })
+}
+
+async fn run_users_command(
+    services: &crate::app::Services,
+    command: UsersCommand,
+) -> Result<ExitCode, CliError> {
+    let console = console_of(services)?;
+    let user_id = |id: &str| {
+        crate::users::input::UserId::parse(id)
+            .ok_or_else(|| CliError::Setup(format!("{id:?} is not a user id (a UUID)")))
+    };
+    match command {
+        UsersCommand::List {
+            scope,
+            search,
+            after,
+        } => {
+            let page = console
+                .list_users(&scope, search.as_deref().unwrap_or(""), after)
+                .await?;
+            for row in &page {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    row.user_id,
+                    row.username,
+                    row.email.as_deref().unwrap_or("-"),
+                    row.group,
+                    match (&row.confirmation, row.active) {
+                        (Some(c), _) => c.as_str(),
+                        (None, true) => "active",
+                        (None, false) => "inactive",
+                    }
+                );
+            }
+            if page.is_empty() {
+                eprintln!("no users in scope {scope:?} match");
+            }
+        }
+        UsersCommand::Show { user_id: id } => {
+            let user = services
+                .users
+                .get(crate::users::Within::AnyScope, Some(user_id(&id)?))
+                .await
+                .map_err(user_error)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&user).unwrap_or_default()
+            );
+        }
+        UsersCommand::Disable { user_id: ref id } | UsersCommand::Enable { user_id: ref id } => {
+            let active = matches!(command, UsersCommand::Enable { .. });
+            let user = console
+                .set_user_active_from_cli(user_id(id)?, active)
+                .await
+                .map_err(user_error)?;
+            println!(
+                "{} is {}",
+                user.username,
+                if user.active { "active" } else { "inactive" }
+            );
+        }
+        UsersCommand::Delete { user_id: id } => {
+            let id = user_id(&id)?;
+            console.delete_user_from_cli(id).await.map_err(user_error)?;
+            println!("deleted");
+        }
+        UsersCommand::Unlock { .. } => unreachable!("handled before"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_admin_command(
+    services: &crate::app::Services,
+    command: AdminCommand,
+    password: Option<SecretString>,
+) -> Result<ExitCode, CliError> {
+    let console = console_of(services)?;
+    let password = || password.as_ref().map(|p| p.expose_secret()).unwrap_or("");
+    match command {
+        AdminCommand::Add { name } => {
+            console.add_admin(&name, password()).await?;
+            println!("added admin {name:?}; sign in at /_coronium/admin/");
+        }
+        AdminCommand::Passwd { name } => {
+            console.set_admin_password(&name, password()).await?;
+            println!("changed the password of {name:?}; their sessions ended");
+        }
+        AdminCommand::List => {
+            let admins = console.admins().await?;
+            for admin in &admins {
+                println!(
+                    "{}\tcreated {}\tlast sign-in {}",
+                    admin.name,
+                    crate::admin::pages::format_utc(admin.created),
+                    admin
+                        .last_login
+                        .map(crate::admin::pages::format_utc)
+                        .unwrap_or_else(|| "never".into())
+                );
+            }
+            if admins.is_empty() {
+                eprintln!("no admins yet: add one with `coronium admin add NAME`");
+            }
+        }
+        AdminCommand::Remove { name } => {
+            console.remove_admin(&name).await?;
+            println!("removed admin {name:?}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A new password: asked twice on a terminal, else one line of stdin (for scripts).
+fn read_password() -> Result<SecretString, CliError> {
+    use std::io::IsTerminal as _;
+    let unreadable = |e: std::io::Error| CliError::Setup(format!("cannot read the password: {e}"));
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").map_err(unreadable)?;
+        let again = rpassword::prompt_password("Again: ").map_err(unreadable)?;
+        if first != again {
+            return Err(CliError::Setup("the passwords differ".into()));
+        }
+        return Ok(first.into());
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(unreadable)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned().into())
 }
 
 /// Waits for SIGINT or SIGTERM and returns its number.

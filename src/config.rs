@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::admin::ConsoleSettings;
 use crate::db::{EmbeddedOptions, Location};
 use crate::mail::MailSettings;
 use crate::users::{HashParams, ThrottleSettings, UsersSettings};
@@ -56,6 +57,8 @@ pub struct Config {
     pub lua: LuaSettings,
     /// Mail transport, templates and retries (`[mail]`).
     pub mail: MailSettings,
+    /// The operator's console (`[console]`).
+    pub console: ConsoleSettings,
     pub postgres: PostgresSettings,
     pub server: ServerSettings,
 }
@@ -165,6 +168,7 @@ impl Default for Config {
             users: UsersSettings::default(),
             lua: LuaSettings::default(),
             mail: MailSettings::default(),
+            console: ConsoleSettings::default(),
             postgres: PostgresSettings::default(),
             server: ServerSettings::default(),
         }
@@ -266,6 +270,10 @@ impl Config {
             "CORONIUM_MAIL_POLL_SECS" => self.mail.poll_secs,
             "CORONIUM_MAIL_PROJECT_MESSAGES_PER_MINUTE" => self.mail.project_messages_per_minute,
             "CORONIUM_MAILGUN_REGION" => self.mail.mailgun.region,
+            "CORONIUM_CONSOLE" => self.console.enabled,
+            "CORONIUM_CONSOLE_IDLE_MINUTES" => self.console.idle_minutes,
+            "CORONIUM_CONSOLE_SESSION_HOURS" => self.console.session_hours,
+            "CORONIUM_CONSOLE_MAIL_FROM" => self.console.mail_from,
             "CORONIUM_LOGIN_THROTTLE" => self.login_throttle.enabled,
             "CORONIUM_LOGIN_THROTTLE_WINDOW_SECS" => self.login_throttle.window_secs,
             "CORONIUM_LOGIN_THROTTLE_PER_ACCOUNT_ADDRESS" => self.login_throttle.per_account_address,

@@ -6,6 +6,7 @@
 //! - [`status`]: Coronium status codes and the error answer, shared by every layer.
 //! - [`db`]: the per-worker database handle, migrations, and the embedded PostgreSQL cluster.
 //! - [`users`]: the users domain (validation, passwords, SQL); no Lua or HTTP in it.
+//! - [`admin`]: the operator's console (admins, sessions, audit, pages); no HTTP in it.
 //! - [`lua`]: the Luau runtime, the only module that touches mlua.
 //! - [`wire`]: the Coronium wire protocol (signature, envelopes, `api.users`, a client).
 //! - [`server`]: `coronium serve`: workers, listeners, HTTP.
@@ -15,6 +16,7 @@
 // called (`# Safety`).
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -22,6 +22,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../migrations/0004_passwordless_users.sql"),
     ),
     (5, "mail", include_str!("../../migrations/0005_mail.sql")),
+    (
+        6,
+        "console",
+        include_str!("../../migrations/0006_console.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming "coronium schema migration" among advisory locks.

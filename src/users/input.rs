@@ -178,6 +178,12 @@ impl UserId {
     }
 }
 
+impl From<Uuid> for UserId {
+    fn from(id: Uuid) -> Self {
+        UserId(id)
+    }
+}
+
 fn group(value: &str) -> Result<String, UserError> {
     if value.is_empty() {
         return Err(UserError::bad("Parameter 'group' must not be empty."));

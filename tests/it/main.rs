@@ -2,6 +2,7 @@
 
 mod common;
 mod concurrency;
+mod console;
 mod db;
 mod embedded;
 mod lua_core;

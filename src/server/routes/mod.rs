@@ -1,7 +1,8 @@
 //! Request routing: one module per route family. `wire`: the Coronium protocol (`POST /`);
 //! `ops`: operations (`/healthz`, `/metrics`); `pages`: the mail-link pages (`/_confirmation`,
-//! `/_resetpassword`). Console routes join here.
+//! `/_resetpassword`); `console`: the operator's console (`/_coronium/admin/`).
 
+mod console;
 mod ops;
 mod pages;
 mod wire;
@@ -40,6 +41,9 @@ pub(super) async fn handle(
         (&Method::POST, "/_resetpassword") => {
             let client = client_ip(&worker, request.headers(), peer);
             Box::pin(pages::reset_submit(&worker, request, client)).await
+        }
+        (_, path) if console::is_console_path(path) => {
+            Box::pin(console::handle(&worker, request, peer)).await
         }
         _ => json_response(404, &json!({ "error": "Not found." })),
     };
