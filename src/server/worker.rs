@@ -271,6 +271,9 @@ async fn report_pool(index: usize, worker: Rc<Worker>) {
         tick.tick().await;
         if index == 0 && second % 60 == 59 {
             tokio::task::spawn_local(forget_old_login_failures(worker.services.users.clone()));
+            if let Some(console) = worker.services.console.clone() {
+                tokio::task::spawn_local(forget_dead_sessions(console));
+            }
         }
         let status = worker.services.db.status();
         size.set(status.size as f64);
@@ -284,6 +287,15 @@ async fn report_pool(index: usize, worker: Rc<Worker>) {
         {
             handle.run_upkeep();
         }
+    }
+}
+
+/// Ended console sessions are refused anyway; dropping them keeps the table small.
+async fn forget_dead_sessions(console: crate::admin::Console) {
+    match console.forget_dead_sessions().await {
+        Ok(0) => {}
+        Ok(dropped) => tracing::debug!(dropped, "forgot ended console sessions"),
+        Err(e) => tracing::warn!(error = %e, "cannot forget ended console sessions"),
     }
 }
 
