@@ -8,6 +8,7 @@ use std::sync::Arc;
 use secrecy::SecretString;
 
 use crate::admin::Console;
+use crate::analytics::Analytics;
 use crate::config::Config;
 use crate::db::{Database, DbError, DbHandle};
 use crate::mail::sender::Sender;
@@ -38,6 +39,7 @@ pub struct Services {
     pub mailer: Mailer,
     /// The operator's console; `None` when `console.enabled` is off.
     pub console: Option<Console>,
+    pub analytics: Analytics,
 }
 
 /// The running configuration's resources, built once per process.
@@ -86,15 +88,18 @@ impl App {
         let users = Users::new(db.clone(), self.hasher.clone(), self.mailer.clone())
             .with_login_throttle(self.config.login_throttle)
             .with_settings(self.config.users);
+        let analytics = Analytics::new(db.clone(), self.config.analytics);
         let console = self.config.console.enabled.then(|| {
             Console::new(
                 db.clone(),
                 self.hasher.clone(),
                 users.clone(),
+                analytics.clone(),
                 self.config.console.clone(),
             )
         });
         Ok(Services {
+            analytics,
             db,
             users,
             mailer: self.mailer.clone(),

@@ -7,6 +7,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::admin::ConsoleSettings;
+use crate::analytics::AnalyticsSettings;
 use crate::db::{EmbeddedOptions, Location};
 use crate::mail::MailSettings;
 use crate::users::{HashParams, ThrottleSettings, UsersSettings};
@@ -59,6 +60,8 @@ pub struct Config {
     pub mail: MailSettings,
     /// The operator's console (`[console]`).
     pub console: ConsoleSettings,
+    /// `api.analytics` (`[analytics]`).
+    pub analytics: AnalyticsSettings,
     pub postgres: PostgresSettings,
     pub server: ServerSettings,
 }
@@ -169,6 +172,7 @@ impl Default for Config {
             lua: LuaSettings::default(),
             mail: MailSettings::default(),
             console: ConsoleSettings::default(),
+            analytics: AnalyticsSettings::default(),
             postgres: PostgresSettings::default(),
             server: ServerSettings::default(),
         }
@@ -270,6 +274,7 @@ impl Config {
             "CORONIUM_MAIL_POLL_SECS" => self.mail.poll_secs,
             "CORONIUM_MAIL_PROJECT_MESSAGES_PER_MINUTE" => self.mail.project_messages_per_minute,
             "CORONIUM_MAILGUN_REGION" => self.mail.mailgun.region,
+            "CORONIUM_ANALYTICS_KEEP_DAYS" => self.analytics.keep_days,
             "CORONIUM_CONSOLE" => self.console.enabled,
             "CORONIUM_CONSOLE_IDLE_MINUTES" => self.console.idle_minutes,
             "CORONIUM_CONSOLE_SESSION_HOURS" => self.console.session_hours,

@@ -7,6 +7,7 @@
 //! - [`db`]: the per-worker database handle, migrations, and the embedded PostgreSQL cluster.
 //! - [`users`]: the users domain (validation, passwords, SQL); no Lua or HTTP in it.
 //! - [`admin`]: the operator's console (admins, sessions, audit, pages); no HTTP in it.
+//! - [`analytics`]: `api.analytics` records and their daily roll-ups.
 //! - [`lua`]: the Luau runtime, the only module that touches mlua.
 //! - [`wire`]: the Coronium wire protocol (signature, envelopes, `api.users`, a client).
 //! - [`server`]: `coronium serve`: workers, listeners, HTTP.
@@ -17,6 +18,7 @@
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod admin;
+pub mod analytics;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -32,9 +32,23 @@ fn axis_max(max: i64) -> i64 {
     }
 }
 
+/// One bar per day: app opens (carried in `joins`).
+pub fn daily_opens(days: &[DayFigures]) -> String {
+    bars(days, &[("opens", "opens")], "App opens per day")
+}
+
 /// Two bars per day (joins, logins), a labelled y axis, every fifth day labelled on the x axis,
 /// and a `<title>` on each bar for the exact figure.
 pub fn daily_bars(days: &[DayFigures]) -> String {
+    bars(
+        days,
+        &[("joins", "joins"), ("logins", "logins")],
+        "Joins and logins per day",
+    )
+}
+
+/// Bars per day for each series (the first reads `joins`, the second `logins`).
+fn bars(days: &[DayFigures], series: &[(&str, &str)], title: &str) -> String {
     let max = days
         .iter()
         .map(|d| d.joins.max(d.logins))
@@ -44,12 +58,12 @@ pub fn daily_bars(days: &[DayFigures]) -> String {
     let plot_w = WIDTH - LEFT - 8.0;
     let plot_h = HEIGHT - BOTTOM - TOP;
     let slot = plot_w / days.len().max(1) as f64;
-    let bar = (slot * 0.4).max(1.0);
+    let bar = (slot * 0.8 / series.len() as f64).max(1.0);
     let y = |value: i64| TOP + plot_h - (value as f64 / top) * plot_h;
     let mut svg = String::new();
     let _ = write!(
         svg,
-        r#"<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-labelledby="chart-title" xmlns="http://www.w3.org/2000/svg"><title id="chart-title">Joins and logins per day, last {} days</title>"#,
+        r#"<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-labelledby="chart-title" xmlns="http://www.w3.org/2000/svg"><title id="chart-title">{title}, last {} days</title>"#,
         days.len()
     );
     for step in 0..=4 {
@@ -63,12 +77,10 @@ pub fn daily_bars(days: &[DayFigures]) -> String {
         );
     }
     for (i, day) in days.iter().enumerate() {
-        let x = LEFT + slot * i as f64 + (slot - 2.0 * bar) / 2.0;
+        let x = LEFT + slot * i as f64 + (slot - series.len() as f64 * bar) / 2.0;
         let label = escape(&day.day);
-        for (offset, value, class, what) in [
-            (0.0, day.joins, "joins", "joins"),
-            (bar, day.logins, "logins", "logins"),
-        ] {
+        for (n, (class, what)) in series.iter().enumerate() {
+            let (offset, value) = (bar * n as f64, if n == 0 { day.joins } else { day.logins });
             let top_y = y(value);
             let _ = write!(
                 svg,
@@ -82,7 +94,7 @@ pub fn daily_bars(days: &[DayFigures]) -> String {
             let _ = write!(
                 svg,
                 r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11" fill="#4a5565">{short}</text>"##,
-                x + bar,
+                x + bar * series.len() as f64 / 2.0,
                 HEIGHT - 6.0
             );
         }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::analytics::Analytics;
 use crate::db::DbHandle;
 use crate::users::input::UserId;
 use crate::users::password::Secret;
@@ -115,6 +116,7 @@ pub struct Console {
     db: DbHandle,
     hasher: Arc<PasswordHasher>,
     users: Users,
+    analytics: Analytics,
     settings: Arc<ConsoleSettings>,
     views: Arc<pages::Views>,
 }
@@ -124,12 +126,14 @@ impl Console {
         db: DbHandle,
         hasher: Arc<PasswordHasher>,
         users: Users,
+        analytics: Analytics,
         settings: ConsoleSettings,
     ) -> Self {
         Console {
             db,
             hasher,
             users,
+            analytics,
             settings: Arc::new(settings),
             views: Arc::new(pages::Views::new()),
         }

@@ -53,6 +53,7 @@ pub enum Handler {
     Unlock,
     Pending,
     Audit,
+    Analytics,
 }
 
 /// A route: a method, a path under [`BASE`] (`{id}` matches one segment), and whether it is
@@ -108,6 +109,7 @@ pub const ROUTES: &[Route] = &[
     route(Method::Post, "/users/{id}/unlock", Handler::Unlock),
     route(Method::Get, "/pending", Handler::Pending),
     route(Method::Get, "/audit", Handler::Audit),
+    route(Method::Get, "/analytics", Handler::Analytics),
 ];
 
 /// The route for `path` (under [`BASE`]) and the `{id}` it matched.
@@ -223,6 +225,7 @@ impl Views {
             ("user.html", include_str!("templates/user.html")),
             ("delete.html", include_str!("templates/delete.html")),
             ("audit.html", include_str!("templates/audit.html")),
+            ("analytics.html", include_str!("templates/analytics.html")),
             ("message.html", include_str!("templates/message.html")),
         ] {
             env.add_template(name, source)
@@ -400,6 +403,7 @@ impl Console {
             (Handler::Users, _) => self.users_list(&page, false).await,
             (Handler::Pending, _) => self.users_list(&page, true).await,
             (Handler::Audit, _) => self.audit_page(&page).await,
+            (Handler::Analytics, _) => self.analytics_page(&page).await,
             (_, None) => Ok(self.message(404, "Not found", "There is no such user.")),
             (Handler::User, Some(id)) => self.user_page(&page, id, None, 200).await,
             (Handler::DeleteForm, Some(id)) => self.delete_form(&page, id).await,
@@ -932,6 +936,37 @@ impl Console {
             .await
     }
 
+    async fn analytics_page(&self, page: &Page<'_>) -> Result<ConsoleResponse, AdminError> {
+        let (scope, scopes) = self.page_scope(page).await?;
+        let summary = self
+            .analytics
+            .summary(&scope, 30)
+            .await
+            .map_err(|e| AdminError::Users(e.to_string()))?;
+        let opens_total: i64 = summary.opens_per_day.iter().map(|(_, n)| n).sum();
+        let days: Vec<store::DayFigures> = summary
+            .opens_per_day
+            .iter()
+            .map(|(day, opens)| store::DayFigures {
+                day: day.clone(),
+                joins: *opens,
+                logins: 0,
+            })
+            .collect();
+        let chart = chart::daily_opens(&days);
+        self.render_page(
+            page,
+            ("analytics.html", 200),
+            Frame {
+                nav: "analytics",
+                scope: &scope,
+                scopes: &scopes,
+            },
+            json!({ "summary": summary, "opens_total": opens_total }),
+            Some(chart),
+        )
+    }
+
     async fn audit_page(&self, page: &Page<'_>) -> Result<ConsoleResponse, AdminError> {
         let before = page.request.query("before").and_then(|b| b.parse().ok());
         let rows = self
@@ -1049,6 +1084,15 @@ mod tests {
                 })),
             ),
             ("delete.html", base(json!({ "user": user }))),
+            (
+                "analytics.html",
+                base(json!({
+                    "opens_total": 3,
+                    "summary": { "opens_per_day": [["2026-12-03", 3]],
+                                 "platforms": [{ "key": "ios", "count": 3 }], "versions": [],
+                                 "models": [], "events": [{ "key": "level_up", "count": 2 }] },
+                })),
+            ),
             (
                 "audit.html",
                 base(

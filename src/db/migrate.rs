@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "console",
         include_str!("../../migrations/0006_console.sql"),
     ),
+    (
+        7,
+        "analytics",
+        include_str!("../../migrations/0007_analytics.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming "coronium schema migration" among advisory locks.

@@ -269,6 +269,12 @@ async fn report_pool(index: usize, worker: Rc<Worker>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     for second in 0u64.. {
         tick.tick().await;
+        if index == 0 && second % 5 == 4 {
+            tokio::task::spawn_local(roll_up_analytics(
+                worker.services.analytics.clone(),
+                second % 3600 == 3599,
+            ));
+        }
         if index == 0 && second % 60 == 59 {
             tokio::task::spawn_local(forget_old_login_failures(worker.services.users.clone()));
             if let Some(console) = worker.services.console.clone() {
@@ -287,6 +293,17 @@ async fn report_pool(index: usize, worker: Rc<Worker>) {
         {
             handle.run_upkeep();
         }
+    }
+}
+
+/// Moves analytics from the inbox into events and daily counts (and, now and then, drops raw
+/// events past their days). Any instance may: each record is moved once.
+async fn roll_up_analytics(analytics: crate::analytics::Analytics, prune: bool) {
+    if let Err(e) = analytics.roll_up().await {
+        tracing::warn!(error = %e, "cannot roll up analytics");
+    }
+    if prune && let Err(e) = analytics.prune().await {
+        tracing::warn!(error = %e, "cannot drop old analytics events");
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Coronium wire protocol (client plugin 2.6.5, compat spec §4): `POST /` routed by headers,
 //! signed with HMAC-SHA1, answered with `{"result": ...}` envelopes.
 
+pub mod analytics;
 pub mod client;
 pub mod key;
 pub mod users;

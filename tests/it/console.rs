@@ -744,3 +744,85 @@ async fn the_users_commands_list_show_disable_and_delete() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a user id"));
 }
+
+/// `api.analytics` from the client plugin: appOpened and events are stored per scope, rolled up
+/// into daily counts, and shown on the console's analytics page.
+#[tokio::test]
+async fn analytics_sent_over_the_wire_reach_the_console() {
+    let db = TestDb::new().await;
+    assert!(add_admin(&db, ADMIN, PASSWORD).status.success());
+    let server = TestServer::start(&db, |_| {});
+    for (platform, version) in [("ios", "1.2"), ("android", "1.2"), ("ios", "1.3")] {
+        let opened = server
+            .call_in(
+                "stats",
+                "api.analytics",
+                "appOpened",
+                json!({
+                    "name": "FunRun", "platform": platform, "platform_ver": "17.1",
+                    "version": version, "model": "iPhone", "manufacturer": "Apple",
+                    "screen_w": 320, "screen_h": 480, "device_id": "device-1",
+                }),
+            )
+            .await;
+        assert_eq!(opened, json!({ "result": true }));
+    }
+    for _ in 0..2 {
+        let event = server
+            .call_in(
+                "stats",
+                "api.analytics",
+                "event",
+                json!({ "name": "level_up", "value": 3 }),
+            )
+            .await;
+        assert_eq!(event, json!({ "result": true }));
+    }
+    // Another scope's opens stay there.
+    server
+        .call_in("elsewhere", "api.analytics", "appOpened", json!({}))
+        .await;
+    let nameless = server
+        .call_in("stats", "api.analytics", "event", json!({ "value": 1 }))
+        .await;
+    assert_eq!(nameless["result"]["status"], 804, "{nameless}");
+    let unknown = server
+        .call_in("stats", "api.analytics", "dropTables", json!({}))
+        .await;
+    assert_eq!(unknown["result"]["status"], 810, "{unknown}");
+
+    let mut browser = Browser::new(&server.addr);
+    assert_eq!(browser.sign_in(ADMIN, PASSWORD).await.status, 303);
+    let page = browser.get("/_coronium/admin/analytics?scope=stats").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body
+            .contains(r#"<span class="value" id="opens-total">3</span>"#),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("<td>level_up</td><td>2</td>"));
+    assert!(page.body.contains("<td>ios</td><td>2</td>"));
+    assert!(page.body.contains("<td>1.2</td><td>2</td>"));
+    // The counts live in the daily roll-up; the inbox is empty once rolled up.
+    let client = db.client().await;
+    let opens: i64 = client
+        .query_one(
+            "SELECT COALESCE(sum(count), 0)::bigint FROM analytics_daily
+             WHERE scope = 'stats' AND metric = 'opens'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(opens, 3);
+    let raw: i64 = client
+        .query_one(
+            "SELECT count(*) FROM analytics_events WHERE scope = 'stats'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(raw, 5);
+}

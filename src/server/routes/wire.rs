@@ -210,7 +210,22 @@ async fn run_call(
     let (project, action) = (project.as_str(), action.as_str());
     let timeout = secs(worker.shared.settings.request_timeout_secs);
     let call = async {
-        if project == wire::USERS_PROJECT {
+        if project == wire::analytics::ANALYTICS_PROJECT {
+            let analytics_action = wire::analytics::Action::parse(action)
+                .ok_or_else(|| WireError::unknown_action(project, action))?;
+            *route = Route {
+                project: Some(project.to_owned()),
+                action: Some(action.to_owned()),
+            };
+            Box::pin(wire::analytics::execute(
+                &worker.services.analytics,
+                &scope,
+                analytics_action,
+                &params,
+            ))
+            .await
+            .map_err(|e| Answer::Failed(e.answer()))
+        } else if project == wire::USERS_PROJECT {
             let users_action = wire::users::Action::parse(action)
                 .ok_or_else(|| WireError::unknown_action(project, action))?;
             *route = Route {

@@ -1,0 +1,395 @@
+//! Analytics: the client plugin's `core.analytics.appOpened` and events, stored per scope.
+//!
+//! A request costs one insert into an unlogged inbox (migration 0007); [`Analytics::roll_up`]
+//! moves the inbox into the raw events and the daily counts in one statement (every few seconds
+//! on one worker, and before the console reads), and [`Analytics::prune`] drops raw events past
+//! `analytics.keep_days`. Reads use only the daily counts.
+
+use deadpool_postgres::GenericClient;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::db::DbHandle;
+use crate::status::{ErrorAnswer, Status};
+
+/// `[analytics]` in the configuration.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalyticsSettings {
+    /// Days raw events are kept (the daily counts are kept for good).
+    pub keep_days: u32,
+}
+
+impl Default for AnalyticsSettings {
+    fn default() -> Self {
+        AnalyticsSettings { keep_days: 30 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyticsError {
+    #[error("Missing required parameter: {0}")]
+    Missing(&'static str),
+    #[error("{0}")]
+    BadParameter(String),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database: {}", describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+/// PostgreSQL's own words when it said something (`tokio_postgres` shows only "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), |db| db.to_string())
+}
+
+impl crate::db::StatementError for AnalyticsError {
+    fn postgres(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            AnalyticsError::Postgres(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl AnalyticsError {
+    /// The client's answer; our own failures are logged and answered without their details.
+    pub fn answer(&self) -> ErrorAnswer {
+        match self {
+            AnalyticsError::Missing(_) => {
+                ErrorAnswer::new(Status::MISSING_PARAMETER, self.to_string())
+            }
+            AnalyticsError::BadParameter(_) => {
+                ErrorAnswer::new(Status::MISMATCHED_PARAMETER, self.to_string())
+            }
+            AnalyticsError::Pool(_) | AnalyticsError::Postgres(_) => {
+                tracing::error!(error = %self, "analytics could not be stored");
+                ErrorAnswer::new(Status::GENERAL, "Internal server error.")
+            }
+        }
+    }
+}
+
+/// The longest name, platform, version or model kept (longer ones are cut).
+const MAX_TEXT_CHARS: usize = 100;
+/// The largest `data` an event may carry, as JSON.
+const MAX_DATA_BYTES: usize = 4096;
+
+/// One appOpened or event, validated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Record {
+    pub kind: Kind,
+    pub name: Option<String>,
+    pub device: Option<String>,
+    pub platform: Option<String>,
+    pub platform_ver: Option<String>,
+    pub version: Option<String>,
+    pub model: Option<String>,
+    pub manufacturer: Option<String>,
+    pub country_code: Option<String>,
+    pub data: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Kind {
+    #[default]
+    Open,
+    Event,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Open => "open",
+            Kind::Event => "event",
+        }
+    }
+}
+
+/// A text field: strings as given (cut to length), numbers as their text, nothing else.
+fn text(params: &Map<String, Value>, names: &[&str]) -> Result<Option<String>, AnalyticsError> {
+    for name in names {
+        match params.get(*name) {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(s)) if s.trim().is_empty() => continue,
+            Some(Value::String(s)) => {
+                return Ok(Some(s.trim().chars().take(MAX_TEXT_CHARS).collect()));
+            }
+            Some(Value::Number(n)) => return Ok(Some(n.to_string())),
+            Some(_) => {
+                return Err(AnalyticsError::BadParameter(format!(
+                    "Parameter '{name}' must be a string."
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+impl Record {
+    /// `appOpened`'s body: the app and device fields the client plugin collects (analytics
+    /// docs), all optional; `device_id` (or `udid`) names the device.
+    pub fn opened(params: &Map<String, Value>) -> Result<Record, AnalyticsError> {
+        let mut data = Map::new();
+        for key in ["screen_w", "screen_h", "corona_build"] {
+            if let Some(value) = params.get(key).filter(|v| v.is_number() || v.is_string()) {
+                data.insert(key.into(), value.clone());
+            }
+        }
+        Ok(Record {
+            kind: Kind::Open,
+            name: text(params, &["name"])?,
+            device: text(params, &["device_id", "udid", "device"])?,
+            platform: text(params, &["platform"])?,
+            platform_ver: text(params, &["platform_ver"])?,
+            version: text(params, &["version"])?,
+            model: text(params, &["model"])?,
+            manufacturer: text(params, &["manufacturer"])?,
+            country_code: text(params, &["country_code"])?,
+            data,
+        })
+    }
+
+    /// An event: a name (`name` or `event`, required) and an optional `value` or `data`.
+    pub fn event(params: &Map<String, Value>) -> Result<Record, AnalyticsError> {
+        let name = text(params, &["name", "event"])?.ok_or(AnalyticsError::Missing("name"))?;
+        let mut data = Map::new();
+        for key in ["value", "data"] {
+            if let Some(value) = params.get(key).filter(|v| !v.is_null()) {
+                data.insert(key.into(), value.clone());
+            }
+        }
+        if serde_json::to_vec(&data).map_or(0, |v| v.len()) > MAX_DATA_BYTES {
+            return Err(AnalyticsError::BadParameter(format!(
+                "An event's value is limited to {MAX_DATA_BYTES} bytes of JSON."
+            )));
+        }
+        Ok(Record {
+            kind: Kind::Event,
+            name: Some(name),
+            device: text(params, &["device_id", "udid", "device"])?,
+            platform: text(params, &["platform"])?,
+            version: text(params, &["version"])?,
+            data,
+            ..Record::default()
+        })
+    }
+}
+
+/// One metric's counts over a period, largest first.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Count {
+    pub key: String,
+    pub count: i64,
+}
+
+/// App opens per day (oldest first, zero days included) and the top keys of each metric.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub opens_per_day: Vec<(String, i64)>,
+    pub platforms: Vec<Count>,
+    pub versions: Vec<Count>,
+    pub models: Vec<Count>,
+    pub events: Vec<Count>,
+}
+
+/// The analytics service, one per worker.
+#[derive(Clone)]
+pub struct Analytics {
+    db: DbHandle,
+    settings: AnalyticsSettings,
+}
+
+impl Analytics {
+    pub fn new(db: DbHandle, settings: AnalyticsSettings) -> Self {
+        Analytics { db, settings }
+    }
+
+    /// Stores one record in `scope`: a single insert.
+    pub async fn record(&self, scope: &str, record: &Record) -> Result<(), AnalyticsError> {
+        self.db
+            .write(|client| async move {
+                let stmt = client
+                    .prepare_cached(
+                        "INSERT INTO analytics_inbox (scope, kind, name, device, platform,
+                           platform_ver, version, model, manufacturer, country_code, data)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    )
+                    .await?;
+                client
+                    .execute(
+                        &stmt,
+                        &[
+                            &scope,
+                            &record.kind.as_str(),
+                            &record.name,
+                            &record.device,
+                            &record.platform,
+                            &record.platform_ver,
+                            &record.version,
+                            &record.model,
+                            &record.manufacturer,
+                            &record.country_code,
+                            &Value::Object(record.data.clone()),
+                        ],
+                    )
+                    .await?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Moves the inbox into the raw events and the daily counts; the records moved. Several
+    /// instances may run it at once: each row is deleted, so counted, by one of them.
+    pub async fn roll_up(&self) -> Result<u64, AnalyticsError> {
+        self.db
+            .write(|client| async move { roll_up(&*client).await })
+            .await
+    }
+
+    /// Drops raw events older than `keep_days`.
+    pub async fn prune(&self) -> Result<u64, AnalyticsError> {
+        let days = f64::from(self.settings.keep_days.max(1));
+        self.db
+            .write(|client| async move {
+                Ok(client
+                    .execute(
+                        "DELETE FROM analytics_events
+                         WHERE at < now() - make_interval(days => $1::float8::int)",
+                        &[&days],
+                    )
+                    .await?)
+            })
+            .await
+    }
+
+    /// The last `days` days of `scope` (rolled up first, so what was just sent is in).
+    pub async fn summary(&self, scope: &str, days: i32) -> Result<Summary, AnalyticsError> {
+        self.roll_up().await?;
+        self.db
+            .read(|client| async move { summary(&*client, scope, days).await })
+            .await
+    }
+}
+
+async fn roll_up(client: &impl GenericClient) -> Result<u64, AnalyticsError> {
+    let stmt = client
+        .prepare_cached(
+            "WITH moved AS (DELETE FROM analytics_inbox RETURNING *),
+                  kept AS (INSERT INTO analytics_events SELECT * FROM moved),
+                  counts AS (
+                    SELECT scope, (at AT TIME ZONE 'UTC')::date AS day, v.metric, v.key,
+                           count(*) AS n
+                    FROM moved, LATERAL (VALUES
+                      (CASE WHEN kind = 'open' THEN 'opens' END, ''),
+                      (CASE WHEN kind = 'open' THEN 'platform' END, COALESCE(platform, '?')),
+                      (CASE WHEN kind = 'open' THEN 'version' END, COALESCE(version, '?')),
+                      (CASE WHEN kind = 'open' THEN 'model' END, COALESCE(model, '?')),
+                      (CASE WHEN kind = 'event' THEN 'event' END, COALESCE(name, '?'))
+                    ) AS v(metric, key)
+                    WHERE v.metric IS NOT NULL
+                    GROUP BY 1, 2, 3, 4),
+                  counted AS (
+                    INSERT INTO analytics_daily AS d (scope, day, metric, key, count)
+                    SELECT scope, day, metric, key, n FROM counts
+                    ON CONFLICT (scope, day, metric, key) DO UPDATE SET count = d.count + EXCLUDED.count)
+             SELECT count(*) FROM moved",
+        )
+        .await?;
+    let moved: i64 = client.query_one(&stmt, &[]).await?.get(0);
+    Ok(moved as u64)
+}
+
+async fn summary(
+    client: &impl GenericClient,
+    scope: &str,
+    days: i32,
+) -> Result<Summary, AnalyticsError> {
+    let opens = client
+        .query(
+            "SELECT to_char(d.day, 'YYYY-MM-DD'), COALESCE(a.count, 0)
+             FROM generate_series((now() AT TIME ZONE 'UTC')::date - ($2 - 1),
+                                  (now() AT TIME ZONE 'UTC')::date, interval '1 day') AS d(day)
+             LEFT JOIN analytics_daily a
+               ON a.scope = $1 AND a.day = d.day::date AND a.metric = 'opens' AND a.key = ''
+             ORDER BY d.day",
+            &[&scope, &days],
+        )
+        .await?;
+    let top = |metric: &'static str| async move {
+        let rows = client
+            .query(
+                "SELECT key, sum(count)::bigint AS total FROM analytics_daily
+                 WHERE scope = $1 AND metric = $2
+                   AND day > (now() AT TIME ZONE 'UTC')::date - $3::int
+                 GROUP BY key ORDER BY total DESC, key LIMIT 20",
+                &[&scope, &metric, &days],
+            )
+            .await?;
+        Ok::<_, AnalyticsError>(
+            rows.iter()
+                .map(|r| Count {
+                    key: r.get(0),
+                    count: r.get(1),
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    Ok(Summary {
+        opens_per_day: opens.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        platforms: top("platform").await?,
+        versions: top("version").await?,
+        models: top("model").await?,
+        events: top("event").await?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn params(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn an_open_keeps_the_plugins_fields_and_cuts_long_text() {
+        let long = "x".repeat(500);
+        let record = Record::opened(&params(json!({
+            "name": "FunRun", "platform": "ios", "platform_ver": "10.12.6", "version": 12,
+            "model": long, "screen_w": 320, "screen_h": 480, "device_id": "abc",
+            "unknown": "ignored",
+        })))
+        .unwrap();
+        assert_eq!(record.kind, Kind::Open);
+        assert_eq!(record.version.as_deref(), Some("12"));
+        assert_eq!(record.model.as_ref().unwrap().len(), MAX_TEXT_CHARS);
+        assert_eq!(record.device.as_deref(), Some("abc"));
+        assert_eq!(
+            Value::Object(record.data),
+            json!({"screen_w": 320, "screen_h": 480})
+        );
+        assert!(Record::opened(&params(json!({ "platform": {"a": 1} }))).is_err());
+        assert!(
+            Record::opened(&Map::new()).is_ok(),
+            "every field is optional"
+        );
+    }
+
+    #[test]
+    fn an_event_needs_a_name_and_a_small_value() {
+        assert!(matches!(
+            Record::event(&Map::new()),
+            Err(AnalyticsError::Missing("name"))
+        ));
+        let record = Record::event(&params(json!({ "event": "level_up", "value": 3 }))).unwrap();
+        assert_eq!(record.name.as_deref(), Some("level_up"));
+        let big = "y".repeat(MAX_DATA_BYTES + 1);
+        assert!(matches!(
+            Record::event(&params(json!({ "name": "x", "value": big }))),
+            Err(AnalyticsError::BadParameter(_))
+        ));
+    }
+}
