@@ -14,6 +14,7 @@ use crate::db::{Database, DbError, DbHandle};
 use crate::mail::sender::Sender;
 use crate::mail::transport::Transport;
 use crate::mail::{MailError, Mailer, Templates};
+use crate::permissions::Permissions;
 use crate::users::{PasswordHasher, Users};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,8 @@ pub struct Services {
     /// The operator's console; `None` when `console.enabled` is off.
     pub console: Option<Console>,
     pub analytics: Analytics,
+    /// The process's client permissions per scope (one for every worker).
+    pub permissions: Arc<Permissions>,
 }
 
 /// The running configuration's resources, built once per process.
@@ -48,6 +51,7 @@ pub struct App {
     database: Database,
     hasher: Arc<PasswordHasher>,
     mailer: Mailer,
+    permissions: Arc<Permissions>,
 }
 
 impl App {
@@ -69,6 +73,7 @@ impl App {
             database,
             hasher: Arc::new(hasher),
             mailer,
+            permissions: Arc::default(),
         })
     }
 
@@ -95,11 +100,13 @@ impl App {
                 self.hasher.clone(),
                 users.clone(),
                 analytics.clone(),
+                self.permissions.clone(),
                 self.config.console.clone(),
             )
         });
         Ok(Services {
             analytics,
+            permissions: self.permissions.clone(),
             db,
             users,
             mailer: self.mailer.clone(),

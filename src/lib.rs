@@ -10,6 +10,7 @@
 //! - [`analytics`]: `api.analytics` records and their daily roll-ups.
 //! - [`lua`]: the Luau runtime, the only module that touches mlua.
 //! - [`wire`]: the Coronium wire protocol (signature, envelopes, `api.users`, a client).
+//! - [`permissions`]: client permissions per scope for the built-in modules' wire actions.
 //! - [`server`]: `coronium serve`: workers, listeners, HTTP.
 //! - [`cli`]: the `coronium` command line and its subcommands.
 
@@ -25,6 +26,7 @@ pub mod config;
 pub mod db;
 pub mod lua;
 pub mod mail;
+pub mod permissions;
 pub mod rate;
 pub mod server;
 pub mod status;

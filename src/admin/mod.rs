@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::analytics::Analytics;
 use crate::db::DbHandle;
+use crate::permissions::Permissions;
 use crate::users::input::UserId;
 use crate::users::password::Secret;
 use crate::users::{InternalError, PasswordHasher, User, UserError, Users, Within};
@@ -117,6 +118,7 @@ pub struct Console {
     hasher: Arc<PasswordHasher>,
     users: Users,
     analytics: Analytics,
+    permissions: Arc<Permissions>,
     settings: Arc<ConsoleSettings>,
     views: Arc<pages::Views>,
 }
@@ -127,6 +129,7 @@ impl Console {
         hasher: Arc<PasswordHasher>,
         users: Users,
         analytics: Analytics,
+        permissions: Arc<Permissions>,
         settings: ConsoleSettings,
     ) -> Self {
         Console {
@@ -134,6 +137,7 @@ impl Console {
             hasher,
             users,
             analytics,
+            permissions,
             settings: Arc::new(settings),
             views: Arc::new(pages::Views::new()),
         }

@@ -2,6 +2,7 @@
 //! and CSRF checks, and one function per page. Templates are embedded (`templates/`), rendered
 //! with minijinja, HTML-escaped by default.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use minijinja::{Environment, context};
@@ -54,6 +55,8 @@ pub enum Handler {
     Pending,
     Audit,
     Analytics,
+    Scopes,
+    SetScopePermissions,
 }
 
 /// A route: a method, a path under [`BASE`] (`{id}` matches one segment), and whether it is
@@ -110,6 +113,8 @@ pub const ROUTES: &[Route] = &[
     route(Method::Get, "/pending", Handler::Pending),
     route(Method::Get, "/audit", Handler::Audit),
     route(Method::Get, "/analytics", Handler::Analytics),
+    route(Method::Get, "/scopes", Handler::Scopes),
+    route(Method::Post, "/scopes", Handler::SetScopePermissions),
 ];
 
 /// The route for `path` (under [`BASE`]) and the `{id}` it matched.
@@ -226,6 +231,7 @@ impl Views {
             ("delete.html", include_str!("templates/delete.html")),
             ("audit.html", include_str!("templates/audit.html")),
             ("analytics.html", include_str!("templates/analytics.html")),
+            ("scopes.html", include_str!("templates/scopes.html")),
             ("message.html", include_str!("templates/message.html")),
         ] {
             env.add_template(name, source)
@@ -326,6 +332,7 @@ fn notice_text(code: &str) -> Option<&'static str> {
         "resent" => "A new confirmation mail is queued.",
         "reset_sent" => "A password-reset mail is queued.",
         "unlocked" => "Failed-login counters were cleared.",
+        "permissions_saved" => "The scope's client permissions were saved.",
         _ => return None,
     })
 }
@@ -404,6 +411,8 @@ impl Console {
             (Handler::Pending, _) => self.users_list(&page, true).await,
             (Handler::Audit, _) => self.audit_page(&page).await,
             (Handler::Analytics, _) => self.analytics_page(&page).await,
+            (Handler::Scopes, _) => self.scopes_page(&page).await,
+            (Handler::SetScopePermissions, _) => self.set_scope_permissions(&page).await,
             (_, None) => Ok(self.message(404, "Not found", "There is no such user.")),
             (Handler::User, Some(id)) => self.user_page(&page, id, None, 200).await,
             (Handler::DeleteForm, Some(id)) => self.delete_form(&page, id).await,
@@ -967,6 +976,86 @@ impl Console {
         )
     }
 
+    /// The scopes seen in data, and the chosen scope's client permissions as checkboxes (checked:
+    /// allowed).
+    async fn scopes_page(&self, page: &Page<'_>) -> Result<ConsoleResponse, AdminError> {
+        let (scope, scopes) = self.page_scope(page).await?;
+        let denied = crate::permissions::denied_in(&self.db, &scope)
+            .await
+            .map_err(|e| AdminError::Users(e.to_string()))?;
+        let modules: Vec<Value> = crate::permissions::MODULE_ACTIONS
+            .iter()
+            .map(|(project, actions)| {
+                let denied = denied.get(*project);
+                let actions: Vec<Value> = actions
+                    .iter()
+                    .map(|action| {
+                        let allowed = !denied.is_some_and(|d| d.iter().any(|a| a == action));
+                        json!({ "name": action, "allowed": allowed })
+                    })
+                    .collect();
+                json!({ "project": project, "actions": actions })
+            })
+            .collect();
+        self.render_page(
+            page,
+            ("scopes.html", 200),
+            Frame {
+                nav: "scopes",
+                scope: &scope,
+                scopes: &scopes,
+            },
+            json!({ "modules": modules }),
+            None,
+        )
+    }
+
+    /// Saves a scope's permissions: every module action not checked is denied.
+    async fn set_scope_permissions(&self, page: &Page<'_>) -> Result<ConsoleResponse, AdminError> {
+        let request = page.request;
+        let Some(scope) = request.field("scope").filter(|s| !s.is_empty()) else {
+            return Ok(self.message(400, "No scope", "Choose a scope first."));
+        };
+        if let Err(e) = Scope::parse(scope) {
+            return Ok(self.message(400, "Bad scope", &e.to_string()));
+        }
+        let allowed: HashSet<&str> = request
+            .form
+            .iter()
+            .filter(|(k, _)| k == "allow")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let denied: Vec<(String, String)> = crate::permissions::MODULE_ACTIONS
+            .iter()
+            .flat_map(|(project, actions)| {
+                actions
+                    .iter()
+                    .map(move |action| (project.to_string(), action.to_string()))
+            })
+            .filter(|(project, action)| !allowed.contains(format!("{project}/{action}").as_str()))
+            .collect();
+        crate::permissions::set_denied(&self.db, scope, &denied)
+            .await
+            .map_err(|e| AdminError::Users(e.to_string()))?;
+        self.permissions.invalidate();
+        let entry = AuditEntry {
+            admin: &page.session.admin,
+            action: "scope.permissions",
+            scope: Some(scope),
+            user_id: None,
+            detail: json!({ "denied": denied.iter().map(|(p, a)| format!("{p}/{a}")).collect::<Vec<_>>() }),
+        };
+        let entry = &entry;
+        self.db
+            .write(|client| async move { store::audit(&*client, entry).await })
+            .await?;
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("scope", scope)
+            .append_pair("notice", "permissions_saved")
+            .finish();
+        Ok(ConsoleResponse::see_other(&format!("/scopes?{query}")))
+    }
+
     async fn audit_page(&self, page: &Page<'_>) -> Result<ConsoleResponse, AdminError> {
         let before = page.request.query("before").and_then(|b| b.parse().ok());
         let rows = self
@@ -1084,6 +1173,12 @@ mod tests {
                 })),
             ),
             ("delete.html", base(json!({ "user": user }))),
+            (
+                "scopes.html",
+                base(json!({ "modules": [{ "project": "api.users",
+                    "actions": [{ "name": "login", "allowed": true },
+                                { "name": "create", "allowed": false }] }] })),
+            ),
             (
                 "analytics.html",
                 base(json!({

@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "analytics",
         include_str!("../../migrations/0007_analytics.sql"),
     ),
+    (
+        8,
+        "scope permissions",
+        include_str!("../../migrations/0008_scope_permissions.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming "coronium schema migration" among advisory locks.

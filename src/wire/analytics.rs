@@ -24,6 +24,14 @@ impl Action {
             _ => return None,
         })
     }
+
+    /// The v2 name (what scope permissions are kept under).
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::AppOpened => "appOpened",
+            Action::Event => "event",
+        }
+    }
 }
 
 /// Stores one record in `scope` (from `X-Scope`) and answers `true`.

@@ -49,6 +49,24 @@ impl Action {
             _ => return None,
         })
     }
+
+    /// The v2 name (what scope permissions are kept under).
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Login => "login",
+            Action::Get => "get",
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+            Action::ResendConfirmation => "resendConfirmation",
+            Action::AddAuthProvider => "addAuthProvider",
+            Action::GetAuthProvider => "getAuthProvider",
+            Action::UpdateAuthProvider => "updateAuthProvider",
+            Action::UpdateTokenExpiry => "updateTokenExpiry",
+            Action::AccessTokenExpired => "accessTokenExpired",
+            Action::RemoveAuthProvider => "removeAuthProvider",
+        }
+    }
 }
 
 /// Runs one action in `scope` (from `X-Scope`). A `scope` in the body is ignored: a client acts

@@ -826,3 +826,98 @@ async fn analytics_sent_over_the_wire_reach_the_console() {
         .get(0);
     assert_eq!(raw, 5);
 }
+
+/// Scope permissions (users spec §9): actions unchecked in the console are refused over the wire
+/// in that scope only (v1 names too) with 810 and HTTP 403; checking them again allows them.
+#[tokio::test]
+async fn scope_permissions_deny_wire_actions() {
+    use coronium::wire::client::{signed_headers, unix_now};
+    let db = TestDb::new().await;
+    assert!(add_admin(&db, ADMIN, PASSWORD).status.success());
+    let server = TestServer::start(&db, |_| {});
+    create_user(&server, "locked", "first", "first@example.com").await;
+    let mut browser = Browser::new(&server.addr);
+    assert_eq!(browser.sign_in(ADMIN, PASSWORD).await.status, 303);
+    let page = browser.get("/_coronium/admin/scopes?scope=locked").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains(r#"value="api.users/create" checked"#),
+        "allowed by default"
+    );
+    let csrf = page.field("csrf");
+    let mut allow: Vec<(&str, String)> = vec![("csrf", csrf.clone()), ("scope", "locked".into())];
+    for (project, actions) in coronium::permissions::MODULE_ACTIONS {
+        for action in *actions {
+            if !(*project == "api.users" && *action == "create") {
+                allow.push(("allow", format!("{project}/{action}")));
+            }
+        }
+    }
+    let fields: Vec<(&str, &str)> = allow.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let saved = browser.post("/_coronium/admin/scopes", &fields).await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let page = browser.get("/_coronium/admin/scopes?scope=locked").await;
+    assert!(
+        page.body.contains(r#"value="api.users/create">"#),
+        "now unchecked"
+    );
+
+    let body = serde_json::to_vec(&json!({
+        "username": "second", "password": md5_hex("pw-123456")
+    }))
+    .unwrap();
+    for action in ["create", "createUser"] {
+        let headers = signed_headers(&server.key, "api.users", action, "locked", unix_now());
+        let (http, answer) = server.post(&headers, &body).await;
+        assert_eq!(http, 403, "{action}: {answer}");
+        assert_eq!(
+            answer,
+            json!({ "result": { "error": "Action not permitted for this scope.", "status": 810 } })
+        );
+    }
+    // Other actions in the scope, and the same action in other scopes, still work.
+    let login = server
+        .call_in(
+            "locked",
+            "api.users",
+            "login",
+            json!({ "username": "first", "password": md5_hex("pw-123456") }),
+        )
+        .await;
+    assert!(login["result"]["user_id"].is_string(), "{login}");
+    create_user(&server, "open", "second", "second@example.com").await;
+    let nobody: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM users WHERE scope = 'locked' AND username = 'second'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(nobody, 0);
+
+    // Allowing everything again takes effect at once.
+    let mut fields = fields.clone();
+    fields.push(("allow", "api.users/create"));
+    assert_eq!(
+        browser
+            .post("/_coronium/admin/scopes", &fields)
+            .await
+            .status,
+        303
+    );
+    create_user(&server, "locked", "second", "second@example.com").await;
+    let audit: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM admin_audit WHERE action = 'scope.permissions' AND scope = 'locked'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(audit, 2);
+}

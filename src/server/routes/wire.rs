@@ -213,6 +213,7 @@ async fn run_call(
         if project == wire::analytics::ANALYTICS_PROJECT {
             let analytics_action = wire::analytics::Action::parse(action)
                 .ok_or_else(|| WireError::unknown_action(project, action))?;
+            permitted(worker, &scope, project, analytics_action.name()).await?;
             *route = Route {
                 project: Some(project.to_owned()),
                 action: Some(action.to_owned()),
@@ -228,6 +229,7 @@ async fn run_call(
         } else if project == wire::USERS_PROJECT {
             let users_action = wire::users::Action::parse(action)
                 .ok_or_else(|| WireError::unknown_action(project, action))?;
+            permitted(worker, &scope, project, users_action.name()).await?;
             *route = Route {
                 project: Some(project.to_owned()),
                 action: Some(action.to_owned()),
@@ -273,5 +275,32 @@ async fn run_call(
     match tokio::time::timeout(timeout, call).await {
         Ok(outcome) => outcome,
         Err(_) => Err(WireError::new(Status::GENERAL, 504, "The request timed out.").into()),
+    }
+}
+
+/// Refuses a built-in module's action the console denied in this scope (users spec §9).
+async fn permitted(
+    worker: &Worker,
+    scope: &str,
+    project: &str,
+    action: &str,
+) -> Result<(), Answer> {
+    let services = &worker.services;
+    match services
+        .permissions
+        .allowed(&services.db, scope, project, action)
+        .await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            Err(WireError::new(Status::GENERAL, 403, crate::permissions::DENIED_MESSAGE).into())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read scope permissions");
+            Err(Answer::Failed(ErrorAnswer::new(
+                Status::GENERAL,
+                "The database is unavailable; try again shortly.",
+            )))
+        }
     }
 }
