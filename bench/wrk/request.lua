@@ -48,6 +48,12 @@ local bodies = {
   hello = function()
     return '{"name":"bench"}'
   end,
+  opened = function()
+    return string.format(
+      '{"name":"Bench","platform":"ios","platform_ver":"17.1","version":"1.%d","model":"iPhone",'
+        .. '"manufacturer":"Apple","screen_w":1170,"screen_h":2532,"device_id":"device-%d"}',
+      math.random(0, 9), math.random(1, users))
+  end,
   park = function()
     return '{"seconds":2}'
   end,
