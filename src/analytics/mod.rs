@@ -71,6 +71,9 @@ impl AnalyticsError {
     }
 }
 
+/// Records one roll-up statement moves.
+const ROLL_UP_BATCH: i64 = 10_000;
+
 /// The longest name, platform, version or model kept (longer ones are cut).
 const MAX_TEXT_CHARS: usize = 100;
 /// The largest `data` an event may carry, as JSON.
@@ -243,9 +246,16 @@ impl Analytics {
     /// Moves the inbox into the raw events and the daily counts; the records moved. Several
     /// instances may run it at once: each row is deleted, so counted, by one of them.
     pub async fn roll_up(&self) -> Result<u64, AnalyticsError> {
-        self.db
-            .write(|client| async move { roll_up(&*client).await })
-            .await
+        // On a connection of its own, in batches: a big inbox must not hold up the statements
+        // pipelined behind it on the shared write connection (the inserts themselves).
+        let mut moved = 0;
+        loop {
+            let batch = self.db.transaction(async |tx| roll_up(tx).await).await?;
+            moved += batch;
+            if batch < ROLL_UP_BATCH as u64 {
+                return Ok(moved);
+            }
+        }
     }
 
     /// Drops raw events older than `keep_days`.
@@ -276,7 +286,9 @@ impl Analytics {
 async fn roll_up(client: &impl GenericClient) -> Result<u64, AnalyticsError> {
     let stmt = client
         .prepare_cached(
-            "WITH moved AS (DELETE FROM analytics_inbox RETURNING *),
+            "WITH moved AS (DELETE FROM analytics_inbox WHERE id IN
+                              (SELECT id FROM analytics_inbox ORDER BY id LIMIT $1)
+                            RETURNING *),
                   kept AS (INSERT INTO analytics_events SELECT * FROM moved),
                   counts AS (
                     SELECT scope, (at AT TIME ZONE 'UTC')::date AS day, v.metric, v.key,
@@ -297,7 +309,7 @@ async fn roll_up(client: &impl GenericClient) -> Result<u64, AnalyticsError> {
              SELECT count(*) FROM moved",
         )
         .await?;
-    let moved: i64 = client.query_one(&stmt, &[]).await?.get(0);
+    let moved: i64 = client.query_one(&stmt, &[&ROLL_UP_BATCH]).await?.get(0);
     Ok(moved as u64)
 }
 
