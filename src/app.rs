@@ -16,6 +16,7 @@ use crate::mail::transport::Transport;
 use crate::mail::{MailError, Mailer, Templates};
 use crate::permissions::Permissions;
 use crate::users::{PasswordHasher, Users};
+use crate::vitals::Vitals;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -43,6 +44,8 @@ pub struct Services {
     pub analytics: Analytics,
     /// The process's client permissions per scope (one for every worker).
     pub permissions: Arc<Permissions>,
+    /// What the console's Server and Projects pages show (one for every worker).
+    pub vitals: Arc<Vitals>,
 }
 
 /// The running configuration's resources, built once per process.
@@ -52,6 +55,7 @@ pub struct App {
     hasher: Arc<PasswordHasher>,
     mailer: Mailer,
     permissions: Arc<Permissions>,
+    vitals: Arc<Vitals>,
 }
 
 impl App {
@@ -74,11 +78,17 @@ impl App {
             hasher: Arc::new(hasher),
             mailer,
             permissions: Arc::default(),
+            vitals: Arc::default(),
         })
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The process's vitals (what the console's Server and Projects pages show).
+    pub fn vitals(&self) -> &Arc<Vitals> {
+        &self.vitals
     }
 
     /// The key clients sign requests with: the configured one, else the data directory's (made
@@ -96,17 +106,22 @@ impl App {
         let analytics = Analytics::new(db.clone(), self.config.analytics);
         let console = self.config.console.enabled.then(|| {
             Console::new(
-                db.clone(),
-                self.hasher.clone(),
-                users.clone(),
-                analytics.clone(),
-                self.permissions.clone(),
+                crate::admin::ConsoleParts {
+                    db: db.clone(),
+                    hasher: self.hasher.clone(),
+                    users: users.clone(),
+                    analytics: analytics.clone(),
+                    permissions: self.permissions.clone(),
+                    vitals: self.vitals.clone(),
+                    projects_dir: self.config.server.projects_dir.clone(),
+                },
                 self.config.console.clone(),
             )
         });
         Ok(Services {
             analytics,
             permissions: self.permissions.clone(),
+            vitals: self.vitals.clone(),
             db,
             users,
             mailer: self.mailer.clone(),
@@ -125,7 +140,8 @@ impl App {
         );
         if !matches!(transport, Transport::Files(_)) && self.config.mail.client_senders.is_empty() {
             tracing::warn!(
-                "mail.client_senders is empty: any client holding the server key can have this                  server mail any address under any sender name; list your senders there"
+                "mail.client_senders is empty: any client holding the server key can have this \
+                 server mail any address under any sender name; list your senders there"
             );
         }
         Sender::spawn(

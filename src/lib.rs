@@ -31,4 +31,5 @@ pub mod rate;
 pub mod server;
 pub mod status;
 pub mod users;
+pub mod vitals;
 pub mod wire;

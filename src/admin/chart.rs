@@ -122,6 +122,7 @@ mod tests {
                 day: format!("2026-11-{d:02}"),
                 joins: d,
                 logins: 2 * d,
+                opens: 0,
             })
             .collect();
         let svg = daily_bars(&days);

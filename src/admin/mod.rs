@@ -8,8 +8,10 @@
 
 mod chart;
 pub mod pages;
+mod projects;
 pub mod store;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -20,6 +22,7 @@ use crate::permissions::Permissions;
 use crate::users::input::UserId;
 use crate::users::password::Secret;
 use crate::users::{InternalError, PasswordHasher, User, UserError, Users, Within};
+use crate::vitals::Vitals;
 
 pub use store::AdminAccount;
 
@@ -119,25 +122,34 @@ pub struct Console {
     users: Users,
     analytics: Analytics,
     permissions: Arc<Permissions>,
+    vitals: Arc<Vitals>,
+    projects_dir: Arc<PathBuf>,
     settings: Arc<ConsoleSettings>,
     views: Arc<pages::Views>,
 }
 
+/// What the console works on: a worker's services and the process's shared state.
+pub struct ConsoleParts {
+    pub db: DbHandle,
+    pub hasher: Arc<PasswordHasher>,
+    pub users: Users,
+    pub analytics: Analytics,
+    pub permissions: Arc<Permissions>,
+    pub vitals: Arc<Vitals>,
+    /// Where the API projects the Projects page lists live.
+    pub projects_dir: PathBuf,
+}
+
 impl Console {
-    pub fn new(
-        db: DbHandle,
-        hasher: Arc<PasswordHasher>,
-        users: Users,
-        analytics: Analytics,
-        permissions: Arc<Permissions>,
-        settings: ConsoleSettings,
-    ) -> Self {
+    pub fn new(parts: ConsoleParts, settings: ConsoleSettings) -> Self {
         Console {
-            db,
-            hasher,
-            users,
-            analytics,
-            permissions,
+            db: parts.db,
+            hasher: parts.hasher,
+            users: parts.users,
+            analytics: parts.analytics,
+            permissions: parts.permissions,
+            vitals: parts.vitals,
+            projects_dir: Arc::new(parts.projects_dir),
             settings: Arc::new(settings),
             views: Arc::new(pages::Views::new()),
         }

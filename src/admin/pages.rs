@@ -57,6 +57,8 @@ pub enum Handler {
     Analytics,
     Scopes,
     SetScopePermissions,
+    Projects,
+    Server,
 }
 
 /// A route: a method, a path under [`BASE`] (`{id}` matches one segment), and whether it is
@@ -115,6 +117,8 @@ pub const ROUTES: &[Route] = &[
     route(Method::Get, "/analytics", Handler::Analytics),
     route(Method::Get, "/scopes", Handler::Scopes),
     route(Method::Post, "/scopes", Handler::SetScopePermissions),
+    route(Method::Get, "/projects", Handler::Projects),
+    route(Method::Get, "/server", Handler::Server),
 ];
 
 /// The route for `path` (under [`BASE`]) and the `{id}` it matched.
@@ -232,6 +236,8 @@ impl Views {
             ("audit.html", include_str!("templates/audit.html")),
             ("analytics.html", include_str!("templates/analytics.html")),
             ("scopes.html", include_str!("templates/scopes.html")),
+            ("projects.html", include_str!("templates/projects.html")),
+            ("server.html", include_str!("templates/server.html")),
             ("message.html", include_str!("templates/message.html")),
         ] {
             env.add_template(name, source)
@@ -266,6 +272,17 @@ impl Views {
 impl Default for Views {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// `3 d 4 h`, `5 h 12 min`, `42 s`: how long a server has been up.
+fn uptime_text(secs: u64) -> String {
+    let (days, hours, minutes) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    match (days, hours, minutes) {
+        (0, 0, 0) => format!("{secs} s"),
+        (0, 0, m) => format!("{m} min {} s", secs % 60),
+        (0, h, m) => format!("{h} h {m} min"),
+        (d, h, _) => format!("{d} d {h} h"),
     }
 }
 
@@ -413,6 +430,8 @@ impl Console {
             (Handler::Analytics, _) => self.analytics_page(&page).await,
             (Handler::Scopes, _) => self.scopes_page(&page).await,
             (Handler::SetScopePermissions, _) => self.set_scope_permissions(&page).await,
+            (Handler::Projects, _) => self.projects_page(&page).await,
+            (Handler::Server, _) => self.server_page(&page).await,
             (_, None) => Ok(self.message(404, "Not found", "There is no such user.")),
             (Handler::User, Some(id)) => self.user_page(&page, id, None, 200).await,
             (Handler::DeleteForm, Some(id)) => self.delete_form(&page, id).await,
@@ -960,6 +979,7 @@ impl Console {
                 day: day.clone(),
                 joins: *opens,
                 logins: 0,
+                opens: *opens,
             })
             .collect();
         let chart = chart::daily_opens(&days);
@@ -1054,6 +1074,74 @@ impl Console {
             .append_pair("notice", "permissions_saved")
             .finish();
         Ok(ConsoleResponse::see_other(&format!("/scopes?{query}")))
+    }
+
+    async fn projects_page(&self, page: &Page<'_>) -> Result<ConsoleResponse, AdminError> {
+        let dir = self.projects_dir.clone();
+        let scanned = tokio::task::spawn_blocking(move || super::projects::scan(&dir))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let records = self.vitals.projects();
+        let (folders, folder_error) = match scanned {
+            Ok(folders) => (folders, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        let mut projects: Vec<Value> = folders
+            .iter()
+            .map(|folder| {
+                let record = records.get(&folder.name).cloned().unwrap_or_default();
+                json!({
+                    "name": folder.name, "files": folder.files, "more": folder.more,
+                    "state": record.state(), "record": record, "on_disk": true,
+                })
+            })
+            .collect();
+        // Loaded once, gone from the folder since.
+        for (name, record) in &records {
+            if !folders.iter().any(|f| &f.name == name) {
+                projects.push(json!({
+                    "name": name, "files": [], "more": false, "state": "removed",
+                    "record": record, "on_disk": false,
+                }));
+            }
+        }
+        let (scope, scopes) = self.page_scope(page).await?;
+        self.render_page(
+            page,
+            ("projects.html", 200),
+            Frame {
+                nav: "projects",
+                scope: &scope,
+                scopes: &scopes,
+            },
+            json!({
+                "projects_dir": self.projects_dir.display().to_string(),
+                "folder_error": folder_error,
+                "projects": projects,
+                "errors": self.vitals.handler_errors(),
+                "errors_kept": crate::vitals::HANDLER_ERRORS_KEPT,
+            }),
+            None,
+        )
+    }
+
+    async fn server_page(&self, page: &Page<'_>) -> Result<ConsoleResponse, AdminError> {
+        let figures = self.vitals.server();
+        let (scope, scopes) = self.page_scope(page).await?;
+        self.render_page(
+            page,
+            ("server.html", 200),
+            Frame {
+                nav: "server",
+                scope: &scope,
+                scopes: &scopes,
+            },
+            json!({
+                "server": figures,
+                "uptime": uptime_text(figures.uptime_secs),
+            }),
+            None,
+        )
     }
 
     async fn audit_page(&self, page: &Page<'_>) -> Result<ConsoleResponse, AdminError> {
@@ -1195,6 +1283,36 @@ mod tests {
                                         "scope": null, "user_id": null, "detail": "{}" }],
                              "next": null }),
                 ),
+            ),
+            (
+                "projects.html",
+                base(json!({
+                    "projects_dir": "./projects", "folder_error": null, "errors_kept": 50,
+                    "projects": [{ "name": "Demo", "more": false, "state": "failed",
+                                   "on_disk": true,
+                                   "files": [{ "path": "main.lua", "bytes": 10, "modified": 1 }],
+                                   "record": { "loaded": 1, "loads": 2, "failing": true,
+                                               "error": { "at": 2, "message": "boom",
+                                                          "location": "Demo/main.lua:1" } } }],
+                    "errors": [{ "project": "Demo", "action": "a", "at": 3, "message": "x",
+                                 "location": null }],
+                })),
+            ),
+            (
+                "server.html",
+                base(json!({
+                    "uptime": "5 s",
+                    "server": crate::vitals::Vitals::default().server(),
+                })),
+            ),
+            (
+                "server.html",
+                base(json!({
+                    "uptime": "5 s",
+                    "server": { "version": "0.1.0", "started": 1, "uptime_secs": 5,
+                                "workers": 2,
+                                "metrics": crate::vitals::MetricFigures::default() },
+                })),
             ),
         ];
         for (name, ctx) in pages {

@@ -405,13 +405,15 @@ pub async fn scope_totals(
     })
 }
 
-/// One day's joins and logins.
+/// One day's joins, logins and app opens.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct DayFigures {
     /// `YYYY-MM-DD` (UTC).
     pub day: String,
     pub joins: i64,
     pub logins: i64,
+    /// `api.analytics` `appOpened` calls (rolled up).
+    pub opens: i64,
 }
 
 /// The last `days` days (UTC), today included, oldest first; days without activity are zero.
@@ -422,10 +424,13 @@ pub async fn daily_figures(
 ) -> Result<Vec<DayFigures>, AdminError> {
     let rows = client
         .query(
-            "SELECT to_char(d.day, 'YYYY-MM-DD'), COALESCE(s.joins, 0), COALESCE(s.logins, 0)
+            "SELECT to_char(d.day, 'YYYY-MM-DD'), COALESCE(s.joins, 0), COALESCE(s.logins, 0),
+                    COALESCE(a.count, 0)::bigint
              FROM generate_series((now() AT TIME ZONE 'UTC')::date - ($2 - 1),
                                   (now() AT TIME ZONE 'UTC')::date, interval '1 day') AS d(day)
              LEFT JOIN user_stats_daily s ON s.scope = $1 AND s.day = d.day::date
+             LEFT JOIN analytics_daily a ON a.scope = $1 AND a.day = d.day::date
+                                        AND a.metric = 'opens' AND a.key = ''
              ORDER BY d.day",
             &[&scope, &days],
         )
@@ -436,6 +441,7 @@ pub async fn daily_figures(
             day: row.get(0),
             joins: row.get(1),
             logins: row.get(2),
+            opens: row.get(3),
         })
         .collect())
 }

@@ -166,15 +166,17 @@ impl Runtime {
             options.cpu_budget,
             options.pulse.clone(),
         ));
+        let projects = projects::Projects::new(
+            options.projects_dir.clone(),
+            pending.clone(),
+            meter.clone(),
+            services.vitals.clone(),
+        );
         let host = Rc::new(Host {
             services,
             scope: options.scope,
             output: options.output,
-            projects: projects::Projects::new(
-                options.projects_dir.clone(),
-                pending.clone(),
-                meter.clone(),
-            ),
+            projects,
             pending,
             meter: meter.clone(),
         });
@@ -253,6 +255,10 @@ impl Runtime {
             Ok(None) => return HandlerOutcome::UnknownProject,
             Err(e) => {
                 tracing::error!(project, "{e}");
+                self.host
+                    .services
+                    .vitals
+                    .project_failed(project, &e.to_string());
                 return HandlerOutcome::Error(ErrorAnswer::new(Status::GENERAL, e.summary()));
             }
         };
@@ -264,6 +270,10 @@ impl Runtime {
             Err(e) => {
                 let text = describe(&e);
                 tracing::error!(project, action, "handler failed: {text}");
+                self.host
+                    .services
+                    .vitals
+                    .handler_failed(project, action, &text);
                 let first_line = text.lines().next().unwrap_or("handler failed");
                 HandlerOutcome::Error(ErrorAnswer::new(Status::GENERAL, first_line))
             }

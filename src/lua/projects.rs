@@ -9,12 +9,14 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use mlua::{Function, Lua, MultiValue, Table, Value};
 
 use super::budget::Meter;
 use super::pending::Pending;
+use crate::vitals::Vitals;
 
 /// Largest project file compiled: Luau compiles in C, outside the CPU budget and the state's
 /// memory limit (hostile source compiles at about 2 MB/s).
@@ -52,6 +54,8 @@ pub(crate) struct Projects {
     pending: Rc<Pending>,
     /// Loading code runs under the same CPU budget as a request.
     meter: Rc<Meter>,
+    /// Where loads are reported (the console's Projects page).
+    vitals: Arc<Vitals>,
 }
 
 /// A name segment: letters, digits, `_` and `-` (no dots, slashes or `..`).
@@ -70,11 +74,17 @@ fn modified(path: &Path) -> Stamp {
 }
 
 impl Projects {
-    pub fn new(dir: Option<PathBuf>, pending: Rc<Pending>, meter: Rc<Meter>) -> Self {
+    pub fn new(
+        dir: Option<PathBuf>,
+        pending: Rc<Pending>,
+        meter: Rc<Meter>,
+        vitals: Arc<Vitals>,
+    ) -> Self {
         Projects {
             dir,
             pending,
             meter,
+            vitals,
             new_project: RefCell::new(None),
             entries: RefCell::new(HashMap::new()),
             loading: RefCell::new(HashMap::new()),
@@ -175,6 +185,7 @@ impl Projects {
             },
         );
         tracing::info!(project = name, "loaded API project");
+        self.vitals.project_loaded(name);
         Ok(Some(api))
     }
 

@@ -58,8 +58,15 @@ pub struct Shared {
     pub(crate) page_rate: limits::PageRate,
 }
 
-/// Installs the process-wide Prometheus recorder (once per process) and returns its handle.
+/// Installs the process-wide Prometheus recorder (once per process: every server of the process
+/// gets its handle) and returns its handle.
 pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(install_recorder).clone()
+}
+
+fn install_recorder() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     const LATENCY_BUCKETS: &[f64] = &[
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -272,11 +279,14 @@ impl Server {
         let services = (0..listeners.workers())
             .map(|_| app.services(per_worker))
             .collect::<Result<Vec<_>, _>>()?;
+        let metrics = install_metrics();
+        app.vitals()
+            .server_started(listeners.workers(), metrics.clone());
         let shared = Arc::new(Shared {
             server_key: app.server_key()?,
             connections: Arc::new(Semaphore::new(config.server.max_connections)),
             lua_memory_limit: config.lua.memory_limit_mb.saturating_mul(1024 * 1024),
-            metrics: install_metrics(),
+            metrics,
             page_rate: limits::PageRate::new(config.server.page_requests_per_minute),
             settings: config.server.clone(),
         });

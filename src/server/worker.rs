@@ -275,6 +275,9 @@ async fn report_pool(index: usize, worker: Rc<Worker>) {
                 second % 3600 == 3599,
             ));
         }
+        if index == 0 && second % 5 == 0 {
+            worker.services.vitals.sample();
+        }
         if index == 0 && second % 60 == 59 {
             tokio::task::spawn_local(forget_old_login_failures(worker.services.users.clone()));
             if let Some(console) = worker.services.console.clone() {

@@ -279,7 +279,9 @@ pub fn write_project(root: &Path, name: &str, files: &[(&str, &str)]) {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     for (file, source) in files {
-        std::fs::write(dir.join(file), source).unwrap();
+        let path = dir.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, source).unwrap();
     }
 }
 

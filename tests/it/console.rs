@@ -9,11 +9,11 @@ use serde_json::json;
 
 use crate::common::*;
 
-const ADMIN: &str = "ops";
-const PASSWORD: &str = "correct horse battery";
+pub(crate) const ADMIN: &str = "ops";
+pub(crate) const PASSWORD: &str = "correct horse battery";
 
 /// `coronium admin add NAME` with the password on stdin; the command's output.
-fn add_admin(db: &TestDb, name: &str, password: &str) -> std::process::Output {
+pub(crate) fn add_admin(db: &TestDb, name: &str, password: &str) -> std::process::Output {
     let mut child = coronium(Some(db))
         .args(["admin", "add", name])
         .stdin(std::process::Stdio::piped())
@@ -168,7 +168,12 @@ impl Browser {
     }
 }
 
-async fn create_user(server: &TestServer, scope: &str, username: &str, email: &str) -> String {
+pub(crate) async fn create_user(
+    server: &TestServer,
+    scope: &str,
+    username: &str,
+    email: &str,
+) -> String {
     let answer = server
         .call_in(
             scope,
@@ -183,7 +188,7 @@ async fn create_user(server: &TestServer, scope: &str, username: &str, email: &s
         .to_owned()
 }
 
-fn md5_hex(s: &str) -> String {
+pub(crate) fn md5_hex(s: &str) -> String {
     coronium::users::password::md5_hex(s)
 }
 
@@ -920,4 +925,187 @@ async fn scope_permissions_deny_wire_actions() {
         .unwrap()
         .get(0);
     assert_eq!(audit, 2);
+}
+
+/// The Projects page: each project's files and state, a failed load with its file and line,
+/// and the recent handler errors, as the workers saw them.
+#[tokio::test]
+async fn the_projects_page_shows_loads_failures_and_handler_errors() {
+    let db = TestDb::new().await;
+    assert!(add_admin(&db, ADMIN, PASSWORD).status.success());
+    let root = scratch_dir("projects");
+    write_project(
+        &root,
+        "Demo",
+        &[
+            (
+                "main.lua",
+                "local api = core.api()\n\
+                 function api.ok() return 1 end\n\
+                 function api.fail() local t = nil; return t.field end\n\
+                 return api\n",
+            ),
+            ("lib/util.lua", "return {}\n"),
+        ],
+    );
+    write_project(
+        &root,
+        "Broken",
+        &[("main.lua", "local api = core.api()\nreturn api +\n")],
+    );
+    let server = serve_projects(&db, &root, "2", &[]);
+    let ok = server.call("Demo", "ok", json!({})).await;
+    assert_eq!(ok, json!({ "result": 1 }));
+    let failed = server.call("Demo", "fail", json!({})).await;
+    assert_eq!(failed["result"]["status"], 810, "{failed}");
+    let broken = server.call("Broken", "any", json!({})).await;
+    assert_eq!(broken["result"]["status"], 810, "{broken}");
+
+    let mut browser = Browser::new(&server.addr);
+    assert_eq!(browser.sign_in(ADMIN, PASSWORD).await.status, 303);
+    let page = browser.get("/_coronium/admin/projects").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    // minijinja escapes '/' in text.
+    let body = &page.body.replace("&#x2f;", "/");
+    let section = |name: &str| {
+        let start = body
+            .find(&format!(r#"id="project-{name}""#))
+            .unwrap_or_else(|| panic!("no {name} in {body}"));
+        let end = body[start..].find("</section>").unwrap() + start;
+        body[start..end].to_owned()
+    };
+    let demo = section("Demo");
+    assert!(
+        demo.contains(r#"<span class="tag state-loaded">loaded</span>"#),
+        "{demo}"
+    );
+    assert!(
+        demo.contains("<code>main.lua</code>") && demo.contains("<code>lib/util.lua</code>"),
+        "{demo}"
+    );
+    let broken = section("Broken");
+    assert!(
+        broken.contains(r#"<span class="tag state-failed">failed</span>"#),
+        "{broken}"
+    );
+    assert!(
+        broken.contains("<code>Broken/main.lua:3</code>"),
+        "{broken}"
+    );
+    // The handler error ring: the failing action, where it failed.
+    let errors = &body[body.find("Recent handler errors").unwrap()..];
+    assert!(
+        errors.contains("<td>Demo</td><td>fail</td><td><code>Demo/main.lua:3</code></td>"),
+        "{errors}"
+    );
+    assert!(errors.contains("attempt to index nil"), "{errors}");
+
+    // Fixed on disk: the next request loads it, and the page says so.
+    std::fs::write(
+        root.join("Broken/main.lua"),
+        "local api = core.api()\nfunction api.any() return 2 end\nreturn api\n",
+    )
+    .unwrap();
+    let fixed = server.call("Broken", "any", json!({})).await;
+    assert_eq!(fixed, json!({ "result": 2 }));
+    let page = browser.get("/_coronium/admin/projects").await;
+    let start = page.body.find(r#"id="project-Broken""#).unwrap();
+    assert!(
+        page.body[start..].contains(r#"<span class="tag state-loaded">loaded</span>"#),
+        "{}",
+        page.body
+    );
+}
+
+/// The Server page shows the figures `/metrics` exports (a process of its own: its own
+/// recorder), the version and the workers.
+#[tokio::test]
+async fn the_server_page_shows_what_metrics_exports() {
+    let db = TestDb::new().await;
+    assert!(add_admin(&db, ADMIN, PASSWORD).status.success());
+    let server = TestServer::start_process(&db, |cmd| {
+        cmd.env("CORONIUM_WORKERS", "3");
+    });
+    for name in ["sam", "sue"] {
+        create_user(&server, "default", name, &format!("{name}@example.com")).await;
+    }
+    let missing = server
+        .call(
+            "api.users",
+            "get",
+            json!({ "user_id": uuid::Uuid::new_v4().to_string() }),
+        )
+        .await;
+    assert_eq!(missing["result"]["status"], 604);
+    let (http, _) = server.post(&[], b"{}").await;
+    assert_eq!(http, 400, "an unsigned request is refused");
+
+    let (status, metrics) = http_get(&server.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let total: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("coronium_requests_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(total, 4.0, "{metrics}");
+    let mut browser = Browser::new(&server.addr);
+    assert_eq!(browser.sign_in(ADMIN, PASSWORD).await.status, 303);
+    let page = browser.get("/_coronium/admin/server").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let body = &page.body;
+    assert!(body.contains(&format!("coronium {}", env!("CARGO_PKG_VERSION"))));
+    assert!(
+        body.contains(r#"<span class="value" id="workers">3</span>"#),
+        "{body}"
+    );
+    assert!(body.contains(r#"<dd id="requests-total">4</dd>"#), "{body}");
+    // The 604 answer and the refused request, as `/metrics` labels them.
+    assert!(body.contains(r#"<dd id="failed-total">2</dd>"#), "{body}");
+    assert!(body.contains(r#"id="rps""#) && body.contains(r#"id="error-rate""#));
+}
+
+/// No log line and no command output carries an admin's password, at the most verbose level,
+/// whether the sign-in succeeds or fails.
+#[tokio::test]
+async fn an_admin_password_is_never_logged() {
+    let db = TestDb::new().await;
+    let added = coronium(Some(&db))
+        .env("CORONIUM_LOG", "trace")
+        .args(["admin", "add", ADMIN])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = added;
+    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    let added = child.wait_with_output().unwrap();
+    assert!(added.status.success());
+    let log_path = scratch_dir("log").join("server.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let server = TestServer::start_process(&db, |cmd| {
+        cmd.env("CORONIUM_LOG", "trace").stderr(log_file);
+    });
+    let mut browser = Browser::new(&server.addr);
+    let wrong = "wrong but long password";
+    assert_eq!(browser.sign_in(ADMIN, wrong).await.status, 401);
+    assert_eq!(browser.sign_in(ADMIN, PASSWORD).await.status, 303);
+    drop(server);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("console"), "the log was written: {log}");
+    let outputs = [
+        log,
+        String::from_utf8_lossy(&added.stdout).into_owned(),
+        String::from_utf8_lossy(&added.stderr).into_owned(),
+    ];
+    for output in &outputs {
+        for secret in [PASSWORD, wrong] {
+            // As typed, and as the form sends it.
+            let encoded = secret.replace(' ', "+");
+            assert!(
+                !output.contains(secret) && !output.contains(&encoded),
+                "{secret:?} in {output}"
+            );
+        }
+    }
 }
