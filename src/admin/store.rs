@@ -134,8 +134,12 @@ pub async fn open_session(
     Ok(())
 }
 
+/// How stale `last_seen` may get before a request writes it again: most requests then only
+/// read, and a busy session's requests do not queue on its row lock.
+const SESSION_TOUCH_SECS: f64 = 30.0;
+
 /// The session a token opens, if it is still alive (not past its absolute end and used within
-/// `idle_secs`); marks it used.
+/// `idle_secs`); marks it used (to within [`SESSION_TOUCH_SECS`]).
 pub async fn touch_session(
     client: &impl GenericClient,
     token_hash: &[u8],
@@ -143,11 +147,16 @@ pub async fn touch_session(
 ) -> Result<Option<(String, String)>, AdminError> {
     let row = client
         .query_opt(
-            "UPDATE admin_sessions SET last_seen = now()
-             WHERE token_hash = $1 AND expires > now()
-               AND last_seen > now() - make_interval(secs => $2)
-             RETURNING admin, csrf",
-            &[&token_hash, &(idle_secs as f64)],
+            "WITH alive AS (
+               SELECT admin, csrf, last_seen FROM admin_sessions
+               WHERE token_hash = $1 AND expires > now()
+                 AND last_seen > now() - make_interval(secs => $2)),
+             touched AS (
+               UPDATE admin_sessions SET last_seen = now()
+               WHERE token_hash = $1 AND last_seen < now() - make_interval(secs => $3)
+                 AND EXISTS (SELECT 1 FROM alive))
+             SELECT admin, csrf FROM alive",
+            &[&token_hash, &(idle_secs as f64), &SESSION_TOUCH_SECS],
         )
         .await?;
     Ok(row.map(|row| (row.get(0), row.get(1))))

@@ -1,13 +1,18 @@
 //! Analytics: the client plugin's `core.analytics.appOpened` and events, stored per scope.
 //!
-//! A request costs one insert into an unlogged inbox (migration 0007); [`Analytics::roll_up`]
+//! A request costs a share of one insert into an unlogged inbox (migration 0007): the records
+//! that arrive on a worker while its last insert is under way go in together, as one statement
+//! of arrays. [`Analytics::roll_up`]
 //! moves the inbox into the raw events and the daily counts in one statement (every few seconds
 //! on one worker, and before the console reads), and [`Analytics::prune`] drops raw events past
 //! `analytics.keep_days`. Reads use only the daily counts.
 
+use std::sync::{Arc, Mutex};
+
 use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tokio::sync::oneshot;
 
 use crate::db::DbHandle;
 use crate::status::{ErrorAnswer, Status};
@@ -36,6 +41,9 @@ pub enum AnalyticsError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    /// The insert that carried this record with others failed (its cause, for the log).
+    #[error("database: {0}")]
+    Batch(String),
 }
 
 /// PostgreSQL's own words when it said something (`tokio_postgres` shows only "db error").
@@ -63,6 +71,8 @@ impl AnalyticsError {
             AnalyticsError::BadParameter(_) => {
                 ErrorAnswer::new(Status::MISMATCHED_PARAMETER, self.to_string())
             }
+            // Logged once for its whole batch.
+            AnalyticsError::Batch(_) => ErrorAnswer::new(Status::GENERAL, "Internal server error."),
             AnalyticsError::Pool(_) | AnalyticsError::Postgres(_) => {
                 tracing::error!(error = %self, "analytics could not be stored");
                 ErrorAnswer::new(Status::GENERAL, "Internal server error.")
@@ -202,45 +212,71 @@ pub struct Summary {
 pub struct Analytics {
     db: DbHandle,
     settings: AnalyticsSettings,
+    /// Records waiting for the next insert, with whom to tell how it went; `None` when no
+    /// insert is being gathered.
+    gathering: Arc<Mutex<Option<Vec<Waiting>>>>,
 }
+
+type Waiting = (String, Record, oneshot::Sender<Result<(), String>>);
+
+/// The most records one insert carries.
+const MAX_BATCH: usize = 500;
 
 impl Analytics {
     pub fn new(db: DbHandle, settings: AnalyticsSettings) -> Self {
-        Analytics { db, settings }
+        Analytics {
+            db,
+            settings,
+            gathering: Arc::default(),
+        }
     }
 
-    /// Stores one record in `scope`: a single insert.
+    /// Stores one record in `scope`. The first record of a batch starts a task that lets the
+    /// worker's other requests run once, then inserts every record that joined in one
+    /// statement; each request waits for its batch (a request that gives up takes no one's
+    /// record with it).
     pub async fn record(&self, scope: &str, record: &Record) -> Result<(), AnalyticsError> {
-        self.db
-            .write(|client| async move {
-                let stmt = client
-                    .prepare_cached(
-                        "INSERT INTO analytics_inbox (scope, kind, name, device, platform,
-                           platform_ver, version, model, manufacturer, country_code, data)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                    )
-                    .await?;
-                client
-                    .execute(
-                        &stmt,
-                        &[
-                            &scope,
-                            &record.kind.as_str(),
-                            &record.name,
-                            &record.device,
-                            &record.platform,
-                            &record.platform_ver,
-                            &record.version,
-                            &record.model,
-                            &record.manufacturer,
-                            &record.country_code,
-                            &Value::Object(record.data.clone()),
-                        ],
-                    )
-                    .await?;
-                Ok(())
-            })
-            .await
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut gathering = self.gathering.lock().unwrap();
+            let waiting = (scope.to_owned(), record.clone(), tx);
+            match gathering.as_mut() {
+                Some(batch) if batch.len() < MAX_BATCH => batch.push(waiting),
+                // Its task takes the full batch; this record goes in one of its own.
+                Some(_) => drop(tokio::spawn(self.clone().insert(vec![waiting]))),
+                None => {
+                    *gathering = Some(vec![waiting]);
+                    tokio::spawn(self.clone().insert_gathered());
+                }
+            }
+        }
+        match rx.await {
+            Ok(outcome) => outcome.map_err(AnalyticsError::Batch),
+            Err(_) => Err(AnalyticsError::Batch("the insert was dropped".into())),
+        }
+    }
+
+    async fn insert_gathered(self) {
+        tokio::task::yield_now().await;
+        let batch = self.gathering.lock().unwrap().take();
+        if let Some(batch) = batch {
+            self.insert(batch).await;
+        }
+    }
+
+    async fn insert(self, batch: Vec<Waiting>) {
+        let records: Vec<(&str, &Record)> = batch.iter().map(|(s, r, _)| (s.as_str(), r)).collect();
+        let outcome = self
+            .db
+            .write(|client| async move { insert(&*client, &records).await })
+            .await;
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, records = batch.len(), "analytics could not be stored");
+        }
+        let shared = outcome.map_err(|e| e.to_string());
+        for (_, _, tx) in batch {
+            let _ = tx.send(shared.clone());
+        }
     }
 
     /// Moves the inbox into the raw events and the daily counts; the records moved. Several
@@ -281,6 +317,49 @@ impl Analytics {
             .read(|client| async move { summary(&*client, scope, days).await })
             .await
     }
+}
+
+/// One statement for every record: arrays, one per column, unnested into rows.
+async fn insert(
+    client: &impl GenericClient,
+    records: &[(&str, &Record)],
+) -> Result<(), AnalyticsError> {
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO analytics_inbox (scope, kind, name, device, platform, platform_ver,
+               version, model, manufacturer, country_code, data)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+               $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::jsonb[])",
+        )
+        .await?;
+    let column = |field: fn(&Record) -> &Option<String>| -> Vec<&Option<String>> {
+        records.iter().map(|(_, r)| field(r)).collect()
+    };
+    let scopes: Vec<&str> = records.iter().map(|(s, _)| *s).collect();
+    let kinds: Vec<&str> = records.iter().map(|(_, r)| r.kind.as_str()).collect();
+    let data: Vec<Value> = records
+        .iter()
+        .map(|(_, r)| Value::Object(r.data.clone()))
+        .collect();
+    client
+        .execute(
+            &stmt,
+            &[
+                &scopes,
+                &kinds,
+                &column(|r| &r.name),
+                &column(|r| &r.device),
+                &column(|r| &r.platform),
+                &column(|r| &r.platform_ver),
+                &column(|r| &r.version),
+                &column(|r| &r.model),
+                &column(|r| &r.manufacturer),
+                &column(|r| &r.country_code),
+                &data,
+            ],
+        )
+        .await?;
+    Ok(())
 }
 
 async fn roll_up(client: &impl GenericClient) -> Result<u64, AnalyticsError> {

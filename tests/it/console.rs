@@ -1109,3 +1109,95 @@ async fn an_admin_password_is_never_logged() {
         }
     }
 }
+
+/// A session unused for `console.idle_minutes` ends; a busy one is kept alive, its last use
+/// written at most every 30 s (so most page views only read).
+#[tokio::test]
+async fn idle_sessions_end_and_busy_ones_are_kept_alive() {
+    let db = TestDb::new().await;
+    assert!(add_admin(&db, ADMIN, PASSWORD).status.success());
+    let server = TestServer::start(&db, |_| {});
+    let mut browser = Browser::new(&server.addr);
+    assert_eq!(browser.sign_in(ADMIN, PASSWORD).await.status, 303);
+    let client = db.client().await;
+    let last_seen_age = async || -> f64 {
+        client
+            .query_one(
+                "SELECT extract(epoch FROM now() - last_seen)::float8 FROM admin_sessions",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let age = async |secs: i32| {
+        client
+            .execute(
+                "UPDATE admin_sessions SET last_seen = now() - make_interval(secs => $1)",
+                &[&f64::from(secs)],
+            )
+            .await
+            .unwrap();
+    };
+    age(10).await;
+    assert_eq!(browser.get("/_coronium/admin/audit").await.status, 200);
+    assert!(
+        last_seen_age().await >= 9.0,
+        "a recent use is not written again"
+    );
+    age(40).await;
+    assert_eq!(browser.get("/_coronium/admin/audit").await.status, 200);
+    assert!(last_seen_age().await < 5.0, "an older one is");
+    age(31 * 60).await;
+    let ended = browser.get("/_coronium/admin/audit").await;
+    assert_eq!(ended.status, 303);
+    assert_eq!(ended.header("location"), Some("/_coronium/admin/login"));
+}
+
+/// Opens sent at once share inserts (a batch per worker); each is stored exactly once, and
+/// all are counted.
+#[tokio::test]
+async fn concurrent_app_opens_are_each_stored_once() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {});
+    let mut calls = Vec::new();
+    for i in 0..300 {
+        let (addr, key) = (server.addr.clone(), server.key.clone());
+        calls.push(tokio::spawn(async move {
+            coronium::wire::client::call(
+                &addr,
+                &key,
+                "api.analytics",
+                "appOpened",
+                "burst",
+                &json!({ "platform": if i % 3 == 0 { "ios" } else { "android" } }),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap(), json!({ "result": true }));
+    }
+    let client = db.client().await;
+    let stored: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM analytics_inbox WHERE scope = 'burst')
+                  + (SELECT count(*) FROM analytics_events WHERE scope = 'burst')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 300);
+    let ios: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM analytics_inbox WHERE scope = 'burst' AND platform = 'ios')
+                  + (SELECT count(*) FROM analytics_events WHERE scope = 'burst' AND platform = 'ios')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ios, 100);
+}
