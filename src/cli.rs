@@ -24,7 +24,9 @@ pub struct Cli {
     /// Config file (default: ./coronium.toml when it exists).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Data directory: holds the embedded PostgreSQL cluster (default ./coronium-data).
+    /// Data directory: the embedded PostgreSQL cluster, the server key (server.key) that `serve`
+    /// answers to and `call` signs with, and development mail (default ./coronium-data;
+    /// CORONIUM_DATA_DIR).
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Log format on stderr.
@@ -301,15 +303,46 @@ async fn call(
 ) -> Result<ExitCode, CliError> {
     let params: serde_json::Value = serde_json::from_str(params)
         .map_err(|e| CliError::Setup(format!("the parameters are not JSON: {e}")))?;
-    let key = server_key(config)?;
+    // The key of the server being called: never a new one (a new key cannot be the server's).
+    let (key, key_source) = match &config.server.server_key {
+        Some(key) => (
+            key.clone(),
+            "CORONIUM_SERVER_KEY (or server_key in the config)".to_owned(),
+        ),
+        None => {
+            let path = config.data_dir.join(crate::wire::key::KEY_FILE);
+            let shown = std::path::absolute(&path).unwrap_or(path.clone());
+            match crate::wire::key::load(&config.data_dir) {
+                Ok(key) => (SecretString::from(key), shown.display().to_string()),
+                Err(crate::wire::key::KeyError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    return Err(CliError::Setup(format!(
+                        "there is no server key at {}: `coronium call` signs with the key of the \
+                         server it calls, which `coronium serve` keeps in its data directory; \
+                         run `call` with that server's --data-dir (or CORONIUM_DATA_DIR), or set \
+                         CORONIUM_SERVER_KEY",
+                        shown.display()
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
     let answer =
         crate::wire::client::call(addr, key.expose_secret(), project, action, scope, &params)
             .await
-            .map_err(|e| CliError::Setup(e.to_string()))?;
+            .map_err(|e| CliError::Setup(format!("cannot call {addr}: {e}")))?;
     println!(
         "{}",
         serde_json::to_string_pretty(&answer).unwrap_or_else(|_| answer.to_string())
     );
+    if answer["result"]["error"] == crate::wire::SIGNATURE_INVALID {
+        eprintln!(
+            "hint: the request was signed with the key from {key_source}; the server at {addr} \
+             has another (does it use another data directory, or was its key regenerated?)"
+        );
+    }
     let failed = answer["result"].get("error").is_some() || answer.get("result").is_none();
     Ok(if failed {
         ExitCode::FAILURE
@@ -333,6 +366,13 @@ fn key(config: &Config, regenerate: bool) -> Result<ExitCode, CliError> {
     };
     // Printing the key is what this command is for.
     println!("{}", key.expose_secret());
+    if regenerate {
+        eprintln!(
+            "The new key is in {}. A running server keeps signing with the old one until it is \
+             restarted; restart it, and give your clients the new key.",
+            config.data_dir.join(crate::wire::key::KEY_FILE).display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -359,6 +399,7 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
         let _ = out.flush();
     }
     tracing::info!(addr = %listeners.local_addr(), workers = listeners.workers(), "coronium serving");
+    startup_summary(app.config(), listeners.scheme(), listeners.local_addr());
     let served = crate::server::run(&app, listeners, async {
         let signal = shutdown_signal().await;
         tracing::info!(signal, "shutting down: draining in-flight requests");
@@ -368,6 +409,80 @@ async fn serve(config: Config) -> Result<ExitCode, CliError> {
     served?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The log filter `CORONIUM_LOG` asks for: a level (`debug`), or directives (`info,coronium=debug`).
+/// A bare word that is not a level would be taken as a target at trace and turn every other
+/// line off (`verbose` logged nothing), so it is refused with what would work.
+pub fn log_filter(value: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+    for directive in value.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=') && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "CORONIUM_LOG={value:?}: {directive:?} is not a level (error, warn, info, debug, \
+                 trace or off); for one part of the server, write it as TARGET=LEVEL \
+                 (info,coronium::access=warn)"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(value)
+        .map_err(|e| format!("CORONIUM_LOG={value:?} is not a log filter: {e}"))
+}
+
+/// Logs where everything is: data, database, projects (warning when there are none), the key
+/// and the console, so a mistyped folder shows at start and not as "Unknown project" later.
+fn startup_summary(config: &Config, scheme: &str, addr: std::net::SocketAddr) {
+    let database = match &config.database_url {
+        Some(url) => crate::config::redacted_url(url.expose_secret()),
+        None => format!("embedded, in {}", config.data_dir.join("pg").display()),
+    };
+    tracing::info!(data_dir = %config.data_dir.display(), %database, "data");
+    let folder = &config.server.projects_dir;
+    match crate::admin::projects::scan(folder) {
+        Ok(found) if found.is_empty() => tracing::warn!(
+            folder = %folder.display(),
+            "no API projects in the projects folder (a project is <folder>/<Name>/main.lua): \
+             calls to projects answer \"Unknown project\"; --projects names another folder"
+        ),
+        Ok(found) => {
+            let names: Vec<&str> = found.iter().map(|p| p.name.as_str()).collect();
+            tracing::info!(folder = %folder.display(), projects = %names.join(", "), "API projects");
+        }
+        // The default folder, absent: a server for the built-in modules only.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && *folder == crate::config::ServerSettings::default().projects_dir =>
+        {
+            tracing::info!(
+                folder = %folder.display(),
+                "no projects folder: only api.users and api.analytics answer; --projects DIR \
+                 serves the API projects in DIR"
+            )
+        }
+        Err(e) => tracing::warn!(
+            folder = %folder.display(),
+            error = %e,
+            "the projects folder cannot be read: calls to projects answer \"Unknown project\"; \
+             --projects names another folder"
+        ),
+    }
+    match config.server.server_key {
+        Some(_) => tracing::info!("server key: from the configuration (CORONIUM_SERVER_KEY)"),
+        None => tracing::info!(
+            file = %config.data_dir.join(crate::wire::key::KEY_FILE).display(),
+            "server key"
+        ),
+    }
+    if config.console.enabled {
+        let host = if addr.ip().is_unspecified() {
+            std::net::SocketAddr::new([127, 0, 0, 1].into(), addr.port())
+        } else {
+            addr
+        };
+        tracing::info!(
+            "console: {scheme}://{host}/_coronium/admin/ (an account: coronium admin add NAME)"
+        );
+    }
 }
 
 /// `coronium run FILE`: one script, `print` to stdout. SIGINT / SIGTERM stop the script, then the
@@ -620,5 +735,26 @@ pub async fn shutdown_signal() -> u8 {
     tokio::select! {
         _ = int.recv() => libc::SIGINT as u8,
         _ = term.recv() => libc::SIGTERM as u8,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn log_levels_and_directives_are_taken_and_a_stray_word_is_refused() {
+        for good in [
+            "debug",
+            "WARN",
+            "info,coronium::access=warn",
+            "coronium=trace",
+            "",
+        ] {
+            assert!(log_filter(good).is_ok(), "{good}");
+        }
+        let refused = log_filter("verbose").unwrap_err();
+        assert!(refused.contains("\"verbose\" is not a level"), "{refused}");
+        assert!(log_filter("info,coronium=loud").is_err());
     }
 }

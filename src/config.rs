@@ -365,6 +365,39 @@ impl Config {
     }
 }
 
+/// A database URL fit for a log: the password left out (`postgres://u:***@h/db`,
+/// `host=h password=***`).
+pub fn redacted_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (authority, tail) = match rest.find('/') {
+            Some(at) => rest.split_at(at),
+            None => (rest, ""),
+        };
+        let authority = match authority.rsplit_once('@') {
+            Some((credentials, host)) => match credentials.split_once(':') {
+                Some((user, _)) => format!("{user}:***@{host}"),
+                None => authority.to_owned(),
+            },
+            None => authority.to_owned(),
+        };
+        let tail = match tail.find("password=") {
+            Some(at) => {
+                let end = tail[at..].find('&').map_or(tail.len(), |e| at + e);
+                format!("{}password=***{}", &tail[..at], &tail[end..])
+            }
+            None => tail.to_owned(),
+        };
+        return format!("{scheme}://{authority}{tail}");
+    }
+    url.split_whitespace()
+        .map(|pair| match pair.split_once('=') {
+            Some(("password", _)) => "password=***".to_owned(),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A network (`10.0.0.0/8`) or a single address (`192.0.2.1`, taken as `/32` or `/128`).
 fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
     text.parse::<ipnet::IpNet>()
@@ -382,6 +415,23 @@ fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_urls_are_logged_without_their_password() {
+        assert_eq!(
+            redacted_url("postgres://game:s3cret@db.example:5432/coronium?sslmode=require"),
+            "postgres://game:***@db.example:5432/coronium?sslmode=require"
+        );
+        assert_eq!(
+            redacted_url("postgresql://db.example/app?user=u&password=s3cret&x=1"),
+            "postgresql://db.example/app?user=u&password=***&x=1"
+        );
+        assert_eq!(
+            redacted_url("host=/run/pg user=game password=s3cret dbname=app"),
+            "host=/run/pg user=game password=*** dbname=app"
+        );
+        assert_eq!(redacted_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
 
     #[test]
     fn file_then_environment() {

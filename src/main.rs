@@ -8,7 +8,13 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_env("CORONIUM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = match std::env::var("CORONIUM_LOG") {
+        Err(_) => EnvFilter::new("info"),
+        Ok(value) => cli::log_filter(&value).unwrap_or_else(|message| {
+            eprintln!("warning: {message}; logging at info");
+            EnvFilter::new("info")
+        }),
+    };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

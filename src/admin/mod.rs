@@ -8,7 +8,7 @@
 
 mod chart;
 pub mod pages;
-mod projects;
+pub mod projects;
 pub mod store;
 
 use std::path::PathBuf;

@@ -31,6 +31,13 @@ pub enum EmbeddedError {
     )]
     BinariesMissing,
     #[error(
+        "PostgreSQL server binaries (initdb, postgres) are not in {0}, the folder postgres.bin_dir \
+         (CORONIUM_PG_BIN_DIR) names. Point it at the folder that holds them (Debian: \
+         /usr/lib/postgresql/15/bin, after `apt-get install postgresql`), unset it to search PATH \
+         and /usr/lib/postgresql/*/bin, or set DATABASE_URL to use an existing PostgreSQL server."
+    )]
+    BinariesNotInBinDir(PathBuf),
+    #[error(
         "running as root, and PostgreSQL refuses to run as root: there is no `postgres` system \
          user to run it as. Create one (`useradd --system postgres`), or set DATABASE_URL."
     )]
@@ -218,12 +225,12 @@ impl EmbeddedPostgres {
     /// postmaster and waits until its socket exists. Blocking; takes ~1 s on first use, ~50 ms after.
     pub fn start(options: &EmbeddedOptions) -> Result<Self, EmbeddedError> {
         let bin = match &options.bin_dir {
+            Some(dir) if !dir.join("postgres").is_file() || !dir.join("initdb").is_file() => {
+                return Err(EmbeddedError::BinariesNotInBinDir(dir.clone()));
+            }
             Some(dir) => dir.clone(),
             None => find_bin_dir().ok_or(EmbeddedError::BinariesMissing)?,
         };
-        if !bin.join("postgres").is_file() || !bin.join("initdb").is_file() {
-            return Err(EmbeddedError::BinariesMissing);
-        }
         let run_as = RunAs::detect()?;
         fs::create_dir_all(&options.dir)
             .map_err(io_err(format!("create {}", options.dir.display())))?;

@@ -201,6 +201,20 @@ fn password(value: &str, form: PasswordForm) -> Result<Secret, UserError> {
     Ok(secret(value, form))
 }
 
+/// A password being set: from the wire it must be what the client plugin sends, md5 hex, or
+/// the user could never log in with the password they typed (Lua's login hashes it).
+fn new_password(value: &str, form: PasswordForm) -> Result<Secret, UserError> {
+    if form == PasswordForm::Canonical
+        && !(value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(UserError::bad(
+            "Parameter 'password' must be the password's md5 digest in hex (32 characters), as \
+             the Coronium client sends it.",
+        ));
+    }
+    password(value, form)
+}
+
 /// A user id: anything that is not a UUID cannot name a user, so it is "not found".
 pub fn user_id(params: &Params) -> Result<Option<UserId>, UserError> {
     match params.get("user_id") {
@@ -357,7 +371,7 @@ pub struct NewUser {
 impl NewUser {
     pub fn parse(params: &Params, form: PasswordForm) -> Result<Self, UserError> {
         let username = Username::parse(required_str(params, "username")?)?;
-        let secret = Some(password(required_str(params, "password")?, form)?);
+        let secret = Some(new_password(required_str(params, "password")?, form)?);
         let (email, group, extra) = profile(params)?;
         let confirmation = match params.get("confirmation") {
             None | Some(Value::Null) => None,
@@ -526,7 +540,7 @@ impl UserPatch {
                     patch.username = Some(Username::parse(required_str(fields, "username")?)?);
                 }
                 "password" => {
-                    patch.secret = Some(password(required_str(fields, "password")?, form)?);
+                    patch.secret = Some(new_password(required_str(fields, "password")?, form)?);
                 }
                 "email" => patch.email = Some(Email::parse(required_str(fields, "email")?)?),
                 "group" => patch.group = Some(group(required_str(fields, "group")?)?),

@@ -45,6 +45,11 @@ pub fn load_or_create(data_dir: &Path) -> Result<String, KeyError> {
     }
 }
 
+/// Reads the key from `<data_dir>/server.key` without ever making one.
+pub fn load(data_dir: &Path) -> Result<String, KeyError> {
+    read(&data_dir.join(KEY_FILE))
+}
+
 /// Writes a fresh key, replacing any old one, and returns it.
 pub fn write_new(data_dir: &Path) -> Result<String, KeyError> {
     let path = data_dir.join(KEY_FILE);

@@ -21,6 +21,8 @@ const CLIENT_SIGNING_KEY: &[u8] =
     b"$5$Iepk44qk5JhyxKZz$0c0uESFkSh3DyfQfChIsvYzHPVckRcexchATK/N.MB7";
 
 /// The project id of the built-in users module.
+/// What a request signed with another key is told.
+pub const SIGNATURE_INVALID: &str = "Request signature is invalid.";
 pub const USERS_PROJECT: &str = "api.users";
 /// The scope of a request without `X-Scope`.
 pub const DEFAULT_SCOPE: &str = "default";
@@ -90,7 +92,7 @@ impl WireError {
     }
 
     pub fn bad_signature() -> Self {
-        Self::new(Status::GENERAL, 401, "Request signature is invalid.")
+        Self::new(Status::GENERAL, 401, SIGNATURE_INVALID)
     }
 
     pub fn stale(window: u64) -> Self {

@@ -224,6 +224,11 @@ fn missing_postgres_binaries_say_what_to_install() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("apt-get install postgresql"), "{stderr}");
     assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+    // The setting that was used, and the folder it named.
+    assert!(
+        stderr.contains("CORONIUM_PG_BIN_DIR") && stderr.contains("no-such-dir"),
+        "{stderr}"
+    );
     assert_eq!(out.stdout, b"");
 }
 

@@ -6,6 +6,7 @@ mod concurrency;
 mod console;
 mod db;
 mod embedded;
+mod first_hour;
 mod lua_core;
 mod mail;
 mod passwords;

@@ -381,6 +381,48 @@ async fn key_file_and_the_call_command() {
     let (ok, refused) = call(&["api.users", "get", "{}"]);
     assert!(!ok);
     assert_eq!(refused, error("Missing required parameter: user_id", 804));
+
+    // Regenerating says the running server keeps its key until restarted; `call` then says
+    // which key it signed with.
+    let out = crate::common::coronium(None)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["key", "--regenerate"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("until it is restarted"), "{said}");
+    let out = crate::common::coronium(None)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["call", "api.users", "get", "{}", "--addr", &server.addr])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("signed with the key from") && said.contains("server.key"),
+        "{said}"
+    );
+
+    // From a folder without a key, `call` makes none and says where the key should be.
+    let elsewhere = crate::common::scratch_dir("elsewhere");
+    let out = crate::common::coronium(None)
+        .current_dir(&elsewhere)
+        .args(["call", "api.users", "get", "{}", "--addr", &server.addr])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("there is no server key at") && said.contains("--data-dir"),
+        "{said}"
+    );
+    assert!(
+        !elsewhere.join("coronium-data").exists(),
+        "nothing was made"
+    );
 }
 
 #[tokio::test]

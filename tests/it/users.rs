@@ -1,6 +1,8 @@
 //! The users functions through `coronium run`: statuses and messages, both calling conventions,
 //! extra merge and NULL, and that refused input writes nothing.
 
+use serde_json::json;
+
 use crate::common::{TestDb, assert_ok, coronium, run_lua, scratch_dir};
 
 async fn count_users(db: &TestDb) -> i64 {
@@ -738,4 +740,63 @@ print(core.users.create({username = "fine", password = "pw"}) ~= nil)
         .unwrap()
         .get(0);
     assert_eq!(queued, 0);
+}
+
+/// A wire client sends md5 hex (the plugin hashes what the player typed); a plain password
+/// through the wire would make a user whom no login could reach, so it is refused with 801.
+#[tokio::test]
+async fn the_wire_refuses_a_password_that_is_not_md5_hex() {
+    let db = TestDb::new().await;
+    let server = crate::common::TestServer::start(&db, |_| {});
+    let refused = server
+        .call(
+            "api.users",
+            "create",
+            json!({ "username": "plain", "password": "abcd1234" }),
+        )
+        .await;
+    assert_eq!(refused["result"]["status"], 801, "{refused}");
+    let message = refused["result"]["error"].as_str().unwrap();
+    assert!(
+        message.contains("md5") && message.contains("32"),
+        "{message}"
+    );
+    assert_eq!(count_users(&db).await, 0, "nothing was created");
+
+    let md5 = coronium::users::password::md5_hex("abcd1234");
+    let created = server
+        .call(
+            "api.users",
+            "create",
+            json!({ "username": "hexed", "password": md5.to_uppercase() }),
+        )
+        .await;
+    let id = created["result"]["user_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"));
+    let update = server
+        .call(
+            "api.users",
+            "update",
+            json!({ "user_id": id, "update": { "password": "new-plain-password" } }),
+        )
+        .await;
+    assert_eq!(update["result"]["status"], 801, "{update}");
+    // The password is unchanged: the old one still logs in, from the wire and from Lua.
+    let login = server
+        .call(
+            "api.users",
+            "login",
+            json!({ "username": "hexed", "password": md5 }),
+        )
+        .await;
+    assert_eq!(login["result"]["user_id"], id, "{login}");
+    let lua = run_lua(
+        &db,
+        "login.lua",
+        "local user = core.users.login({username = 'hexed', password = 'abcd1234'})\n\
+         print(user and user.username)",
+    );
+    assert_ok(&lua);
+    assert_eq!(lua.lines(), ["hexed"]);
 }

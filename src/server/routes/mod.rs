@@ -27,6 +27,7 @@ pub(super) async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = match (request.method(), request.uri().path()) {
         // Boxed: its database round trip would otherwise size every request's future.
+        (&Method::GET, "/") => ops::home(&worker),
         (&Method::GET, "/healthz") => Box::pin(ops::health(&worker)).await,
         (&Method::GET, "/metrics") => ops::metrics(&worker),
         (&Method::POST, "/") => wire::call(&worker, request, peer).await,

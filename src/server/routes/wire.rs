@@ -59,7 +59,8 @@ pub(super) async fn call(
         http,
         status,
         outcome,
-        ms = elapsed.as_secs_f64() * 1000.0,
+        // Whole microseconds: `0.022`, not `0.022121000000000002`.
+        ms = elapsed.as_micros() as f64 / 1000.0,
         "POST /"
     );
     let mut known = worker.request_metrics.borrow_mut();
