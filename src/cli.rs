@@ -18,7 +18,16 @@ use crate::users::PasswordHasher;
 #[command(
     name = "coronium",
     version,
-    about = "Coronium Core compatible Lua server on PostgreSQL"
+    about = "Coronium Core compatible Lua server on PostgreSQL",
+    after_help = "Environment (each overrides coronium.toml; every setting has one, see the \
+README's Configuration):
+  DATABASE_URL            an external PostgreSQL instead of the embedded one
+  CORONIUM_DATA_DIR       the data directory (--data-dir)
+  CORONIUM_SERVER_KEY     the server key, instead of <data dir>/server.key
+  CORONIUM_HOST, CORONIUM_PORT, CORONIUM_WORKERS, CORONIUM_PROJECTS_DIR   as serve's flags
+  CORONIUM_PG_BIN_DIR     where initdb and postgres are (default: PATH, /usr/lib/postgresql/*/bin)
+  CORONIUM_LOG            error, warn, info (default), debug, trace, or TARGET=LEVEL,...
+  CORONIUM_LOG_FORMAT     human (default) or json"
 )]
 pub struct Cli {
     /// Config file (default: ./coronium.toml when it exists).
@@ -63,8 +72,8 @@ pub enum Command {
         /// Port to listen on (default 10001; 0 picks a free port).
         #[arg(long)]
         port: Option<u16>,
-        /// Address to listen on (default 0.0.0.0).
-        #[arg(long)]
+        /// Address to listen on: an IP address or localhost (default 0.0.0.0).
+        #[arg(long, value_parser = crate::config::parse_host)]
         host: Option<std::net::IpAddr>,
         /// Directory of API projects (default ./projects).
         #[arg(long, value_name = "DIR")]
@@ -116,6 +125,13 @@ pub enum Command {
         #[arg(long)]
         regenerate: bool,
     },
+}
+
+impl Command {
+    /// Commands that print an answer and exit (no server, no script).
+    pub fn prints_and_exits(&self) -> bool {
+        !matches!(self, Command::Serve { .. } | Command::Run { .. })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -492,6 +508,13 @@ async fn run_script(
     file: &Path,
     scope: Option<String>,
 ) -> Result<ExitCode, CliError> {
+    // A missing file is said before a database starts for it.
+    if let Err(source) = std::fs::metadata(file) {
+        return Err(CliError::Script(ScriptError::Read {
+            path: file.display().to_string(),
+            source,
+        }));
+    }
     let app = App::build(config).await?;
     let config = app.config();
     let options = RuntimeOptions {

@@ -70,7 +70,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
-    /// Address to listen on.
+    /// Address to listen on (an IP address, or `localhost`).
+    #[serde(deserialize_with = "host_address")]
     pub host: std::net::IpAddr,
     /// Port to listen on (Coronium's API port is 10001; 0 picks a free one).
     pub port: u16,
@@ -252,7 +253,6 @@ impl Config {
             "CORONIUM_ARGON2_P_COST" => self.argon2.p_cost,
             "CORONIUM_LUA_MEMORY_LIMIT_MB" => self.lua.memory_limit_mb,
             "CORONIUM_PG_DURABLE" => self.postgres.durable,
-            "CORONIUM_HOST" => self.server.host,
             "CORONIUM_PORT" => self.server.port,
             "CORONIUM_WORKERS" => self.server.workers,
             "CORONIUM_PROJECTS_DIR" => self.server.projects_dir,
@@ -285,6 +285,13 @@ impl Config {
             "CORONIUM_LOGIN_THROTTLE_PER_ACCOUNT" => self.login_throttle.per_account,
             "CORONIUM_LOGIN_THROTTLE_PER_ADDRESS" => self.login_throttle.per_address,
             "CORONIUM_LOGIN_THROTTLE_MAX_DELAY_SECS" => self.login_throttle.max_delay_secs,
+        }
+        if let Some(v) = var("CORONIUM_HOST") {
+            self.server.host = parse_host(&v).map_err(|reason| ConfigError::Env {
+                name: "CORONIUM_HOST",
+                value: v.clone(),
+                reason,
+            })?;
         }
         if let Some(v) = var("CORONIUM_TRUSTED_PROXIES") {
             self.server.trusted_proxies = v
@@ -405,6 +412,23 @@ fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("{text:?} is not an IP address or network"))
 }
 
+/// The address to listen on: an IP address, or `localhost` (this machine only).
+pub fn parse_host(text: &str) -> Result<std::net::IpAddr, String> {
+    if text.eq_ignore_ascii_case("localhost") {
+        return Ok(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    text.parse().map_err(|_| {
+        format!(
+            "{text:?} is not an IP address: use 0.0.0.0 (every interface), 127.0.0.1 or \
+             localhost (this machine only), or one of this machine's addresses"
+        )
+    })
+}
+
+fn host_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::net::IpAddr, D::Error> {
+    parse_host(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
 fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
     Vec::<String>::deserialize(d)?
         .iter()
@@ -415,6 +439,19 @@ fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_is_an_address_or_localhost() {
+        let config: Config = toml::from_str("[server]\nhost = \"localhost\"\n").unwrap();
+        assert_eq!(config.server.host.to_string(), "127.0.0.1");
+        let bad = toml::from_str::<Config>("[server]\nhost = \"example.com\"\n").unwrap_err();
+        assert!(bad.to_string().contains("is not an IP address"), "{bad}");
+        let mut config = Config::default();
+        config
+            .apply_env(|name| (name == "CORONIUM_HOST").then(|| "::1".to_owned()))
+            .unwrap();
+        assert_eq!(config.server.host.to_string(), "::1");
+    }
 
     #[test]
     fn database_urls_are_logged_without_their_password() {

@@ -8,6 +8,13 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.prints_and_exits() {
+        // `coronium call ... | head`: a closed pipe ends the command quietly, as it ends `cat`,
+        // instead of a panic in `println!`. Not for `serve` and `run`, whose sockets must not
+        // raise SIGPIPE.
+        // SAFETY: restoring the default disposition, before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let filter = match std::env::var("CORONIUM_LOG") {
         Err(_) => EnvFilter::new("info"),
         Ok(value) => cli::log_filter(&value).unwrap_or_else(|message| {

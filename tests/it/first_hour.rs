@@ -88,3 +88,42 @@ fn a_log_setting_that_is_no_level_is_said_and_logging_goes_on() {
         "{said}"
     );
 }
+
+#[test]
+fn a_missing_script_is_said_before_any_database_starts() {
+    let data = scratch_dir("no-script");
+    let out = coronium(None)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["run", "nope.lua"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("cannot read nope.lua"), "{said}");
+    assert!(!data.join("pg").exists(), "no cluster was made for it");
+}
+
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let data = scratch_dir("pipe");
+    let mut child = coronium(None)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("key")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `coronium key | head -c0`: the reader is gone before the key is printed.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!said.contains("panicked"), "{said}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {said}",
+        out.status
+    );
+}
