@@ -319,32 +319,7 @@ async fn call(
 ) -> Result<ExitCode, CliError> {
     let params: serde_json::Value = serde_json::from_str(params)
         .map_err(|e| CliError::Setup(format!("the parameters are not JSON: {e}")))?;
-    // The key of the server being called: never a new one (a new key cannot be the server's).
-    let (key, key_source) = match &config.server.server_key {
-        Some(key) => (
-            key.clone(),
-            "CORONIUM_SERVER_KEY (or server_key in the config)".to_owned(),
-        ),
-        None => {
-            let path = config.data_dir.join(crate::wire::key::KEY_FILE);
-            let shown = std::path::absolute(&path).unwrap_or(path.clone());
-            match crate::wire::key::load(&config.data_dir) {
-                Ok(key) => (SecretString::from(key), shown.display().to_string()),
-                Err(crate::wire::key::KeyError::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    return Err(CliError::Setup(format!(
-                        "there is no server key at {}: `coronium call` signs with the key of the \
-                         server it calls, which `coronium serve` keeps in its data directory; \
-                         run `call` with that server's --data-dir (or CORONIUM_DATA_DIR), or set \
-                         CORONIUM_SERVER_KEY",
-                        shown.display()
-                    )));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
+    let (key, key_source) = signing_key(config)?;
     let answer =
         crate::wire::client::call(addr, key.expose_secret(), project, action, scope, &params)
             .await
@@ -367,6 +342,36 @@ async fn call(
     })
 }
 
+/// The key of the server `call` calls, and where it came from: never a new one (a new key
+/// cannot be the server's).
+fn signing_key(config: &Config) -> Result<(SecretString, String), CliError> {
+    if let Some(key) = &config.server.server_key {
+        let source = "CORONIUM_SERVER_KEY (or server_key in the config)";
+        return Ok((key.clone(), source.to_owned()));
+    }
+    let path = key_file(config);
+    let shown = std::path::absolute(&path).unwrap_or(path);
+    match crate::wire::key::load(&config.data_dir) {
+        Ok(key) => Ok((SecretString::from(key), shown.display().to_string())),
+        Err(crate::wire::key::KeyError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Err(CliError::Setup(format!(
+                "there is no server key at {}: `coronium call` signs with the key of the server \
+                 it calls, which `coronium serve` keeps in its data directory; run `call` with \
+                 that server's --data-dir (or CORONIUM_DATA_DIR), or set CORONIUM_SERVER_KEY",
+                shown.display()
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Where the data directory's key lives.
+fn key_file(config: &Config) -> PathBuf {
+    config.data_dir.join(crate::wire::key::KEY_FILE)
+}
+
 /// `coronium key [--regenerate]`.
 fn key(config: &Config, regenerate: bool) -> Result<ExitCode, CliError> {
     let key = match (regenerate, config.server.server_key.is_some()) {
@@ -386,7 +391,7 @@ fn key(config: &Config, regenerate: bool) -> Result<ExitCode, CliError> {
         eprintln!(
             "The new key is in {}. A running server keeps signing with the old one until it is \
              restarted; restart it, and give your clients the new key.",
-            config.data_dir.join(crate::wire::key::KEY_FILE).display()
+            key_file(config).display()
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -454,14 +459,14 @@ fn startup_summary(config: &Config, scheme: &str, addr: std::net::SocketAddr) {
     };
     tracing::info!(data_dir = %config.data_dir.display(), %database, "data");
     let folder = &config.server.projects_dir;
-    match crate::admin::projects::scan(folder) {
+    match crate::admin::projects::project_dirs(folder) {
         Ok(found) if found.is_empty() => tracing::warn!(
             folder = %folder.display(),
             "no API projects in the projects folder (a project is <folder>/<Name>/main.lua): \
              calls to projects answer \"Unknown project\"; --projects names another folder"
         ),
         Ok(found) => {
-            let names: Vec<&str> = found.iter().map(|p| p.name.as_str()).collect();
+            let names: Vec<&str> = found.iter().map(|(name, _)| name.as_str()).collect();
             tracing::info!(folder = %folder.display(), projects = %names.join(", "), "API projects");
         }
         // The default folder, absent: a server for the built-in modules only.
@@ -485,7 +490,7 @@ fn startup_summary(config: &Config, scheme: &str, addr: std::net::SocketAddr) {
     match config.server.server_key {
         Some(_) => tracing::info!("server key: from the configuration (CORONIUM_SERVER_KEY)"),
         None => tracing::info!(
-            file = %config.data_dir.join(crate::wire::key::KEY_FILE).display(),
+            file = %key_file(config).display(),
             "server key"
         ),
     }

@@ -375,26 +375,28 @@ impl Config {
 /// A database URL fit for a log: the password left out (`postgres://u:***@h/db`,
 /// `host=h password=***`).
 pub fn redacted_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let (authority, tail) = match rest.find('/') {
-            Some(at) => rest.split_at(at),
-            None => (rest, ""),
+    if url.contains("://") {
+        let Ok(mut parsed) = url::Url::parse(url) else {
+            return "(a database URL that does not parse)".into();
         };
-        let authority = match authority.rsplit_once('@') {
-            Some((credentials, host)) => match credentials.split_once(':') {
-                Some((user, _)) => format!("{user}:***@{host}"),
-                None => authority.to_owned(),
-            },
-            None => authority.to_owned(),
-        };
-        let tail = match tail.find("password=") {
-            Some(at) => {
-                let end = tail[at..].find('&').map_or(tail.len(), |e| at + e);
-                format!("{}password=***{}", &tail[..at], &tail[end..])
-            }
-            None => tail.to_owned(),
-        };
-        return format!("{scheme}://{authority}{tail}");
+        if parsed.password().is_some() {
+            let _ = parsed.set_password(Some("***"));
+        }
+        if parsed.query_pairs().any(|(key, _)| key == "password") {
+            let pairs: Vec<(String, String)> = parsed
+                .query_pairs()
+                .map(|(key, value)| {
+                    let value = if key == "password" {
+                        "***".into()
+                    } else {
+                        value
+                    };
+                    (key.into_owned(), value.into_owned())
+                })
+                .collect();
+            parsed.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        return parsed.to_string();
     }
     url.split_whitespace()
         .map(|pair| match pair.split_once('=') {

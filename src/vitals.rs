@@ -184,8 +184,13 @@ impl Vitals {
         }
     }
 
+    /// The recorder `/metrics` renders; `None` when this process has none.
+    pub fn metrics(&self) -> Option<PrometheusHandle> {
+        self.metrics.lock().unwrap().clone()
+    }
+
     fn read_metrics(&self) -> Option<MetricFigures> {
-        let text = self.metrics.lock().unwrap().as_ref()?.render();
+        let text = self.metrics()?.render();
         Some(MetricFigures::from_prometheus(&text))
     }
 

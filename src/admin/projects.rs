@@ -25,23 +25,33 @@ pub struct ProjectFile {
     pub modified: Option<i64>,
 }
 
-/// The projects under `dir`, by name; `Err` when the folder cannot be read.
-pub fn scan(dir: &Path) -> std::io::Result<Vec<ProjectFolder>> {
+/// The projects under `dir` (folders with a `main.lua`), by name, with their folders; `Err`
+/// when `dir` cannot be read.
+pub fn project_dirs(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut projects = Vec::new();
     for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        if !path.join("main.lua").is_file() {
-            continue;
+        let path = entry?.path();
+        if path.join("main.lua").is_file()
+            && let Some(name) = path.file_name()
+        {
+            projects.push((name.to_string_lossy().into_owned(), path));
         }
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let mut files = Vec::new();
-        let more = !list_files(&path, &path, 0, &mut files);
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        projects.push(ProjectFolder { name, files, more });
     }
-    projects.sort_by(|a, b| a.name.cmp(&b.name));
+    projects.sort();
     Ok(projects)
+}
+
+/// The projects under `dir` with their files; `Err` when the folder cannot be read.
+pub fn scan(dir: &Path) -> std::io::Result<Vec<ProjectFolder>> {
+    Ok(project_dirs(dir)?
+        .into_iter()
+        .map(|(name, path)| {
+            let mut files = Vec::new();
+            let more = !list_files(&path, &path, 0, &mut files);
+            files.sort_by(|a, b| a.path.cmp(&b.path));
+            ProjectFolder { name, files, more }
+        })
+        .collect())
 }
 
 /// Adds the files below `dir` to `files`; false once [`MAX_FILES`] is reached.

@@ -13,6 +13,7 @@ use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
+use tokio_postgres::types::Json;
 
 use crate::db::DbHandle;
 use crate::status::{ErrorAnswer, Status};
@@ -235,11 +236,11 @@ impl Analytics {
     /// worker's other requests run once, then inserts every record that joined in one
     /// statement; each request waits for its batch (a request that gives up takes no one's
     /// record with it).
-    pub async fn record(&self, scope: &str, record: &Record) -> Result<(), AnalyticsError> {
+    pub async fn record(&self, scope: &str, record: Record) -> Result<(), AnalyticsError> {
         let (tx, rx) = oneshot::channel();
         {
             let mut gathering = self.gathering.lock().unwrap();
-            let waiting = (scope.to_owned(), record.clone(), tx);
+            let waiting = (scope.to_owned(), record, tx);
             match gathering.as_mut() {
                 Some(batch) if batch.len() < MAX_BATCH => batch.push(waiting),
                 // Its task takes the full batch; this record goes in one of its own.
@@ -337,10 +338,7 @@ async fn insert(
     };
     let scopes: Vec<&str> = records.iter().map(|(s, _)| *s).collect();
     let kinds: Vec<&str> = records.iter().map(|(_, r)| r.kind.as_str()).collect();
-    let data: Vec<Value> = records
-        .iter()
-        .map(|(_, r)| Value::Object(r.data.clone()))
-        .collect();
+    let data: Vec<Json<&Map<String, Value>>> = records.iter().map(|(_, r)| Json(&r.data)).collect();
     client
         .execute(
             &stmt,

@@ -255,10 +255,6 @@ impl Runtime {
             Ok(None) => return HandlerOutcome::UnknownProject,
             Err(e) => {
                 tracing::error!(project, "{e}");
-                self.host
-                    .services
-                    .vitals
-                    .project_failed(project, &e.to_string());
                 return HandlerOutcome::Error(ErrorAnswer::new(Status::GENERAL, e.summary()));
             }
         };

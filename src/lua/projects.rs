@@ -128,6 +128,19 @@ impl Projects {
             self.entries.borrow_mut().remove(name);
             return Ok(None);
         }
+        let loaded = self.load(lua, name, main).await;
+        match &loaded {
+            Ok(_) => {
+                tracing::info!(project = name, "loaded API project");
+                self.vitals.project_loaded(name);
+            }
+            Err(e) => self.vitals.project_failed(name, &e.to_string()),
+        }
+        loaded.map(Some)
+    }
+
+    /// Compiles and runs `name`'s `main.lua`, keeping the api table it returns.
+    async fn load(&self, lua: &Lua, name: &str, main: PathBuf) -> Result<Table, ProjectError> {
         let load_err = |message: String| ProjectError::Load {
             project: name.to_owned(),
             message,
@@ -184,9 +197,7 @@ impl Projects {
                 files,
             },
         );
-        tracing::info!(project = name, "loaded API project");
-        self.vitals.project_loaded(name);
-        Ok(Some(api))
+        Ok(api)
     }
 
     /// Reads the file of `require("<Project>.<file>")` for `project`; returns the source and

@@ -52,8 +52,6 @@ pub struct Shared {
     pub connections: Arc<Semaphore>,
     /// Memory limit of each worker's Lua state, in bytes.
     pub lua_memory_limit: usize,
-    /// Renders `/metrics`; `None` serves no metrics.
-    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The mail-link pages' per-address budget.
     pub(crate) page_rate: limits::PageRate,
 }
@@ -279,14 +277,13 @@ impl Server {
         let services = (0..listeners.workers())
             .map(|_| app.services(per_worker))
             .collect::<Result<Vec<_>, _>>()?;
-        let metrics = install_metrics();
+        // `/metrics` and the console's Server page render the handle `Vitals` keeps.
         app.vitals()
-            .server_started(listeners.workers(), metrics.clone());
+            .server_started(listeners.workers(), install_metrics());
         let shared = Arc::new(Shared {
             server_key: app.server_key()?,
             connections: Arc::new(Semaphore::new(config.server.max_connections)),
             lua_memory_limit: config.lua.memory_limit_mb.saturating_mul(1024 * 1024),
-            metrics,
             page_rate: limits::PageRate::new(config.server.page_requests_per_minute),
             settings: config.server.clone(),
         });

@@ -292,7 +292,7 @@ async fn report_pool(index: usize, worker: Rc<Worker>) {
         worker.look_after(&lua);
         lua_memory.set(worker.lua.borrow().used_memory() as f64);
         if index == 0
-            && let Some(handle) = &worker.shared.metrics
+            && let Some(handle) = worker.services.vitals.metrics()
         {
             handle.run_upkeep();
         }

@@ -46,6 +46,6 @@ pub async fn execute(
         Action::AppOpened => Record::opened(params)?,
         Action::Event => Record::event(params)?,
     };
-    analytics.record(scope, &record).await?;
+    analytics.record(scope, record).await?;
     Ok(json_text(&Value::Bool(true)))
 }

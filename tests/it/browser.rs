@@ -14,7 +14,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
 use crate::common::*;
-use crate::console::{ADMIN, PASSWORD, add_admin, create_user, md5_hex};
+use crate::console::{ADMIN, PASSWORD, add_admin, create_user, log_in, md5_hex};
 
 const CONSOLE: &str = "/_coronium/admin";
 
@@ -295,14 +295,7 @@ async fn an_operator_manages_users_in_a_real_browser() {
     // Disabled in the browser: the user's login answers active = false.
     chrome.press("form[action$='/disable'] button").await;
     assert_eq!(chrome.text("#user-state").await, "inactive");
-    let login = server
-        .call_in(
-            "game",
-            "api.users",
-            "login",
-            json!({ "username": "alice", "password": md5_hex("pw-123456") }),
-        )
-        .await;
+    let login = log_in(&server, "game", "alice").await;
     assert_eq!(login["result"]["active"], false, "{login}");
 
     // A password reset goes to the outbox.
@@ -404,14 +397,7 @@ async fn dashboard_analytics_and_scope_permissions_in_a_real_browser() {
     // A join and two logins later, the chart shows them.
     create_user(&server, "arena", "dirk", "dirk@example.com").await;
     for _ in 0..2 {
-        let login = server
-            .call_in(
-                "arena",
-                "api.users",
-                "login",
-                json!({ "username": "dana", "password": md5_hex("pw-123456") }),
-            )
-            .await;
+        let login = log_in(&server, "arena", "dana").await;
         assert!(login["result"]["user_id"].is_string(), "{login}");
     }
     chrome.client().refresh().await.unwrap();
@@ -517,14 +503,7 @@ async fn the_console_pages_over_a_month_of_history() {
         ids.push(create_user(&server, "arena", name, email).await);
     }
     for _ in 0..3 {
-        let login = server
-            .call_in(
-                "arena",
-                "api.users",
-                "login",
-                json!({ "username": "mira", "password": md5_hex("pw-123456") }),
-            )
-            .await;
+        let login = log_in(&server, "arena", "mira").await;
         assert!(login["result"]["user_id"].is_string(), "{login}");
     }
     let updated = server

@@ -188,6 +188,18 @@ pub(crate) async fn create_user(
         .to_owned()
 }
 
+/// A wire login by a user [`create_user`] made; the whole answer.
+pub(crate) async fn log_in(server: &TestServer, scope: &str, username: &str) -> serde_json::Value {
+    server
+        .call_in(
+            scope,
+            "api.users",
+            "login",
+            json!({ "username": username, "password": md5_hex("pw-123456") }),
+        )
+        .await
+}
+
 pub(crate) fn md5_hex(s: &str) -> String {
     coronium::users::password::md5_hex(s)
 }
@@ -507,14 +519,7 @@ async fn the_pages_manage_users_as_the_wire_sees_them() {
         )
         .await;
     assert_eq!(disabled.status, 303);
-    let login = server
-        .call_in(
-            "game",
-            "api.users",
-            "login",
-            json!({ "username": "alice", "password": md5_hex("pw-123456") }),
-        )
-        .await;
+    let login = log_in(&server, "game", "alice").await;
     assert_eq!(login["result"]["active"], false, "{login}");
 
     // Reset and resend put mail in the outbox.
@@ -609,14 +614,7 @@ async fn the_dashboard_counts_joins_and_logins_and_lists_pending_users() {
         create_user(&server, "dash", name, &format!("{name}@example.com")).await;
     }
     for _ in 0..2 {
-        let login = server
-            .call_in(
-                "dash",
-                "api.users",
-                "login",
-                json!({ "username": "dana", "password": md5_hex("pw-123456") }),
-            )
-            .await;
+        let login = log_in(&server, "dash", "dana").await;
         assert!(login["result"]["user_id"].is_string(), "{login}");
     }
     // A pending user (confirmation mail to the development outbox).
@@ -730,14 +728,7 @@ async fn the_users_commands_list_show_disable_and_delete() {
     let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(shown["username"], "carol");
     assert!(run(&["users", "disable", &id]).status.success());
-    let login = server
-        .call_in(
-            "cli",
-            "api.users",
-            "login",
-            json!({ "username": "carol", "password": md5_hex("pw-123456") }),
-        )
-        .await;
+    let login = log_in(&server, "cli", "carol").await;
     assert_eq!(login["result"]["active"], false);
     assert!(run(&["users", "enable", &id]).status.success());
     assert!(run(&["users", "delete", &id]).status.success());
@@ -881,14 +872,7 @@ async fn scope_permissions_deny_wire_actions() {
         );
     }
     // Other actions in the scope, and the same action in other scopes, still work.
-    let login = server
-        .call_in(
-            "locked",
-            "api.users",
-            "login",
-            json!({ "username": "first", "password": md5_hex("pw-123456") }),
-        )
-        .await;
+    let login = log_in(&server, "locked", "first").await;
     assert!(login["result"]["user_id"].is_string(), "{login}");
     create_user(&server, "open", "second", "second@example.com").await;
     let nobody: i64 = db

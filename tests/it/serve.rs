@@ -384,21 +384,19 @@ async fn key_file_and_the_call_command() {
 
     // Regenerating says the running server keeps its key until restarted; `call` then says
     // which key it signed with.
-    let out = crate::common::coronium(None)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["key", "--regenerate"])
-        .output()
-        .unwrap();
+    let in_data_dir = |args: &[&str]| {
+        crate::common::coronium(None)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = in_data_dir(&["key", "--regenerate"]);
     assert!(out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("until it is restarted"), "{said}");
-    let out = crate::common::coronium(None)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["call", "api.users", "get", "{}", "--addr", &server.addr])
-        .output()
-        .unwrap();
+    let out = in_data_dir(&["call", "api.users", "get", "{}", "--addr", &server.addr]);
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(

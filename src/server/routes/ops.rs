@@ -46,7 +46,7 @@ project's name.</p>
 }
 
 pub(super) fn metrics(worker: &Worker) -> Response<Full<Bytes>> {
-    match &worker.shared.metrics {
+    match worker.services.vitals.metrics() {
         Some(handle) => {
             let mut response = Response::new(Full::new(Bytes::from(handle.render())));
             response.headers_mut().insert(
