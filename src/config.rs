@@ -23,12 +23,10 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: Box<toml::de::Error>,
-    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
     #[error("environment variable {name}={value:?}: {reason}")]
     Env {
         name: &'static str,
@@ -209,7 +207,40 @@ impl Config {
             None => Config::default(),
         };
         config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
         Ok(config)
+    }
+
+    /// Checks what parsing cannot, so a bad setting stops the command before anything starts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let HashParams {
+            m_cost,
+            t_cost,
+            p_cost,
+        } = self.argon2;
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        if !(1..=16).contains(&p_cost) {
+            return invalid(
+                "argon2.p_cost (CORONIUM_ARGON2_P_COST)",
+                format!("{p_cost} lanes: from 1 to 16"),
+            );
+        }
+        if t_cost < 1 {
+            return invalid(
+                "argon2.t_cost (CORONIUM_ARGON2_T_COST)",
+                "0 iterations: at least 1".into(),
+            );
+        }
+        if m_cost < 8 * p_cost || m_cost > 4 * 1024 * 1024 {
+            return invalid(
+                "argon2.m_cost (CORONIUM_ARGON2_M_COST)",
+                format!(
+                    "{m_cost} KiB: from {} KiB (8 per lane) to 4 GiB; the recommended minimum is 19456",
+                    8 * p_cost
+                ),
+            );
+        }
+        Ok(())
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -219,7 +250,7 @@ impl Config {
         })?;
         toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            source: Box::new(source),
+            message: in_plain_words(&source.to_string()),
         })
     }
 
@@ -229,10 +260,17 @@ impl Config {
         where
             T::Err: std::fmt::Display,
         {
-            value.parse().map_err(|e: T::Err| ConfigError::Env {
-                name,
-                value,
-                reason: e.to_string(),
+            value.parse().map_err(|e: T::Err| {
+                let expected = std::any::type_name::<T>();
+                let reason = match type_words(expected) {
+                    Some(words) => format!("{e} (expected {words})"),
+                    None => e.to_string(),
+                };
+                ConfigError::Env {
+                    name,
+                    value,
+                    reason,
+                }
             })
         }
         // Each variable parses into its field; a value that does not parse names the variable.
@@ -438,9 +476,80 @@ fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>,
         .collect()
 }
 
+/// What a Rust number type means to someone writing a config file.
+fn type_words(type_name: &str) -> Option<&'static str> {
+    Some(match type_name {
+        "u16" => "a whole number from 0 to 65535",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" | "usize" => "a whole number, 0 or more",
+        "i64" | "i32" => "a whole number",
+        "f64" | "f32" => "a number",
+        "bool" => "true or false",
+        _ => return None,
+    })
+}
+
+/// A TOML error with its Rust type names ("expected u16") said in words.
+fn in_plain_words(message: &str) -> String {
+    let mut text = message.to_owned();
+    for name in ["u16", "u32", "u64", "usize", "i64", "i32", "f64", "f32"] {
+        if let Some(words) = type_words(name) {
+            text = text.replace(&format!("expected {name}"), &format!("expected {words}"));
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_out_of_range_are_said_in_words() {
+        let dir = std::env::temp_dir().join(format!("coronium-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("coronium.toml");
+        std::fs::write(&file, "[server]\nport = 70000\n").unwrap();
+        let error = Config::from_file(&file).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            error.contains("expected a whole number from 0 to 65535") && !error.contains("u16"),
+            "{error}"
+        );
+        let mut config = Config::default();
+        let error = config
+            .apply_env(|name| (name == "CORONIUM_PORT").then(|| "ten".to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("CORONIUM_PORT") && error.contains("from 0 to 65535"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn argon2_settings_are_checked_and_named() {
+        let mut config = Config::default();
+        assert!(config.validate().is_ok());
+        config.argon2.m_cost = 5;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.starts_with("argon2.m_cost (CORONIUM_ARGON2_M_COST): 5 KiB"),
+            "{error}"
+        );
+        config.argon2 = HashParams {
+            m_cost: 19456,
+            t_cost: 0,
+            p_cost: 1,
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("argon2.t_cost")
+        );
+    }
 
     #[test]
     fn the_host_is_an_address_or_localhost() {

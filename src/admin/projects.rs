@@ -25,25 +25,9 @@ pub struct ProjectFile {
     pub modified: Option<i64>,
 }
 
-/// The projects under `dir` (folders with a `main.lua`), by name, with their folders; `Err`
-/// when `dir` cannot be read.
-pub fn project_dirs(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
-    let mut projects = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.join("main.lua").is_file()
-            && let Some(name) = path.file_name()
-        {
-            projects.push((name.to_string_lossy().into_owned(), path));
-        }
-    }
-    projects.sort();
-    Ok(projects)
-}
-
 /// The projects under `dir` with their files; `Err` when the folder cannot be read.
 pub fn scan(dir: &Path) -> std::io::Result<Vec<ProjectFolder>> {
-    Ok(project_dirs(dir)?
+    Ok(crate::lua::project_dirs(dir)?
         .into_iter()
         .map(|(name, path)| {
             let mut files = Vec::new();

@@ -58,8 +58,24 @@ pub(crate) struct Projects {
     vitals: Arc<Vitals>,
 }
 
+/// The projects under `dir` (folders with a `main.lua`), by name, with their folders; `Err`
+/// when `dir` cannot be read.
+pub fn project_dirs(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut projects = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.join("main.lua").is_file()
+            && let Some(name) = path.file_name()
+        {
+            projects.push((name.to_string_lossy().into_owned(), path));
+        }
+    }
+    projects.sort();
+    Ok(projects)
+}
+
 /// A name segment: letters, digits, `_` and `-` (no dots, slashes or `..`).
-fn valid_segment(s: &str) -> bool {
+pub(crate) fn valid_segment(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -241,8 +257,13 @@ impl Projects {
 }
 
 /// A project file's text, refused past [`MAX_SOURCE_BYTES`].
-fn read_source(path: &Path) -> Result<String, String> {
-    let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+pub(crate) fn read_source(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    // A FIFO or a device would block or never end the read, on the worker's thread.
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let size = meta.len();
     if size > MAX_SOURCE_BYTES {
         return Err(format!(
             "file larger than {} KiB ({size} bytes)",

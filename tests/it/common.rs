@@ -47,13 +47,20 @@ fn sweep_stale_dirs() {
 
 /// A scratch directory that the `postgres` user can traverse (tests run as root in CI).
 pub fn scratch_dir(label: &str) -> PathBuf {
-    let dir = PathBuf::from(format!("/tmp/coronium-test-{}", std::process::id()))
-        .join(format!("{label}-{}", uuid::Uuid::new_v4().simple()));
+    let dir = scratch_root().join(format!("{label}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     for ancestor in [dir.as_path(), dir.parent().unwrap()] {
         std::fs::set_permissions(ancestor, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     dir
+}
+
+/// The test cluster's folder (a fixed name, so the exit handler finds its pid file).
+fn cluster_dir() -> PathBuf {
+    let dir = scratch_dir("cluster");
+    let fixed = scratch_root().join("cluster");
+    std::fs::rename(&dir, &fixed).unwrap();
+    fixed
 }
 
 fn cluster() -> &'static Cluster {
@@ -62,11 +69,40 @@ fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| std::thread::spawn(start_cluster).join().unwrap())
 }
 
+/// This process's scratch root: every [`scratch_dir`] and the test cluster live under it.
+fn scratch_root() -> PathBuf {
+    PathBuf::from(format!("/tmp/coronium-test-{}", std::process::id()))
+}
+
+/// At exit: stops the test cluster at once (immediate shutdown: its databases are throwaway) and
+/// removes this process's scratch root, so a test run leaves nothing behind in /tmp.
+extern "C" fn remove_scratch_at_exit() {
+    let root = scratch_root();
+    let pid_file = root.join("cluster/pg/data/postmaster.pid");
+    let postmaster = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|text| text.lines().next()?.trim().parse::<i32>().ok());
+    if let Some(pid) = postmaster {
+        // SAFETY: kill(2) with a pid read from the cluster's own pid file and a valid signal.
+        unsafe { libc::kill(pid, libc::SIGQUIT) };
+        for _ in 0..200 {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    let _ = std::fs::remove_dir_all(root);
+}
+
 fn start_cluster() -> Cluster {
     {
         sweep_stale_dirs();
+        // SAFETY: registers a function that takes no arguments and never unwinds (it only
+        // ignores errors); it runs once, as the process exits.
+        unsafe { libc::atexit(remove_scratch_at_exit) };
         let server = EmbeddedPostgres::start(&EmbeddedOptions {
-            dir: scratch_dir("cluster").join("pg"),
+            dir: cluster_dir().join("pg"),
             durable: false,
             bin_dir: None,
         })
@@ -327,6 +363,9 @@ pub struct TestServer {
     running: Running,
     pub addr: String,
     pub key: String,
+    /// Where a server process logs, unless the test took its stderr: shown if the test fails,
+    /// so the expected warnings of passing tests do not read as failures.
+    log: Option<PathBuf>,
 }
 
 enum Running {
@@ -381,6 +420,7 @@ impl TestServer {
             addr: server.local_addr().to_string(),
             key: TEST_SERVER_KEY.to_owned(),
             running: Running::InProcess(Some(Box::new((server, app)))),
+            log: None,
         }
     }
 
@@ -403,6 +443,8 @@ impl TestServer {
             .arg("--data-dir")
             .arg(data_dir)
             .stdout(std::process::Stdio::piped());
+        let log = scratch_dir("server-log").join("server.log");
+        cmd.stderr(std::fs::File::create(&log).expect("the server's log file"));
         configure(&mut cmd);
         let mut child = cmd.spawn().expect("spawn coronium serve");
         let mut line = String::new();
@@ -426,7 +468,16 @@ impl TestServer {
             running: Running::Process(child),
             addr,
             key,
+            log: Some(log),
         }
+    }
+
+    /// What the server process has logged so far (empty when the test took its stderr).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .unwrap_or_default()
     }
 
     /// The server process's resident memory, in KiB.
@@ -493,6 +544,16 @@ impl Drop for TestServer {
             Running::Process(child) => {
                 let _ = child.kill();
                 let _ = child.wait();
+                if std::thread::panicking()
+                    && let Some(text) = self
+                        .log
+                        .as_ref()
+                        .and_then(|p| std::fs::read_to_string(p).ok())
+                {
+                    let lines: Vec<&str> = text.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+                    eprintln!("--- the server's log (last 60 lines) ---\n{tail}");
+                }
             }
             Running::InProcess(running) => {
                 if let Some(running) = running.take() {

@@ -328,11 +328,25 @@ async fn key_file_and_the_call_command() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        (
+            String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
     };
-    let first = key_cmd(false);
+    let key_file = data.join("server.key").display().to_string();
+    let (first, said) = key_cmd(false);
     assert!(uuid::Uuid::try_parse(&first).is_ok(), "{first}");
-    assert_eq!(key_cmd(false), first, "the key is kept");
+    assert!(
+        said.contains("a new server key, now in") && said.contains(&key_file),
+        "{said}"
+    );
+    let (again, said) = key_cmd(false);
+    assert_eq!(again, first, "the key is kept");
+    assert!(
+        said.starts_with(&format!("the server key in {key_file}")),
+        "{said}"
+    );
+    let key_cmd = |regenerate| key_cmd(regenerate).0;
     let second = key_cmd(true);
     assert_ne!(second, first);
     let mode = std::os::unix::fs::PermissionsExt::mode(

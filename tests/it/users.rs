@@ -316,10 +316,12 @@ print(core.users.get(id).username)
 "#,
     )
     .unwrap();
+    // Its log (the pool's warning about the cut connection) is read at the end.
     let mut child = coronium(Some(&db))
         .arg("run")
         .arg(&script)
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -330,8 +332,10 @@ print(core.users.get(id).username)
     assert!(killed >= 1, "the script's connection was cut");
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    assert!(child.wait().unwrap().success());
-    assert_eq!(rest, "steady\n");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(child.wait().unwrap().success(), "{log}");
+    assert_eq!(rest, "steady\n", "{log}");
 }
 
 /// Lua gets exactly the record the wire protocol sends: same fields, same values, absent fields

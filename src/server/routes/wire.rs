@@ -245,7 +245,13 @@ async fn run_call(
                 client,
             ))
             .await
-            .map_err(|e| Answer::Failed(e.answer()))
+            .map_err(|e| {
+                // The client gets no details of our own failures; the operator does.
+                if let crate::users::UserError::Internal(cause) = &e {
+                    tracing::error!(error = %cause, project, action, "api.users call failed");
+                }
+                Answer::Failed(e.answer())
+            })
         } else {
             let lua = worker.lua.borrow().clone();
             let outcome = lua
