@@ -19,8 +19,8 @@ use crate::users::PasswordHasher;
     name = "coronium",
     version,
     about = "Coronium Core compatible Lua server on PostgreSQL",
-    after_help = "Environment (each overrides coronium.toml; every setting has one, see the \
-README's Configuration):
+    after_help = "Environment (each overrides coronium.toml; every setting has one, see \
+docs/configuration.md):
   DATABASE_URL            an external PostgreSQL instead of the embedded one
   CORONIUM_DATA_DIR       the data directory (--data-dir)
   CORONIUM_SERVER_KEY     the server key, instead of <data dir>/server.key
@@ -119,6 +119,23 @@ pub enum Command {
     /// Manage the console's admin accounts (works beside a running server).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Create an API project: main.lua, a test script, and editor settings with the `core` types.
+    New {
+        /// The project's name: clients call it by this name (letters, digits, '_' and '-').
+        name: String,
+        /// Directory of API projects (default ./projects).
+        #[arg(long, value_name = "DIR")]
+        projects: Option<PathBuf>,
+    },
+    /// Compile every Lua file of the API projects and report syntax errors (no database needed;
+    /// exits 1 on an error).
+    Check {
+        /// Only this project: its name in the projects directory, or its folder.
+        project: Option<String>,
+        /// Directory of API projects (default ./projects).
+        #[arg(long, value_name = "DIR")]
+        projects: Option<PathBuf>,
+    },
     /// Print the server key clients sign requests with (created on first use).
     Key {
         /// Replace the key with a new one (clients must be given the new key).
@@ -232,6 +249,13 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             local.block_on(&runtime, serve(config))
         }
         Command::Key { regenerate } => key(&config, regenerate),
+        Command::New { name, projects } => {
+            new_project(&projects.unwrap_or(config.server.projects_dir), &name)
+        }
+        Command::Check { project, projects } => check_projects(
+            &projects.unwrap_or(config.server.projects_dir),
+            project.as_deref(),
+        ),
         Command::Users(UsersCommand::Unlock { name, scope }) => {
             local.block_on(&runtime, unlock(config, &name, &scope))
         }
@@ -275,6 +299,62 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             let addr = addr.unwrap_or_else(|| format!("127.0.0.1:{}", config.server.port));
             runtime.block_on(call(&config, &addr, &project, &action, &params, &scope))
         }
+    }
+}
+
+/// `coronium new`: writes the project and says how to call it and edit it.
+fn new_project(projects_dir: &Path, name: &str) -> Result<ExitCode, CliError> {
+    let folder = crate::scaffold::new_project(projects_dir, name)
+        .map_err(|e| CliError::Setup(e.to_string()))?;
+    println!("created {}", folder.display());
+    println!("  main.lua        the project: each function in `api` is an action");
+    println!("  test.lua        a script for `coronium run`");
+    println!(
+        "  .luaurc, .vscode/settings.json, types/coronium.d.luau   completion for `core` (docs/editor.md)"
+    );
+    println!();
+    println!(
+        "call it (with `coronium serve --projects {}` running):",
+        projects_dir.display()
+    );
+    println!("  coronium call {name} hello '{{\"name\": \"you\"}}'");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `coronium check`: compiles the projects' Lua files; exit status 1 on any problem.
+fn check_projects(projects_dir: &Path, only: Option<&str>) -> Result<ExitCode, CliError> {
+    let report =
+        crate::lua::check::check(projects_dir, only).map_err(|e| CliError::Setup(e.to_string()))?;
+    for problem in &report.problems {
+        println!("{}", problem.message);
+    }
+    let files = plural(report.files, "file");
+    let projects = plural(report.projects, "project");
+    if report.projects == 0 {
+        println!(
+            "no projects in {}: a project is a folder holding a main.lua (`coronium new NAME` makes one)",
+            projects_dir.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if report.problems.is_empty() {
+        println!("ok: {files} in {projects} compiled");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "{} in {files} of {projects}",
+            plural(report.problems.len(), "problem")
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// "1 file", "3 files".
+fn plural(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
     }
 }
 
@@ -383,7 +463,22 @@ fn key(config: &Config, regenerate: bool) -> Result<ExitCode, CliError> {
             ));
         }
         (true, false) => crate::wire::key::write_new(&config.data_dir)?.into(),
-        (false, _) => server_key(config)?,
+        (false, _) => {
+            // Where it comes from, on stderr: stdout stays the key alone, for scripts.
+            let file = key_file(config);
+            if config.server.server_key.is_some() {
+                eprintln!("the server key set by server_key or CORONIUM_SERVER_KEY:");
+            } else if file.is_file() {
+                eprintln!("the server key in {}:", file.display());
+            } else {
+                eprintln!(
+                    "a new server key, now in {} (a server started with this data directory \
+                     answers to it):",
+                    file.display()
+                );
+            }
+            server_key(config)?
+        }
     };
     // Printing the key is what this command is for.
     println!("{}", key.expose_secret());
@@ -400,14 +495,10 @@ fn key(config: &Config, regenerate: bool) -> Result<ExitCode, CliError> {
 /// `coronium serve`: runs until SIGINT or SIGTERM, then drains in-flight requests and stops the
 /// embedded database last.
 async fn serve(config: Config) -> Result<ExitCode, CliError> {
+    // The port and the TLS files first: a port in use or a missing certificate is said before
+    // any PostgreSQL starts (connections made meanwhile wait in the backlog).
+    let listeners = crate::server::Listeners::bind(&config.server)?;
     let app = App::build(config).await?;
-    let listeners = match crate::server::Listeners::bind(&app.config().server) {
-        Ok(listeners) => listeners,
-        Err(e) => {
-            app.shutdown().await;
-            return Err(e.into());
-        }
-    };
     {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
@@ -459,7 +550,7 @@ fn startup_summary(config: &Config, scheme: &str, addr: std::net::SocketAddr) {
     };
     tracing::info!(data_dir = %config.data_dir.display(), %database, "data");
     let folder = &config.server.projects_dir;
-    match crate::admin::projects::project_dirs(folder) {
+    match crate::lua::project_dirs(folder) {
         Ok(found) if found.is_empty() => tracing::warn!(
             folder = %folder.display(),
             "no API projects in the projects folder (a project is <folder>/<Name>/main.lua): \

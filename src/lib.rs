@@ -12,6 +12,7 @@
 //! - [`wire`]: the Coronium wire protocol (signature, envelopes, `api.users`, a client).
 //! - [`permissions`]: client permissions per scope for the built-in modules' wire actions.
 //! - [`server`]: `coronium serve`: workers, listeners, HTTP.
+//! - [`scaffold`]: `coronium new`: a new API project with the editor's type definitions.
 //! - [`cli`]: the `coronium` command line and its subcommands.
 
 // Every `unsafe` block says why it is sound (`SAFETY:`), and every `unsafe fn` when it may be
@@ -28,6 +29,7 @@ pub mod lua;
 pub mod mail;
 pub mod permissions;
 pub mod rate;
+pub mod scaffold;
 pub mod server;
 pub mod status;
 pub mod users;

@@ -2,6 +2,7 @@
 //! A [`Runtime`] is one Luau state; it is `!Send` and never leaves the thread that made it.
 
 mod budget;
+pub mod check;
 mod convert;
 mod natives;
 mod pending;
@@ -100,6 +101,13 @@ impl From<mlua::Error> for ScriptError {
     fn from(e: mlua::Error) -> Self {
         ScriptError::Lua(describe(&e))
     }
+}
+
+pub use projects::project_dirs;
+
+/// Whether clients can call a project of this name (letters, digits, `_` and `-`).
+pub fn valid_project_name(name: &str) -> bool {
+    projects::valid_segment(name)
 }
 
 /// Renders a Lua error as a person wants to read it: the message with its file:line, then the

@@ -105,6 +105,36 @@ fn a_missing_script_is_said_before_any_database_starts() {
 }
 
 #[test]
+fn bad_settings_are_said_before_any_database_starts() {
+    let data = scratch_dir("bad-settings");
+    let serve = |env: &[(&str, &str)]| {
+        let mut cmd = coronium(None);
+        cmd.arg("--data-dir")
+            .arg(&data)
+            .args(["serve", "--port", "0"]);
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = serve(&[
+        ("CORONIUM_TLS_CERT", "/nonexistent/cert.pem"),
+        ("CORONIUM_TLS_KEY", "/nonexistent/key.pem"),
+    ]);
+    assert!(said.contains("/nonexistent/cert.pem"), "{said}");
+    let said = serve(&[("CORONIUM_ARGON2_M_COST", "4")]);
+    assert!(
+        said.contains("argon2.m_cost (CORONIUM_ARGON2_M_COST): 4 KiB"),
+        "{said}"
+    );
+    let said = serve(&[("CORONIUM_PORT", "70000")]);
+    assert!(said.contains("from 0 to 65535"), "{said}");
+    assert!(!data.join("pg").exists(), "no cluster was made for them");
+}
+
+#[test]
 fn a_closed_pipe_ends_a_command_quietly() {
     use std::os::unix::process::ExitStatusExt as _;
     let data = scratch_dir("pipe");
@@ -126,4 +156,94 @@ fn a_closed_pipe_ends_a_command_quietly() {
         "{:?}: {said}",
         out.status
     );
+}
+
+/// What a command printed and how it exited.
+fn output(cmd: &mut std::process::Command) -> (String, bool) {
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (text, out.status.success())
+}
+
+#[tokio::test]
+async fn a_new_project_is_checked_served_and_tested_as_the_readme_says() {
+    let db = TestDb::new().await;
+    let projects = scratch_dir("authoring").join("projects");
+    // A server already running finds a project made after it started.
+    let (server, log_path) = serve_logged(&db, &projects);
+
+    let (said, ok) = output(
+        coronium(None)
+            .args(["new", "Game", "--projects"])
+            .arg(&projects),
+    );
+    assert!(ok, "{said}");
+    assert!(said.contains("coronium call Game hello"), "{said}");
+    for file in ["main.lua", "test.lua", ".luaurc", ".vscode/settings.json"] {
+        assert!(projects.join("Game").join(file).is_file(), "{file}");
+    }
+    let definitions = std::fs::read_to_string(projects.join("Game/types/coronium.d.luau")).unwrap();
+    assert_eq!(definitions, coronium::scaffold::DEFINITIONS);
+    let (said, ok) = output(
+        coronium(None)
+            .args(["new", "Game", "--projects"])
+            .arg(&projects),
+    );
+    assert!(!ok && said.contains("already exists"), "{said}");
+
+    let (said, ok) = output(coronium(None).args(["check", "--projects"]).arg(&projects));
+    assert!(ok, "{said}");
+    assert!(said.contains("ok: 2 files in 1 project compiled"), "{said}");
+
+    let answer = server.call("Game", "hello", json!({"name": "you"})).await;
+    assert_eq!(answer["result"]["greeting"], "Hello, you!", "{answer}");
+    // The sample test script runs against the same database.
+    let (said, ok) = output(
+        coronium(Some(&db))
+            .arg("run")
+            .arg(projects.join("Game/test.lua")),
+    );
+    assert!(
+        ok && said.contains("ok: created, logged in and deleted"),
+        "{said}"
+    );
+
+    // A broken edit: check names the file and line and fails; the server answers the load error.
+    let main = projects.join("Game/main.lua");
+    let text = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(
+        &main,
+        text.replace("local api = core.api()", "local api = = core.api()"),
+    )
+    .unwrap();
+    let (said, ok) = output(
+        coronium(None)
+            .args(["check", "Game", "--projects"])
+            .arg(&projects),
+    );
+    assert!(!ok, "{said}");
+    assert!(said.contains("Game/main.lua:6:"), "{said}");
+    assert!(said.contains("1 problem in 2 files of 1 project"), "{said}");
+    // The projects we ship check clean too.
+    for shipped in ["examples/projects", "bench/projects"] {
+        let (said, ok) = output(coronium(None).args(["check", "--projects", shipped]));
+        assert!(ok && said.starts_with("ok: "), "{shipped}: {said}");
+    }
+    let (said, ok) = output(
+        coronium(None)
+            .args(["check", "--projects"])
+            .arg(projects.join("none")),
+    );
+    assert!(
+        !ok && said.contains("cannot read the projects folder"),
+        "{said}"
+    );
+    drop(server);
+    // The handler's print went to the server's log.
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("hello asked by you"), "{log}");
 }

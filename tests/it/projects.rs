@@ -424,3 +424,47 @@ async fn a_request_over_its_time_limit_is_answered_and_the_worker_carries_on() {
         json!({"result": 8})
     );
 }
+
+/// A project file that is a FIFO (or a device) would block the worker reading it forever: it
+/// is refused as not a regular file, and the worker goes on answering.
+#[tokio::test]
+async fn a_project_file_that_is_no_regular_file_is_refused() {
+    let db = TestDb::new().await;
+    let root = scratch_dir("fifo");
+    write_project(
+        &root,
+        "Pipes",
+        &[(
+            "main.lua",
+            r#"
+local api = core.api()
+function api.fifo() local ok, err = pcall(require, "Pipes.fifo") return {ok = ok, err = tostring(err)} end
+function api.ping() return "pong" end
+return api
+"#,
+        )],
+    );
+    let fifo = std::ffi::CString::new(root.join("Pipes/fifo.lua").to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path and a mode; mkfifo only creates the file.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    // A process of its own: were the worker blocked, dropping the server still ends it.
+    let server = crate::common::serve_projects_process(&db, &root, "1", &[]);
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        server.call("Pipes", "fifo", json!({})),
+    )
+    .await
+    .expect("answered, not blocked on the FIFO");
+    assert_eq!(answer["result"]["ok"], json!(false), "{answer}");
+    assert!(
+        answer["result"]["err"]
+            .as_str()
+            .unwrap()
+            .contains("not a regular file"),
+        "{answer}"
+    );
+    assert_eq!(
+        server.call("Pipes", "ping", json!({})).await,
+        json!({"result": "pong"})
+    );
+}
