@@ -12,7 +12,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -88,8 +88,9 @@ pub struct EmbeddedOptions {
 pub struct EmbeddedPostgres {
     socket_dir: PathBuf,
     pid: i32,
-    stop_tx: Option<mpsc::Sender<()>>,
-    keeper: Option<JoinHandle<()>>,
+    /// How to tell the keeper thread to stop the postmaster, and the thread; taken by the first
+    /// [`stop`](Self::stop). Behind a lock so a shared (`static`) instance can be stopped too.
+    keeper: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     /// The data directory's lock, held for as long as this process owns the cluster.
     _lock: fs::File,
 }
@@ -338,18 +339,17 @@ impl EmbeddedPostgres {
             }
             Err(_) => return Err(EmbeddedError::Failed("postgres keeper thread died".into())),
         };
-        let mut server = EmbeddedPostgres {
+        let server = EmbeddedPostgres {
             socket_dir,
             pid,
-            stop_tx: Some(stop_tx),
-            keeper: Some(keeper),
+            keeper: Mutex::new(Some((stop_tx, keeper))),
             _lock: lock,
         };
         server.wait_for_socket(&log_path)?;
         Ok(server)
     }
 
-    fn wait_for_socket(&mut self, log_path: &Path) -> Result<(), EmbeddedError> {
+    fn wait_for_socket(&self, log_path: &Path) -> Result<(), EmbeddedError> {
         let socket = self.socket_path();
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -405,11 +405,10 @@ impl EmbeddedPostgres {
     }
 
     /// Fast shutdown: waits until the postmaster has exited. Idempotent.
-    pub fn stop(&mut self) {
-        if let Some(tx) = self.stop_tx.take() {
-            let _ = tx.send(());
-        }
-        if let Some(keeper) = self.keeper.take() {
+    pub fn stop(&self) {
+        let keeper = self.keeper.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((stop_tx, keeper)) = keeper {
+            let _ = stop_tx.send(());
             let _ = keeper.join();
         }
     }

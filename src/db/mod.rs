@@ -102,7 +102,7 @@ impl Database {
     /// Stops the embedded cluster (if any) and waits for it to exit. Handles still open lose
     /// their connections.
     pub async fn shutdown(mut self) {
-        if let Some(mut server) = self.embedded.take() {
+        if let Some(server) = self.embedded.take() {
             let _ = tokio::task::spawn_blocking(move || server.stop()).await;
         }
     }

@@ -63,8 +63,9 @@ fn cluster_dir() -> PathBuf {
     fixed
 }
 
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
 fn cluster() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     // Set up on a thread of its own: the first caller may be inside a tokio runtime.
     CLUSTER.get_or_init(|| std::thread::spawn(start_cluster).join().unwrap())
 }
@@ -74,25 +75,21 @@ fn scratch_root() -> PathBuf {
     PathBuf::from(format!("/tmp/coronium-test-{}", std::process::id()))
 }
 
-/// At exit: stops the test cluster at once (immediate shutdown: its databases are throwaway) and
-/// removes this process's scratch root, so a test run leaves nothing behind in /tmp.
+/// At exit: stops the test cluster through its keeper (a postmaster killed from outside would
+/// be started again by the keeper, into the folder being removed) and removes this process's
+/// scratch root, so a test run leaves nothing behind in /tmp.
 extern "C" fn remove_scratch_at_exit() {
-    let root = scratch_root();
-    let pid_file = root.join("cluster/pg/data/postmaster.pid");
-    let postmaster = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|text| text.lines().next()?.trim().parse::<i32>().ok());
-    if let Some(pid) = postmaster {
-        // SAFETY: kill(2) with a pid read from the cluster's own pid file and a valid signal.
-        unsafe { libc::kill(pid, libc::SIGQUIT) };
-        for _ in 0..200 {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+    if let Some(cluster) = CLUSTER.get() {
+        cluster.server.stop();
     }
-    let _ = std::fs::remove_dir_all(root);
+    let root = scratch_root();
+    // A process server a test did not wait for may still be writing into its folder.
+    for _ in 0..50 {
+        if std::fs::remove_dir_all(&root).is_ok() || !root.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn start_cluster() -> Cluster {
