@@ -18,7 +18,10 @@ core.users.get({ user_id = user_id }, function(evt)
 end)
 
 -- The 2.x positional style: update(user_id, fields).
-local user = core.users.update(user_id, { extra = { level = 2, badge = "gold" } })
+local user, update_err, update_status = core.users.update(user_id, { extra = { level = 2, badge = "gold" } })
+if not user then
+  error(core.sf("update failed: %s (%d)", update_err, update_status))
+end
 print("update", user.extra.color, user.extra.level, user.extra.badge)
 
 core.users.update({ user_id = user_id, update = { extra = { color = core.users.NULL } } }, function(evt)

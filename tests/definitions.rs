@@ -139,3 +139,39 @@ fn the_seed_examples_check_clean() {
     }
     assert_eq!(checked, 7);
 }
+
+/// Every `.lua` file under `dir`, at any depth, sorted.
+fn lua_files(dir: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![std::path::PathBuf::from(dir)];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "lua") {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn the_example_projects_and_the_users_tour_check_clean_in_strict_mode() {
+    let mut checker = checker();
+    let mut files = lua_files("examples/projects");
+    files.push("examples/users-tour.lua".into());
+    let mut failures = Vec::new();
+    for path in &files {
+        let mut found = errors(&mut checker, &std::fs::read_to_string(path).unwrap());
+        // The checker sees one file at a time; the server resolves `require("Demo.greeting")`.
+        found.retain(|d| !d.message.starts_with("Unknown require"));
+        if !found.is_empty() {
+            failures.push(format!("{}: {found:#?}", path.display()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(files.len() >= 3, "{files:?}");
+}

@@ -81,7 +81,8 @@ function api.device(input, scope)
     end
     return core.error(link_err, link_status)
   end
-  return { user_id = id, username = core.users.get(id).username, created = true }
+  local user = core.users.get(id)
+  return { user_id = id, username = user and user.username, created = true }
 end
 
 -- For a recurring job: expired reset codes out (they are refused when used anyway).

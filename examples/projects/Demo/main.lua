@@ -3,41 +3,38 @@
 local api = core.api()
 local greeting = require("Demo.greeting")
 
--- The seed's create example, unchanged, inside a handler: the listener runs before
--- core.users.create returns, so the handler can answer with what it saw.
+-- The seed's create example inside a handler: the listener runs before core.users.create
+-- returns, so the handler answers with what the listener saw.
 function api.signup(input, scope)
-  local outcome
-
-  local function apiListener( evt )
-    if evt.error then
-      print(evt.error)
-    else
-      print(evt.result) -- result holds the users id
-    end
-    outcome = evt
-  end
+  local answer
 
   core.users.create({
     username=input.username,
     password=input.password
-  }, apiListener)
+  }, function( evt )
+    if evt.error then
+      print(evt.error)
+      answer = core.error(evt.error, evt.status)
+    else
+      print(evt.result) -- result holds the users id
+      answer = { user_id = evt.result, scope = scope }
+    end
+  end)
 
-  if outcome.error then
-    return core.error(outcome.error, outcome.status)
-  end
-  return { user_id = outcome.result, scope = scope }
+  return answer
 end
 
 -- The seed's login example, the same way.
 function api.login(input)
-  local user, failure
+  local answer
   core.users.login({username=input.username, password=input.password}, function( evt )
-    if evt.error then failure = evt else user = evt.result end
+    if evt.error then
+      answer = core.error(evt.error, evt.status)
+    else
+      answer = { user_id = evt.result.user_id, login_count = evt.result.login_count }
+    end
   end)
-  if failure then
-    return core.error(failure.error, failure.status)
-  end
-  return { user_id = user.user_id, login_count = user.login_count }
+  return answer
 end
 
 -- No database: the Lua and HTTP overhead alone.
