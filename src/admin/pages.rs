@@ -89,6 +89,18 @@ const fn public(method: Method, path: &'static str, handler: Handler) -> Route {
     }
 }
 
+/// The extra keys a user's page shows, and how much of each value.
+const SHOWN_EXTRA_KEYS: usize = 200;
+const SHOWN_VALUE_CHARS: usize = 200;
+
+/// `text` cut to `chars` characters, with an ellipsis when it was longer.
+fn cut(text: String, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
+}
+
 /// Every console route. The router matches only these.
 pub const ROUTES: &[Route] = &[
     public(Method::Get, "/login", Handler::LoginForm),
@@ -739,15 +751,19 @@ impl Console {
             .db
             .read(|client| async move { store::login_failures(&*client, id).await })
             .await?;
-        let extra: Vec<(String, String)> = user
-            .extra
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_string()))
+        // A page of bounded size whatever the record holds: the first keys, each value cut.
+        let mut user = user;
+        let extra_keys = user.extra.len();
+        let extra: Vec<(String, String)> = std::mem::take(&mut user.extra)
+            .into_iter()
+            .take(SHOWN_EXTRA_KEYS)
+            .map(|(k, v)| (k, cut(v.to_string(), SHOWN_VALUE_CHARS)))
             .collect();
         let scopes = vec![user.scope.clone()];
         let ctx = json!({
             "user": user,
             "extra": extra,
+            "extra_hidden": extra_keys.saturating_sub(SHOWN_EXTRA_KEYS),
             "providers": providers,
             "failures": failures,
             "error": error,

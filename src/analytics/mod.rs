@@ -7,6 +7,7 @@
 //! on one worker, and before the console reads), and [`Analytics::prune`] drops raw events past
 //! `analytics.keep_days`. Reads use only the daily counts.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::GenericClient;
@@ -24,13 +25,23 @@ use crate::status::{ErrorAnswer, Status};
 pub struct AnalyticsSettings {
     /// Days raw events are kept (the daily counts are kept for good).
     pub keep_days: u32,
+    /// Distinct keys (event names, platforms, versions, models) counted per scope, metric and
+    /// day; keys past it are counted together as [`OTHER_KEY`], so made-up names cannot grow the
+    /// daily counts without bound.
+    pub max_keys_per_day: u32,
 }
 
 impl Default for AnalyticsSettings {
     fn default() -> Self {
-        AnalyticsSettings { keep_days: 30 }
+        AnalyticsSettings {
+            keep_days: 30,
+            max_keys_per_day: 1000,
+        }
     }
 }
+
+/// The daily key that counts whatever a full day's keys left out.
+pub const OTHER_KEY: &str = "(other)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnalyticsError {
@@ -127,6 +138,7 @@ fn text(params: &Map<String, Value>, names: &[&str]) -> Result<Option<String>, A
         match params.get(*name) {
             None | Some(Value::Null) => continue,
             Some(Value::String(s)) if s.trim().is_empty() => continue,
+            Some(Value::String(s)) if s.contains('\0') => return Err(nul_in(name)),
             Some(Value::String(s)) => {
                 return Ok(Some(s.trim().chars().take(MAX_TEXT_CHARS).collect()));
             }
@@ -141,6 +153,23 @@ fn text(params: &Map<String, Value>, names: &[&str]) -> Result<Option<String>, A
     Ok(None)
 }
 
+/// PostgreSQL's text and JSONB cannot hold NUL: such a record is refused on its own, before it
+/// can join (and fail) a batch of other clients' records.
+fn nul_in(name: &str) -> AnalyticsError {
+    AnalyticsError::BadParameter(format!(
+        "Parameter '{name}' must not contain a NUL character."
+    ))
+}
+
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 impl Record {
     /// `appOpened`'s body: the app and device fields the client plugin collects (analytics
     /// docs), all optional; `device_id` (or `udid`) names the device.
@@ -148,6 +177,9 @@ impl Record {
         let mut data = Map::new();
         for key in ["screen_w", "screen_h", "corona_build"] {
             if let Some(value) = params.get(key).filter(|v| v.is_number() || v.is_string()) {
+                if has_nul(value) {
+                    return Err(nul_in(key));
+                }
                 data.insert(key.into(), value.clone());
             }
         }
@@ -171,6 +203,9 @@ impl Record {
         let mut data = Map::new();
         for key in ["value", "data"] {
             if let Some(value) = params.get(key).filter(|v| !v.is_null()) {
+                if has_nul(value) {
+                    return Err(nul_in(key));
+                }
                 data.insert(key.into(), value.clone());
             }
         }
@@ -216,6 +251,9 @@ pub struct Analytics {
     /// Records waiting for the next insert, with whom to tell how it went; `None` when no
     /// insert is being gathered.
     gathering: Arc<Mutex<Option<Vec<Waiting>>>>,
+    /// Set while this worker's periodic roll-up runs: the next one is skipped rather than run
+    /// beside it (holding a second connection).
+    rolling: Arc<AtomicBool>,
 }
 
 type Waiting = (String, Record, oneshot::Sender<Result<(), String>>);
@@ -229,6 +267,7 @@ impl Analytics {
             db,
             settings,
             gathering: Arc::default(),
+            rolling: Arc::default(),
         }
     }
 
@@ -266,28 +305,60 @@ impl Analytics {
     }
 
     async fn insert(self, batch: Vec<Waiting>) {
+        let outcome = self.insert_records(&batch).await;
+        if outcome.is_err() && batch.len() > 1 {
+            // One record the checks let through must not lose the others: each goes in alone.
+            for waiting in batch {
+                let outcome = self.insert_records(std::slice::from_ref(&waiting)).await;
+                let _ = waiting.2.send(outcome);
+            }
+            return;
+        }
+        for (_, _, tx) in batch {
+            let _ = tx.send(outcome.clone());
+        }
+    }
+
+    async fn insert_records(&self, batch: &[Waiting]) -> Result<(), String> {
         let records: Vec<(&str, &Record)> = batch.iter().map(|(s, r, _)| (s.as_str(), r)).collect();
         let outcome = self
             .db
             .write(|client| async move { insert(&*client, &records).await })
             .await;
-        if let Err(e) = &outcome {
+        outcome.map_err(|e| {
             tracing::error!(error = %e, records = batch.len(), "analytics could not be stored");
-        }
-        let shared = outcome.map_err(|e| e.to_string());
-        for (_, _, tx) in batch {
-            let _ = tx.send(shared.clone());
-        }
+            e.to_string()
+        })
     }
 
-    /// Moves the inbox into the raw events and the daily counts; the records moved. Several
-    /// instances may run it at once: each row is deleted, so counted, by one of them.
+    /// Moves the inbox into the raw events and the daily counts; the records moved. Roll-ups
+    /// on every instance take turns (an advisory lock taken before any row), so they never
+    /// deadlock on the daily counts; this one waits for its turn.
     pub async fn roll_up(&self) -> Result<u64, AnalyticsError> {
+        self.roll_up_batches(Turn::Wait).await
+    }
+
+    /// The periodic roll-up: skipped when this worker's last one is still running, or when
+    /// another instance's is (it moves the same inbox).
+    pub async fn roll_up_unless_busy(&self) -> Result<u64, AnalyticsError> {
+        if self.rolling.swap(true, Ordering::AcqRel) {
+            return Ok(0);
+        }
+        let moved = self.roll_up_batches(Turn::Skip).await;
+        self.rolling.store(false, Ordering::Release);
+        moved
+    }
+
+    async fn roll_up_batches(&self, turn: Turn) -> Result<u64, AnalyticsError> {
         // On a connection of its own, in batches: a big inbox must not hold up the statements
         // pipelined behind it on the shared write connection (the inserts themselves).
+        let max_keys = i64::from(self.settings.max_keys_per_day);
         let mut moved = 0;
         loop {
-            let batch = self.db.transaction(async |tx| roll_up(tx).await).await?;
+            let batch = self
+                .db
+                .transaction(async |tx| roll_up(tx, turn, max_keys).await)
+                .await?;
             moved += batch;
             if batch < ROLL_UP_BATCH as u64 {
                 return Ok(moved);
@@ -360,7 +431,36 @@ async fn insert(
     Ok(())
 }
 
-async fn roll_up(client: &impl GenericClient) -> Result<u64, AnalyticsError> {
+/// Whether a roll-up waits for another one to finish or leaves the work to it.
+#[derive(Clone, Copy)]
+enum Turn {
+    Wait,
+    Skip,
+}
+
+/// The advisory lock every roll-up takes first (any number, the same on every instance).
+const ROLL_UP_LOCK: i64 = 0x636f_726f_6e61;
+
+async fn roll_up(
+    client: &impl GenericClient,
+    turn: Turn,
+    max_keys: i64,
+) -> Result<u64, AnalyticsError> {
+    match turn {
+        Turn::Wait => {
+            client
+                .execute("SELECT pg_advisory_xact_lock($1)", &[&ROLL_UP_LOCK])
+                .await?;
+        }
+        Turn::Skip => {
+            let row = client
+                .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&ROLL_UP_LOCK])
+                .await?;
+            if !row.get::<_, bool>(0) {
+                return Ok(0);
+            }
+        }
+    }
     let stmt = client
         .prepare_cached(
             "WITH moved AS (DELETE FROM analytics_inbox WHERE id IN
@@ -379,14 +479,33 @@ async fn roll_up(client: &impl GenericClient) -> Result<u64, AnalyticsError> {
                     ) AS v(metric, key)
                     WHERE v.metric IS NOT NULL
                     GROUP BY 1, 2, 3, 4),
+                  -- A key the day already counts stays itself; new keys take the room left
+                  -- (most frequent first), and the rest are counted as $3.
+                  ranked AS (
+                    SELECT c.*, (c.metric = 'opens' OR EXISTS (
+                             SELECT 1 FROM analytics_daily d WHERE d.scope = c.scope
+                               AND d.day = c.day AND d.metric = c.metric AND d.key = c.key)) AS known
+                    FROM counts c),
+                  placed AS (
+                    SELECT scope, day, metric, n,
+                      CASE WHEN known THEN key
+                           WHEN row_number() OVER (PARTITION BY scope, day, metric, known
+                                                   ORDER BY n DESC, key)
+                                + (SELECT count(*) FROM analytics_daily d WHERE d.scope = r.scope
+                                     AND d.day = r.day AND d.metric = r.metric) <= $2 THEN key
+                           ELSE $3 END AS key
+                    FROM ranked r),
                   counted AS (
                     INSERT INTO analytics_daily AS d (scope, day, metric, key, count)
-                    SELECT scope, day, metric, key, n FROM counts
+                    SELECT scope, day, metric, key, sum(n)::bigint FROM placed GROUP BY 1, 2, 3, 4
                     ON CONFLICT (scope, day, metric, key) DO UPDATE SET count = d.count + EXCLUDED.count)
              SELECT count(*) FROM moved",
         )
         .await?;
-    let moved: i64 = client.query_one(&stmt, &[&ROLL_UP_BATCH]).await?.get(0);
+    let moved: i64 = client
+        .query_one(&stmt, &[&ROLL_UP_BATCH, &max_keys, &OTHER_KEY])
+        .await?
+        .get(0);
     Ok(moved as u64)
 }
 

@@ -65,6 +65,21 @@ pub fn host_sized<R>(lua: &Lua, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// The largest conversion [`host_sized_up_to`] runs with the limit lifted: past it the
+/// overshoot would matter, and the protected path's cost is small beside the data's own.
+pub const LIFT_AT_MOST: usize = 256 * 1024;
+
+/// [`host_sized`] for host data of about `bytes` (as JSON): the limit is lifted only when that
+/// is small, so a large record or result converts under the state's limit like script data
+/// (and fails with a memory error rather than filling the state past it).
+pub fn host_sized_up_to<R>(lua: &Lua, bytes: usize, f: impl FnOnce() -> R) -> R {
+    if bytes <= LIFT_AT_MOST {
+        host_sized(lua, f)
+    } else {
+        f()
+    }
+}
+
 /// Lua → JSON, written by `sink` through serde (`serde_json::to_string`, `to_raw_value`,
 /// `to_value`). The walk reads the Lua stack directly: going through mlua's `Value`s costs a
 /// registry reference per key and value, measured with callgrind at ~30,000 instructions for a

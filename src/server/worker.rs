@@ -302,7 +302,7 @@ async fn report_pool(index: usize, worker: Rc<Worker>) {
 /// Moves analytics from the inbox into events and daily counts (and, now and then, drops raw
 /// events past their days). Any instance may: each record is moved once.
 async fn roll_up_analytics(analytics: crate::analytics::Analytics, prune: bool) {
-    if let Err(e) = analytics.roll_up().await {
+    if let Err(e) = analytics.roll_up_unless_busy().await {
         tracing::warn!(error = %e, "cannot roll up analytics");
     }
     if prune && let Err(e) = analytics.prune().await {

@@ -51,6 +51,29 @@ pub struct User {
     pub login_count: i64,
 }
 
+impl User {
+    /// About how many bytes the record takes as JSON (its `extra` walked, the rest estimated),
+    /// known before it is converted into Lua or written out.
+    pub fn size_hint(&self) -> usize {
+        fn size(value: &Value) -> usize {
+            match value {
+                Value::String(s) => s.len() + 2,
+                Value::Array(items) => 2 + items.iter().map(size).sum::<usize>(),
+                Value::Object(map) => {
+                    2 + map
+                        .iter()
+                        .map(|(k, v)| k.len() + 4 + size(v))
+                        .sum::<usize>()
+                }
+                _ => 8,
+            }
+        }
+        let texts = self.username.len() + self.email.as_ref().map_or(0, String::len);
+        let extra: usize = self.extra.iter().map(|(k, v)| k.len() + 4 + size(v)).sum();
+        300 + texts + self.group.len() + self.scope.len() + extra
+    }
+}
+
 /// The users module's choices where Coronium's behaviour is a trade-off (`[users]`).
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -60,6 +83,11 @@ pub struct UsersSettings {
     pub wire_oauth_login: bool,
     /// The most rows `getWithQuery` and `getGroup` return.
     pub max_query_limit: i64,
+    /// The largest a user's whole `extra` may grow, in bytes of JSON text (each create or
+    /// update carries at most 16 KiB; updates merge).
+    pub extra_max_bytes: u32,
+    /// The most keys a user's whole `extra` may hold.
+    pub extra_max_keys: u32,
 }
 
 impl Default for UsersSettings {
@@ -67,7 +95,28 @@ impl Default for UsersSettings {
         UsersSettings {
             wire_oauth_login: true,
             max_query_limit: query::MAX_LIMIT,
+            extra_max_bytes: 64 * 1024,
+            extra_max_keys: 1000,
         }
+    }
+}
+
+impl UsersSettings {
+    /// The answer to a create or update whose `extra` would pass the bound (801).
+    fn extra_too_large(&self) -> UserError {
+        UserError::bad(format!(
+            "The user's extra data would be larger than {} bytes or {} keys.",
+            self.extra_max_bytes, self.extra_max_keys
+        ))
+    }
+
+    /// Checks a new user's whole `extra` (updates are checked in their statement).
+    fn check_new_extra(&self, extra: &serde_json::Map<String, Value>) -> Result<(), UserError> {
+        let bytes = serde_json::to_string(extra).map_or(usize::MAX, |s| s.len());
+        if extra.len() > self.extra_max_keys as usize || bytes > self.extra_max_bytes as usize {
+            return Err(self.extra_too_large());
+        }
+        Ok(())
     }
 }
 
@@ -163,6 +212,7 @@ impl Users {
     /// confirmation mail is queued in the same transaction (see [`mail`]).
     /// A failure to store the user is 601 (users spec §2; the cause is logged).
     pub async fn create(&self, scope: &Scope, new_user: NewUser) -> Result<User, UserError> {
+        self.settings.check_new_extra(&new_user.extra)?;
         let password_hash = self
             .hash_if_given(new_user.secret.as_ref())
             .await
@@ -195,6 +245,7 @@ impl Users {
             anonymous,
             login,
         } = registration;
+        self.settings.check_new_extra(&user.extra)?;
         let password_hash = self.hash_if_given(user.secret.as_ref()).await?;
         let mut collisions = 0;
         let created = loop {
@@ -410,12 +461,21 @@ impl Users {
         let user_id = user_id.ok_or(UserError::NotFound)?;
         let password_hash = self.hash_if_given(patch.secret.as_ref()).await?;
         let (patch, hash, scope) = (&patch, password_hash.as_deref(), within.scope());
-        self.db
+        let bound = store::ExtraBound {
+            bytes: i64::from(self.settings.extra_max_bytes),
+            keys: i64::from(self.settings.extra_max_keys),
+        };
+        let updated = self
+            .db
             .write(|client| async move {
-                store::update(&*client, scope, user_id.uuid(), patch, hash).await
+                store::update(&*client, scope, user_id.uuid(), patch, hash, bound).await
             })
-            .await?
-            .ok_or(UserError::NotFound)
+            .await?;
+        match updated {
+            store::Updated::User(user) => Ok(*user),
+            store::Updated::NotFound => Err(UserError::NotFound),
+            store::Updated::ExtraTooLarge => Err(self.settings.extra_too_large()),
+        }
     }
 
     /// Deletes a user; the number of records removed (0 when there was none).

@@ -391,15 +391,34 @@ pub async fn get(
     Ok(row.as_ref().map(user_from_row))
 }
 
+/// The bound on a user's whole `extra` that an update may not take it past.
+#[derive(Clone, Copy)]
+pub struct ExtraBound {
+    pub bytes: i64,
+    pub keys: i64,
+}
+
+/// What an update found.
+pub enum Updated {
+    User(Box<User>),
+    NotFound,
+    /// The merged `extra` would pass the bound: nothing was changed.
+    ExtraTooLarge,
+}
+
 /// Applies a patch in one statement: `extra` is merged key by key (`||`) and removed keys are
-/// dropped (`-`), so concurrent updates of different keys never lose each other's writes.
+/// dropped (`-`), so concurrent updates of different keys never lose each other's writes. The
+/// bound is checked on the merged value in the same statement (an `UPDATE` re-reads a row that
+/// a concurrent one changed), so concurrent patches cannot pass it together; a patch that does
+/// not grow `extra` always applies, so records stored before the bound can still shrink.
 pub async fn update(
     client: &impl GenericClient,
     scope: Option<&str>,
     user_id: Uuid,
     patch: &UserPatch,
     password_hash: Option<&str>,
-) -> Result<Option<User>, UserError> {
+    bound: ExtraBound,
+) -> Result<Updated, UserError> {
     macro_rules! update_users {
         () => {
             r#"UPDATE users SET
@@ -411,6 +430,11 @@ pub async fn update(
                  active = COALESCE($9, active),
                  updated = now()
                WHERE user_id = $1 AND ($2::text IS NULL OR scope = $2)
+                 AND ($6::jsonb = '{}'::jsonb OR (
+                   octet_length(((extra || $6::jsonb) - $7::text[])::text)
+                     <= GREATEST($10::int8, octet_length(extra::text))
+                   AND (SELECT count(*) FROM jsonb_object_keys((extra || $6::jsonb) - $7::text[]))
+                     <= GREATEST($11::int8, (SELECT count(*) FROM jsonb_object_keys(extra)))))
                RETURNING "#
         };
     }
@@ -440,11 +464,30 @@ pub async fn update(
                 &patch.extra_remove,
                 &password_hash,
                 &patch.active,
+                &bound.bytes,
+                &bound.keys,
             ],
         )
         .await
         .map_err(duplicate_to_600)?;
-    Ok(row.as_ref().map(user_from_row))
+    if let Some(row) = row {
+        return Ok(Updated::User(Box::new(user_from_row(&row))));
+    }
+    // Nothing updated: no such user, or the bound held it back (only a patch that adds keys).
+    if patch.extra_set.is_empty() {
+        return Ok(Updated::NotFound);
+    }
+    let exists = client
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1 AND ($2::text IS NULL OR scope = $2))",
+        )
+        .await?;
+    let exists: bool = client.query_one(&exists, &[&user_id, &scope]).await?.get(0);
+    Ok(if exists {
+        Updated::ExtraTooLarge
+    } else {
+        Updated::NotFound
+    })
 }
 
 pub async fn delete(

@@ -201,12 +201,18 @@ impl TestDb {
 
     /// The application on this database, with the given hashing parameters and the test key.
     pub async fn app_with(&self, params: HashParams) -> App {
+        self.app_configured(|config| config.argon2 = params).await
+    }
+
+    /// The application on this database (test hashing and key), with `configure`'s settings.
+    pub async fn app_configured(&self, configure: impl FnOnce(&mut Config)) -> App {
         let mut config = Config {
             database_url: Some(self.url().into()),
-            argon2: params,
+            argon2: TEST_HASH,
             ..Config::default()
         };
         config.server.server_key = Some(TEST_SERVER_KEY.into());
+        configure(&mut config);
         App::build(config).await.unwrap()
     }
 

@@ -27,10 +27,10 @@ pub(crate) fn add_admin(db: &TestDb, name: &str, password: &str) -> std::process
 
 /// An HTTP answer as a browser would see it.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Answer {
@@ -62,13 +62,13 @@ impl Answer {
 }
 
 /// A minimal browser: a cookie jar and plain requests.
-struct Browser {
+pub(crate) struct Browser {
     addr: String,
     cookies: HashMap<String, String>,
 }
 
 impl Browser {
-    fn new(addr: &str) -> Self {
+    pub(crate) fn new(addr: &str) -> Self {
         Browser {
             addr: addr.to_owned(),
             cookies: HashMap::new(),
@@ -136,7 +136,7 @@ impl Browser {
         answer
     }
 
-    async fn get(&mut self, path: &str) -> Answer {
+    pub(crate) async fn get(&mut self, path: &str) -> Answer {
         self.request("GET", path, None).await
     }
 
@@ -145,7 +145,7 @@ impl Browser {
     }
 
     /// Signs in through the form; the answer to the form's POST.
-    async fn sign_in(&mut self, name: &str, password: &str) -> Answer {
+    pub(crate) async fn sign_in(&mut self, name: &str, password: &str) -> Answer {
         let form = self.get("/_coronium/admin/login").await;
         assert_eq!(form.status, 200, "{}", form.body);
         let token = form.field("login_csrf");

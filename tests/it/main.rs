@@ -1,5 +1,6 @@
 //! Integration tests: one binary, so one PostgreSQL cluster serves every test in it.
 
+mod abuse;
 mod browser;
 mod common;
 mod concurrency;

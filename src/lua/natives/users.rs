@@ -77,7 +77,13 @@ fn scope(host: &Host, params: &input::Params, request_scope: Option<String>) -> 
 /// onto the Lua stack (this runs on every `core.users` call that returns a user). Absent fields
 /// are nil.
 fn user_value(lua: &Lua, user: &User) -> mlua::Result<Value> {
-    convert::host_sized(lua, || to_lua::to_lua(lua, user))
+    convert::host_sized_up_to(lua, user.size_hint(), || to_lua::to_lua(lua, user))
+}
+
+/// A user with the provider link it was found by, sized like [`user_value`].
+fn linked_user_value(lua: &Lua, user: &oauth::LinkedUser) -> mlua::Result<Value> {
+    let bytes = user.user.size_hint() + 1024;
+    convert::host_sized_up_to(lua, bytes, || to_lua::to_lua(lua, user))
 }
 
 /// Why a users operation did not produce a result: the caller's problem (answered as
@@ -251,7 +257,7 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
                 let user = users
                     .login_with_provider(&scope, &provider, &client_id)
                     .await?;
-                return Ok(sized(&lua, &user)?);
+                return Ok(linked_user_value(&lua, &user)?);
             }
             // Then by user id, in any scope and without a password (server code only).
             if params.get("user_id").is_some_and(|id| !id.is_null()) {
@@ -591,7 +597,7 @@ fn install_providers(lua: &Lua, native: &Table, host: &Rc<Host>) -> mlua::Result
             let client_id = oauth::required_client_id(&params)?;
             let users = &host.services.users;
             let user = users.with_provider(&scope, &provider, &client_id).await?;
-            Ok(sized(&lua, &user)?)
+            Ok(linked_user_value(&lua, &user)?)
         },
     )
 }
@@ -624,5 +630,8 @@ fn query_result(lua: &Lua, query: &UserQuery, users: Vec<User>) -> Result<Value,
         let user = users.first().ok_or(UserError::NotFound)?;
         return Ok(user_value(lua, user)?);
     }
-    Ok(convert::host_sized(lua, || to_lua::to_lua(lua, &users))?)
+    let bytes = users.iter().map(User::size_hint).sum();
+    Ok(convert::host_sized_up_to(lua, bytes, || {
+        to_lua::to_lua(lua, &users)
+    })?)
 }

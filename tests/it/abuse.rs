@@ -1,0 +1,423 @@
+//! What a hostile client holding the shipped key can do to other players, and the bounds that
+//! stop it: each test is an attack that once worked, and states the property that now holds.
+
+use crate::console::md5_hex;
+use serde_json::json;
+
+use crate::common::{TEST_HASH, TestDb, TestServer};
+
+/// Sends `count` analytics events named `name(i)` in `scope`, 16 at a time; their answers.
+async fn send_events(
+    server: &TestServer,
+    scope: &str,
+    count: usize,
+    name: impl Fn(usize) -> String,
+) -> Vec<serde_json::Value> {
+    let mut answers = Vec::new();
+    let names: Vec<String> = (0..count).map(name).collect();
+    for chunk in names.chunks(16) {
+        let calls = chunk.iter().map(|name| {
+            let (addr, key, scope) = (server.addr.clone(), server.key.clone(), scope.to_owned());
+            let name = name.clone();
+            tokio::spawn(async move {
+                coronium::wire::client::call(
+                    &addr,
+                    &key,
+                    "api.analytics",
+                    "event",
+                    &scope,
+                    &json!({ "name": name }),
+                )
+                .await
+                .unwrap()
+            })
+        });
+        for call in calls.collect::<Vec<_>>() {
+            answers.push(call.await.unwrap());
+        }
+    }
+    answers
+}
+
+/// Records that PostgreSQL cannot store (a NUL in a name) are refused one by one; they never
+/// take the honest records batched with them down.
+#[tokio::test]
+async fn one_clients_nul_loses_no_one_elses_analytics() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {});
+    let answers = send_events(&server, "mixed", 400, |i| {
+        if i % 4 == 0 {
+            format!("bad\u{0}{i}")
+        } else {
+            "honest".to_owned()
+        }
+    })
+    .await;
+    for (i, answer) in answers.iter().enumerate() {
+        if i % 4 == 0 {
+            assert_eq!(answer["result"]["status"], 801, "{answer}");
+            assert!(
+                answer["result"]["error"].as_str().unwrap().contains("NUL"),
+                "{answer}"
+            );
+        } else {
+            assert_eq!(answer, &json!({ "result": true }), "record {i}");
+        }
+    }
+    // NUL in an event's value, and in an open's fields, is refused the same way.
+    let value = server
+        .call_in(
+            "mixed",
+            "api.analytics",
+            "event",
+            json!({ "name": "x", "value": { "k\u{0}": 1 } }),
+        )
+        .await;
+    assert_eq!(value["result"]["status"], 801, "{value}");
+    let opened = server
+        .call_in(
+            "mixed",
+            "api.analytics",
+            "appOpened",
+            json!({ "platform": "ios\u{0}" }),
+        )
+        .await;
+    assert_eq!(opened["result"]["status"], 801, "{opened}");
+    let stored: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT (SELECT count(*) FROM analytics_inbox WHERE scope = 'mixed')
+                  + (SELECT count(*) FROM analytics_events WHERE scope = 'mixed')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 300, "every honest record is stored");
+}
+
+/// Made-up event names cannot grow the daily counts without bound: past the day's cap of
+/// distinct keys per scope and metric, the rest are counted together as "(other)", and nothing
+/// is lost from the totals.
+#[tokio::test]
+async fn made_up_event_names_are_counted_within_a_cap() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |cmd| {
+        cmd.env("CORONIUM_ANALYTICS_MAX_KEYS_PER_DAY", "5");
+    });
+    // Two keys that the day knows first, then a flood of new ones.
+    send_events(&server, "capped", 4, |i| format!("known{}", i % 2)).await;
+    let app = db
+        .app_configured(|config| config.analytics.max_keys_per_day = 5)
+        .await;
+    let analytics = app.services(1).unwrap().analytics;
+    analytics.roll_up().await.unwrap();
+    let answers = send_events(&server, "capped", 60, |i| format!("made-up-{i}")).await;
+    assert!(answers.iter().all(|a| a == &json!({ "result": true })));
+    send_events(&server, "capped", 2, |i| format!("known{i}")).await;
+    analytics.roll_up().await.unwrap();
+    let client = db.client().await;
+    let rows = client
+        .query(
+            "SELECT key, count FROM analytics_daily WHERE scope = 'capped' AND metric = 'event'
+             ORDER BY key",
+            &[],
+        )
+        .await
+        .unwrap();
+    let keys: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(keys.len(), 6, "5 keys and (other): {keys:?}");
+    assert!(keys.contains(&("known0".into(), 3)), "{keys:?}");
+    assert!(keys.contains(&("known1".into(), 3)), "{keys:?}");
+    let total: i64 = keys.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 66, "every event is counted: {keys:?}");
+    let other = keys.iter().find(|(k, _)| k == "(other)").map(|(_, n)| *n);
+    assert_eq!(other, Some(57), "{keys:?}");
+}
+
+/// Roll-ups started together (the periodic one, the console's, another instance's) take turns:
+/// none fails on a deadlock, and each record is counted once.
+#[tokio::test]
+async fn roll_ups_started_together_take_turns() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    // An inbox of many keys in two scopes, as an event flood leaves it.
+    client
+        .execute(
+            "INSERT INTO analytics_inbox (scope, kind, name, data)
+             SELECT 'flood' || (i % 2), 'event', 'e' || (i % 700), '{}'::jsonb
+             FROM generate_series(1, 30000) i",
+            &[],
+        )
+        .await
+        .unwrap();
+    let app = db.app_with(TEST_HASH).await;
+    let rolls: Vec<_> = (0..6)
+        .map(|i| {
+            let analytics = app.services(1).unwrap().analytics;
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    analytics.roll_up().await
+                } else {
+                    analytics.roll_up_unless_busy().await
+                }
+            })
+        })
+        .collect();
+    let mut moved = 0;
+    for roll in rolls {
+        moved += roll.await.unwrap().expect("no roll-up fails");
+    }
+    // The skipping ones may have left a batch behind; a last one in turn takes the rest.
+    moved += app.services(1).unwrap().analytics.roll_up().await.unwrap();
+    assert_eq!(moved, 30000);
+    let counted: i64 = client
+        .query_one(
+            "SELECT sum(count)::bigint FROM analytics_daily WHERE metric = 'event'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(counted, 30000);
+}
+
+/// A user made over the wire; its id.
+async fn create_user(server: &TestServer, scope: &str, username: &str) -> String {
+    let answer = server
+        .call_in(
+            scope,
+            "api.users",
+            "create",
+            json!({ "username": username, "password": md5_hex("pw-123456") }),
+        )
+        .await;
+    answer["result"]["user_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .to_owned()
+}
+
+/// `extra` keys `prefix0..prefix{count}`, each with a value of `len` characters.
+fn extra_keys(prefix: &str, count: usize, len: usize) -> serde_json::Value {
+    let map: serde_json::Map<String, serde_json::Value> = (0..count)
+        .map(|i| (format!("{prefix}{i}"), json!("v".repeat(len))))
+        .collect();
+    serde_json::Value::Object(map)
+}
+
+/// Patches merge, but a user's whole `extra` has a bound that no number of updates passes, not
+/// even sent together: past it an update is answered 801 naming the limit and changes nothing.
+#[tokio::test]
+async fn no_number_of_updates_grows_extra_past_its_bound() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {});
+    let id = create_user(&server, "default", "hoarder").await;
+    // 40 patches of ~10 KiB sent at once: only as many as fit in 64 KiB apply.
+    let updates: Vec<_> = (0..40)
+        .map(|i| {
+            let (addr, key, id) = (server.addr.clone(), server.key.clone(), id.clone());
+            tokio::spawn(async move {
+                coronium::wire::client::call(
+                    &addr,
+                    &key,
+                    "api.users",
+                    "update",
+                    "default",
+                    &json!({ "user_id": id, "update": { "extra": extra_keys(&format!("p{i}_"), 10, 1000) } }),
+                )
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    let mut applied = 0;
+    for update in updates {
+        let answer = update.await.unwrap();
+        if answer["result"]["user_id"].is_string() {
+            applied += 1;
+        } else {
+            assert_eq!(answer["result"]["status"], 801, "{answer}");
+            let error = answer["result"]["error"].as_str().unwrap();
+            assert!(error.contains("65536 bytes"), "{error}");
+        }
+    }
+    assert!((1..=6).contains(&applied), "{applied} patches applied");
+    let client = db.client().await;
+    let stored: i32 = client
+        .query_one(
+            "SELECT octet_length(extra::text) FROM users WHERE username = 'hoarder'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(stored <= 65536, "extra is {stored} bytes");
+    // The bound on keys: small values, many keys.
+    let many = create_user(&server, "default", "many-keys").await;
+    let first = server
+        .call(
+            "api.users",
+            "update",
+            json!({ "user_id": many, "update": { "extra": extra_keys("a", 600, 1) } }),
+        )
+        .await;
+    assert!(first["result"]["user_id"].is_string(), "{first}");
+    let second = server
+        .call(
+            "api.users",
+            "update",
+            json!({ "user_id": many, "update": { "extra": extra_keys("b", 600, 1) } }),
+        )
+        .await;
+    assert_eq!(second["result"]["status"], 801, "{second}");
+    assert!(
+        second["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("1000 keys")
+    );
+    // A variant: the bound holds on create and on register as well (made of one full patch of
+    // keys), and for an unknown user the answer is still 604.
+    let create = server
+        .call(
+            "api.users",
+            "create",
+            json!({ "username": "born-big", "password": md5_hex("pw-123456"),
+                    "extra": extra_keys("k", 1500, 1) }),
+        )
+        .await;
+    assert_eq!(create["result"]["status"], 801, "{create}");
+    let unknown = server
+        .call(
+            "api.users",
+            "update",
+            json!({ "user_id": "00000000-0000-4000-8000-000000000000",
+                    "update": { "extra": { "a": 1 } } }),
+        )
+        .await;
+    assert_eq!(unknown["result"]["status"], 604, "{unknown}");
+}
+
+/// A record stored before the bound existed (larger than it) can still shrink: an update that
+/// does not grow `extra` applies; one that grows it is refused.
+#[tokio::test]
+async fn a_record_past_the_bound_can_still_shrink() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {});
+    let id = create_user(&server, "default", "legacy").await;
+    db.client()
+        .await
+        .execute(
+            "UPDATE users SET extra = (SELECT jsonb_object_agg('k' || i, repeat('x', 100))
+                                       FROM generate_series(1, 2000) i)
+             WHERE username = 'legacy'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let grow = server
+        .call(
+            "api.users",
+            "update",
+            json!({ "user_id": id, "update": { "extra": { "new": 1 } } }),
+        )
+        .await;
+    assert_eq!(grow["result"]["status"], 801, "{grow}");
+    let shrink = server
+        .call(
+            "api.users",
+            "update",
+            json!({ "user_id": id, "update": { "extra": { "k1": "_NULL", "k2": "short" } } }),
+        )
+        .await;
+    assert!(shrink["result"]["user_id"].is_string(), "{shrink}");
+    assert_eq!(shrink["result"]["extra"]["k2"], "short");
+}
+
+const FAT: &str = r#"
+local api = core.api()
+function api.fat(input)
+  local users, err = core.users.getWithQuery(input.scope)
+  if not users then return core.error(tostring(err), 810) end
+  return #users
+end
+function api.ping() return "pong" end
+return api
+"#;
+
+/// Records far larger than a Lua state (written before the bound, or many at once) enter Lua
+/// under the state's memory limit: the query fails with a memory error instead of filling the
+/// state past its limit, and the worker goes on serving.
+#[tokio::test]
+async fn large_records_enter_lua_under_its_memory_limit() {
+    let db = TestDb::new().await;
+    let root = crate::common::scratch_dir("fat-records");
+    crate::common::write_project(&root, "Fat", &[("main.lua", FAT)]);
+    let server =
+        crate::common::serve_projects(&db, &root, "1", &[("CORONIUM_LUA_MEMORY_LIMIT_MB", "8")]);
+    // 200 users of 100 KiB each (a query answers 100 of them): 10 MB, past the 8 MB state
+    // (every value differs: Luau keeps one copy of equal strings).
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO users (user_id, scope, username, extra)
+             SELECT gen_random_uuid(), 'fat', 'u' || i,
+                    (SELECT jsonb_object_agg('k' || j, repeat(md5(i || '.' || j), 30))
+                     FROM generate_series(1, 100) j)
+             FROM generate_series(1, 200) i",
+            &[],
+        )
+        .await
+        .unwrap();
+    let fat = server.call("Fat", "fat", json!({ "scope": "fat" })).await;
+    assert_eq!(fat["result"]["status"], 810, "{fat}");
+    assert_eq!(
+        server.call("Fat", "ping", json!({})).await,
+        json!({ "result": "pong" })
+    );
+    // A few of the same records fit and are served.
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO users (user_id, scope, username, extra)
+             SELECT gen_random_uuid(), 'few', username, extra FROM users WHERE scope = 'fat' LIMIT 5",
+            &[],
+        )
+        .await
+        .unwrap();
+    let few = server.call("Fat", "fat", json!({ "scope": "few" })).await;
+    assert_eq!(few, json!({ "result": 5 }));
+}
+
+/// The console's page of a huge record (stored before the bound) stays small: the first keys,
+/// each value cut, and how many more there are.
+#[tokio::test]
+async fn the_console_page_of_a_huge_record_stays_small() {
+    use crate::console::{ADMIN, Browser, PASSWORD, add_admin};
+    let db = TestDb::new().await;
+    assert!(add_admin(&db, ADMIN, PASSWORD).status.success());
+    let server = TestServer::start(&db, |_| {});
+    let id = create_user(&server, "default", "huge").await;
+    db.client()
+        .await
+        .execute(
+            "UPDATE users SET extra = (SELECT jsonb_object_agg('k' || i, repeat(md5(i::text), 5))
+                                       FROM generate_series(1, 36000) i)
+             WHERE username = 'huge'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut browser = Browser::new(&server.addr);
+    assert_eq!(browser.sign_in(ADMIN, PASSWORD).await.status, 303);
+    let page = browser.get(&format!("/_coronium/admin/users/{id}")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.len() < 200_000, "{} bytes", page.body.len());
+    assert!(
+        page.body.contains("35800 more keys are not shown"),
+        "{}",
+        &page.body[..2000.min(page.body.len())]
+    );
+}
