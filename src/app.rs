@@ -56,6 +56,8 @@ pub struct App {
     mailer: Mailer,
     permissions: Arc<Permissions>,
     vitals: Arc<Vitals>,
+    /// Sign-ups per client address, one budget for every worker.
+    sign_ups: Arc<crate::rate::PerMinute<String>>,
 }
 
 impl App {
@@ -72,6 +74,9 @@ impl App {
             &config.mail,
         );
         let database = Database::open(&config.database_location()).await?;
+        let sign_ups = Arc::new(crate::rate::PerMinute::new(
+            config.users.sign_ups_per_address_per_minute,
+        ));
         Ok(App {
             config,
             database,
@@ -79,6 +84,7 @@ impl App {
             mailer,
             permissions: Arc::default(),
             vitals: Arc::default(),
+            sign_ups,
         })
     }
 
@@ -102,7 +108,8 @@ impl App {
         let db = self.database.new_handle(connections)?;
         let users = Users::new(db.clone(), self.hasher.clone(), self.mailer.clone())
             .with_login_throttle(self.config.login_throttle)
-            .with_settings(self.config.users);
+            .with_settings(self.config.users)
+            .with_sign_up_budget(self.sign_ups.clone());
         let analytics = Analytics::new(db.clone(), self.config.analytics);
         let console = self.config.console.enabled.then(|| {
             Console::new(

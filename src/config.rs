@@ -309,6 +309,7 @@ impl Config {
             "CORONIUM_USERS_MAX_QUERY_LIMIT" => self.users.max_query_limit,
             "CORONIUM_USERS_EXTRA_MAX_BYTES" => self.users.extra_max_bytes,
             "CORONIUM_USERS_EXTRA_MAX_KEYS" => self.users.extra_max_keys,
+            "CORONIUM_USERS_SIGN_UPS_PER_ADDRESS_PER_MINUTE" => self.users.sign_ups_per_address_per_minute,
             "CORONIUM_MAIL_MAX_ATTEMPTS" => self.mail.max_attempts,
             "CORONIUM_MAIL_RETRY_SECS" => self.mail.retry_secs,
             "CORONIUM_MAIL_POLL_SECS" => self.mail.poll_secs,

@@ -8,6 +8,7 @@
 //! - [`users`]: the users domain (validation, passwords, SQL); no Lua or HTTP in it.
 //! - [`admin`]: the operator's console (admins, sessions, audit, pages); no HTTP in it.
 //! - [`analytics`]: `api.analytics` records and their daily roll-ups.
+//! - [`logging`]: one line per log event whatever its values hold; a gate for repeated errors.
 //! - [`lua`]: the Luau runtime, the only module that touches mlua.
 //! - [`wire`]: the Coronium wire protocol (signature, envelopes, `api.users`, a client).
 //! - [`permissions`]: client permissions per scope for the built-in modules' wire actions.
@@ -25,6 +26,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod logging;
 pub mod lua;
 pub mod mail;
 pub mod permissions;

@@ -4,6 +4,7 @@ use std::io::IsTerminal as _;
 
 use clap::Parser;
 use coronium::cli::{self, Cli, CliError, LogFormat};
+use coronium::logging::OneLineStderr;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -22,13 +23,16 @@ fn main() -> ExitCode {
             EnvFilter::new("info")
         }),
     };
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // Values a client or script sets (a printed line, a sign-in name) cannot start a made-up
+    // log line: JSON escapes them, and the human format's writer does.
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
     if cli.log_format == LogFormat::Json {
-        logs.json().init();
+        logs.with_writer(std::io::stderr).json().init();
     } else {
-        logs.with_ansi(std::io::stderr().is_terminal()).init();
+        let ansi = std::io::stderr().is_terminal();
+        logs.with_writer(OneLineStderr { ansi })
+            .with_ansi(ansi)
+            .init();
     }
     match cli::execute(cli) {
         Ok(code) => code,

@@ -1,65 +1,75 @@
-//! Budgets of events per key per minute (the mail-link pages per client address, `core.email`
-//! per project), shared by every worker. Memory is bounded: past [`MAX_KEYS`] keys, windows that
-//! ended are swept out (at most once a second), and while the table is still full a key it does
-//! not know gets no budget, so a flood of new keys can neither grow it nor make every call sweep.
+//! Budgets of events per key per minute (the mail-link pages per client address, sign-ups per
+//! address, `core.email` per project), shared by every worker.
+//!
+//! Counted in a fixed table of counters rather than one entry per key (a count-min sketch):
+//! each key adds to one counter in each of two rows, picked by a hash with a random seed, and
+//! its count is the smaller of the two. Memory is fixed whatever the number of keys, and no
+//! key is ever refused because the table is full: a flood of strangers adds a little to many
+//! counters, and a newcomer is refused only when both of its counters were each filled to the
+//! limit by others, which takes about `limit × COUNTERS` events in one minute. A count is never
+//! less than the key's own, so a key's budget is never more than its limit.
 
-use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Keys remembered at most.
-pub const MAX_KEYS: usize = 10_000;
-
+/// Counters per row.
+const COUNTERS: usize = 16 * 1024;
 const WINDOW: Duration = Duration::from_secs(60);
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 pub struct PerMinute<K> {
     /// 0: no limit.
     limit: u32,
-    state: Mutex<Windows<K>>,
+    seeds: [RandomState; 2],
+    state: Mutex<Window>,
+    _keys: std::marker::PhantomData<fn(K)>,
 }
 
-struct Windows<K> {
-    started: HashMap<K, (Instant, u32)>,
-    swept: Option<Instant>,
+struct Window {
+    started: Instant,
+    rows: Box<[[u32; COUNTERS]; 2]>,
 }
 
-impl<K: Hash + Eq> PerMinute<K> {
+impl<K: Hash> PerMinute<K> {
     pub fn new(limit: u32) -> Self {
         PerMinute {
             limit,
-            state: Mutex::new(Windows {
-                started: HashMap::new(),
-                swept: None,
+            seeds: [RandomState::new(), RandomState::new()],
+            state: Mutex::new(Window {
+                started: Instant::now(),
+                rows: Box::new([[0; COUNTERS]; 2]),
             }),
+            _keys: std::marker::PhantomData,
         }
     }
 
-    /// Counts one event for `key`; whether it is within the key's budget.
+    /// Counts one event for `key`; whether it is within the key's budget. A refused event is
+    /// not counted, so a key that keeps trying adds nothing to its neighbours' counters.
     pub fn allow(&self, key: K) -> bool {
         if self.limit == 0 {
             return true;
         }
+        let slots = [0, 1].map(|row| self.seeds[row].hash_one(&key) as usize % COUNTERS);
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let Windows { started, swept } = &mut *state;
-        if started.len() >= MAX_KEYS && !started.contains_key(&key) {
-            if swept.is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY) {
-                started.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
-                *swept = Some(now);
-            }
-            if started.len() >= MAX_KEYS {
-                return false;
-            }
+        if now.duration_since(state.started) >= WINDOW {
+            state.started = now;
+            state.rows.iter_mut().for_each(|row| row.fill(0));
         }
-        let (start, count) = started.entry(key).or_insert((now, 0));
-        if now.duration_since(*start) >= WINDOW {
-            *start = now;
-            *count = 0;
+        let count = slots
+            .iter()
+            .enumerate()
+            .map(|(row, &slot)| state.rows[row][slot])
+            .min()
+            .unwrap_or(0);
+        if count >= self.limit {
+            return false;
         }
-        *count = count.saturating_add(1);
-        *count <= self.limit
+        for (row, &slot) in slots.iter().enumerate() {
+            let counter = &mut state.rows[row][slot];
+            *counter = counter.saturating_add(1);
+        }
+        true
     }
 }
 
@@ -76,14 +86,34 @@ mod tests {
         assert!((0..100).all(|_| PerMinute::new(0).allow("a")));
     }
 
+    /// The probe's attack: one request from each of 10,050 addresses, then a new visitor.
     #[test]
-    fn a_flood_of_new_keys_stays_bounded() {
+    fn no_flood_of_strangers_refuses_a_newcomer() {
         let rate = PerMinute::new(5);
-        for key in 0..MAX_KEYS {
+        for key in 0..10_050u32 {
             assert!(rate.allow(key));
         }
-        assert!(rate.allow(0), "known keys keep their budget");
-        assert!(!rate.allow(MAX_KEYS + 1), "no room for a new key");
-        assert_eq!(rate.state.lock().unwrap().started.len(), MAX_KEYS);
+        let newcomers = (1_000_000..1_000_100u32)
+            .filter(|&key| rate.allow(key))
+            .count();
+        assert_eq!(newcomers, 100, "every newcomer is served");
+        // Strangers who each use their whole budget fill few counters to the limit.
+        let rate = PerMinute::new(5);
+        for key in 0..2_000u32 {
+            while rate.allow(key) {}
+        }
+        let served = (1_000_000..1_001_000u32)
+            .filter(|&key| rate.allow(key))
+            .count();
+        assert!(served >= 950, "{served} of 1000 newcomers served");
+    }
+
+    #[test]
+    fn a_key_never_gets_more_than_its_limit() {
+        let rate = PerMinute::new(7);
+        for key in 0..5_000u32 {
+            let allowed = (0..20).filter(|_| rate.allow(key)).count();
+            assert!(allowed <= 7);
+        }
     }
 }

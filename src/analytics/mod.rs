@@ -86,7 +86,10 @@ impl AnalyticsError {
             // Logged once for its whole batch.
             AnalyticsError::Batch(_) => ErrorAnswer::new(Status::GENERAL, "Internal server error."),
             AnalyticsError::Pool(_) | AnalyticsError::Postgres(_) => {
-                tracing::error!(error = %self, "analytics could not be stored");
+                static GATE: crate::logging::Gate = crate::logging::Gate::new();
+                if let Some(held_back) = GATE.pass() {
+                    tracing::error!(error = %self, held_back, "analytics could not be stored");
+                }
                 ErrorAnswer::new(Status::GENERAL, "Internal server error.")
             }
         }
@@ -326,7 +329,10 @@ impl Analytics {
             .write(|client| async move { insert(&*client, &records).await })
             .await;
         outcome.map_err(|e| {
-            tracing::error!(error = %e, records = batch.len(), "analytics could not be stored");
+            static GATE: crate::logging::Gate = crate::logging::Gate::new();
+            if let Some(held_back) = GATE.pass() {
+                tracing::error!(error = %e, records = batch.len(), held_back, "analytics could not be stored");
+            }
             e.to_string()
         })
     }

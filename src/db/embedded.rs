@@ -12,7 +12,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -259,11 +259,9 @@ impl EmbeddedPostgres {
         run_as.chown(&socket_dir)?;
 
         let log_path = dir.join("postgres.log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
+        let log = super::pglog::RotatingLog::open(&log_path, super::pglog::ROTATE_AT)
             .map_err(io_err(format!("open {}", log_path.display())))?;
+        let log = Arc::new(Mutex::new(log));
         let mut cmd = Command::new(bin.join("postgres"));
         cmd.arg("-D")
             .arg(&data)
@@ -279,8 +277,9 @@ impl EmbeddedPostgres {
             ])
             .current_dir(&dir)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(io_err("duplicate log handle"))?)
-            .stderr(log)
+            // Through pipes into the rotating log (see `pglog`), never straight into a file.
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             // Its own process group: a terminal's Ctrl-C reaches us, and we stop it in order.
             .process_group(0);
         if !options.durable {
@@ -314,11 +313,12 @@ impl EmbeddedPostgres {
         let supervised = Supervised {
             data: data.clone(),
             log_path: log_path.clone(),
+            log,
         };
         let keeper = std::thread::Builder::new()
             .name("postgres-keeper".into())
             .spawn(move || {
-                let child = match cmd.spawn() {
+                let child = match supervised.spawn(&mut cmd) {
                     Ok(child) => child,
                     Err(e) => {
                         let _ = started_tx.send(Err(e));
@@ -360,6 +360,8 @@ impl EmbeddedPostgres {
             let alive = unsafe { libc::kill(self.pid, 0) } == 0 && !is_zombie(self.pid);
             if !alive || Instant::now() > deadline {
                 self.stop();
+                // Its last words pass through a pipe and a copier thread on their way there.
+                std::thread::sleep(Duration::from_millis(200));
                 return Err(EmbeddedError::Failed(format!(
                     "PostgreSQL did not start. Last lines of {}:\n{}",
                     log_path.display(),
@@ -424,12 +426,25 @@ impl Drop for EmbeddedPostgres {
 struct Supervised {
     data: PathBuf,
     log_path: PathBuf,
+    log: Arc<Mutex<super::pglog::RotatingLog>>,
 }
 
 /// How often the keeper looks whether the postmaster still runs.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
 
 impl Supervised {
+    /// Starts the postmaster with its output copied into the log.
+    fn spawn(&self, cmd: &mut Command) -> std::io::Result<std::process::Child> {
+        let mut child = cmd.spawn()?;
+        if let Some(out) = child.stdout.take() {
+            super::pglog::copy_into(out, self.log.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            super::pglog::copy_into(err, self.log.clone());
+        }
+        Ok(child)
+    }
+
     /// Runs on the keeper thread until `stop` says so (or its sender is gone): then stops the
     /// postmaster. A postmaster that dies meanwhile (killed, crashed) is reaped and started again,
     /// with a growing pause between tries; the pool's connections reconnect on their own.
@@ -469,7 +484,7 @@ impl Supervised {
                     tracing::warn!(error = %e, "cannot clear the stale lock yet");
                     continue;
                 }
-                match cmd.spawn() {
+                match self.spawn(&mut cmd) {
                     Ok(mut restarted) => {
                         std::thread::sleep(SUPERVISE_EVERY);
                         if let Ok(None) = restarted.try_wait() {

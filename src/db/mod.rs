@@ -4,6 +4,7 @@
 pub mod embedded;
 mod handle;
 pub mod migrate;
+mod pglog;
 mod shared;
 
 use std::time::{Duration, Instant};

@@ -54,6 +54,10 @@ pub enum UserError {
     /// 810: this was asked too often lately (a confirmation resent within a minute).
     #[error("Too many requests.")]
     TooManyRequests,
+    /// 810: this client address signed up too often in the last minute; nothing was hashed
+    /// or stored.
+    #[error("Too many sign-ups from this address; try again in a minute.")]
+    TooManySignUps,
     /// 810: something on our side failed; details go to the log, not to the caller, who learns
     /// only whether the database is unreachable (worth trying again shortly) or not.
     #[error("{}", .0.caller_message())]
@@ -70,6 +74,9 @@ pub enum InternalError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("password hashing: {0}")]
     Hashing(String),
+    /// Every hashing thread has a full queue: the caller is told to try again shortly.
+    #[error("the password hashing queue is full")]
+    Busy,
 }
 
 /// What PostgreSQL itself said about a failed statement (`tokio_postgres` shows only "db error").
@@ -92,8 +99,16 @@ impl InternalError {
         }
     }
 
+    /// Whether the failure passes by itself (the database back, the hashing queue drained):
+    /// the caller is told to try again rather than that the operation failed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, InternalError::Busy) || self.is_unavailable()
+    }
+
     fn caller_message(&self) -> &'static str {
-        if self.is_unavailable() {
+        if matches!(self, InternalError::Busy) {
+            "The server is busy; try again shortly."
+        } else if self.is_unavailable() {
             "The database is unavailable; try again shortly."
         } else {
             "Internal server error."
@@ -132,7 +147,9 @@ impl UserError {
             UserError::ProviderLinked(_) => Status::AUTH_PROVIDER_LINKED,
             UserError::ProviderNotLinked => Status::AUTH_PROVIDER_NOT_LINKED,
             UserError::MailNotConfigured => Status::EMAIL_NOT_CONFIGURED,
-            UserError::TooManyRequests | UserError::Internal(_) => Status::GENERAL,
+            UserError::TooManyRequests | UserError::TooManySignUps | UserError::Internal(_) => {
+                Status::GENERAL
+            }
         }
     }
 

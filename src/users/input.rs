@@ -42,11 +42,20 @@ fn secret(plain_or_canonical: &str, form: PasswordForm) -> Secret {
 fn opt_str<'a>(params: &'a Params, key: &'static str) -> Result<Option<&'a str>, UserError> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.contains('\0') => Err(nul_in(key)),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(UserError::bad(format!(
             "Parameter '{key}' must be a string."
         ))),
     }
+}
+
+/// PostgreSQL's text and JSONB cannot hold NUL: refused here, as the caller's mistake, before
+/// any statement fails on it.
+fn nul_in(key: &str) -> UserError {
+    UserError::bad(format!(
+        "Parameter '{key}' must not contain a NUL character."
+    ))
 }
 
 /// A required, non-empty string field.
@@ -237,6 +246,9 @@ fn extra(value: &Value, allow_null_sentinel: bool) -> Result<Map<String, Value>,
     for (key, value) in &map {
         if !matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_)) {
             return Err(UserError::bad(EXTRA_TYPES_MESSAGE));
+        }
+        if key.contains('\0') || value.as_str().is_some_and(|s| s.contains('\0')) {
+            return Err(nul_in("extra"));
         }
         check_len(key, "extra key", MAX_EXTRA_KEY_CHARS)?;
     }

@@ -88,6 +88,9 @@ pub struct UsersSettings {
     pub extra_max_bytes: u32,
     /// The most keys a user's whole `extra` may hold.
     pub extra_max_keys: u32,
+    /// Sign-ups (`create`, `register`) one client address may make per minute, across every
+    /// worker (0: no limit). Server code with no client behind it is not counted.
+    pub sign_ups_per_address_per_minute: u32,
 }
 
 impl Default for UsersSettings {
@@ -97,6 +100,7 @@ impl Default for UsersSettings {
             max_query_limit: query::MAX_LIMIT,
             extra_max_bytes: 64 * 1024,
             extra_max_keys: 1000,
+            sign_ups_per_address_per_minute: 30,
         }
     }
 }
@@ -126,7 +130,7 @@ impl UsersSettings {
 fn not_created(error: UserError, operation: &'static str) -> UserError {
     match error {
         // An unreachable database keeps its own answer: the caller should try again shortly.
-        UserError::Internal(cause) if !cause.is_unavailable() => {
+        UserError::Internal(cause) if !cause.is_transient() => {
             tracing::error!(error = %cause, operation, "the user could not be stored");
             UserError::NotCreated
         }
@@ -162,6 +166,8 @@ pub struct Users {
     mailer: Mailer,
     throttle: ThrottleSettings,
     settings: UsersSettings,
+    /// Sign-ups per client address, shared by every worker's `Users`.
+    sign_ups: Arc<crate::rate::PerMinute<String>>,
 }
 
 impl Users {
@@ -173,6 +179,22 @@ impl Users {
             mailer,
             throttle: ThrottleSettings::default(),
             settings: UsersSettings::default(),
+            sign_ups: Arc::new(crate::rate::PerMinute::new(0)),
+        }
+    }
+
+    /// Counts sign-ups against `budget` (one per process, made for the settings' limit).
+    pub fn with_sign_up_budget(mut self, budget: Arc<crate::rate::PerMinute<String>>) -> Self {
+        self.sign_ups = budget;
+        self
+    }
+
+    /// Counts one sign-up from `client`; refused (810) past its budget, before any hashing.
+    pub fn admit_sign_up(&self, client: &ClientAddress) -> Result<(), UserError> {
+        if client.is_local() || self.sign_ups.allow(client.as_str().to_owned()) {
+            Ok(())
+        } else {
+            Err(UserError::TooManySignUps)
         }
     }
 

@@ -2,6 +2,7 @@
 //! workers behind one process-wide semaphore, legacy md5 rows, and rehash decisions.
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
@@ -25,6 +26,58 @@ static HASH_POOL: LazyLock<rayon::ThreadPool> = LazyLock::new(|| {
         .build()
         .expect("start the password hashing threads")
 });
+
+/// Hashes queued or running whose callers still wait, process-wide (what
+/// `coronium_password_hash_queue` shows). A job whose caller is gone is skipped when its turn
+/// comes, or, when already running, finishes uncounted (at most one per thread).
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
+/// How long one hash has taken lately, in microseconds (a moving average; the configured cost on
+/// this machine). Starts at a guess and learns from the first hashes.
+static HASH_MICROS: AtomicU64 = AtomicU64::new(50_000);
+
+/// The longest a hash should wait for a thread: the queue holds what the threads clear in that
+/// time, and past it a request is answered "busy" at once rather than after a wait its client
+/// gives up on.
+const MAX_WAIT_MICROS: u64 = 1_000_000;
+/// Bounds on the queue whatever the hashes cost.
+const MIN_QUEUED_PER_THREAD: usize = 4;
+const MAX_QUEUED: usize = 10_000;
+
+fn queue_cap() -> usize {
+    let threads = HASH_POOL.current_num_threads();
+    let per_thread = (MAX_WAIT_MICROS / HASH_MICROS.load(Ordering::Relaxed).max(1)) as usize;
+    (threads * per_thread.max(MIN_QUEUED_PER_THREAD)).min(MAX_QUEUED)
+}
+
+/// Folds one hash's time into the average (an eighth of the way each time).
+fn learn(took: std::time::Duration) {
+    let took = took.as_micros().min(u128::from(u32::MAX)) as u64;
+    let _ = HASH_MICROS.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+        Some((avg * 7 + took) / 8)
+    });
+}
+
+/// One waiting caller's place in the queue: given back when the caller has its hash or is
+/// dropped, so the count (and the gauge) stays exact.
+struct Place;
+
+impl Place {
+    fn take() -> Option<Place> {
+        if QUEUED.fetch_add(1, Ordering::AcqRel) >= queue_cap() {
+            QUEUED.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        metrics::gauge!("coronium_password_hash_queue").increment(1.0);
+        Some(Place)
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        QUEUED.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("coronium_password_hash_queue").decrement(1.0);
+    }
+}
 
 /// `md5_hex(s)` in lower case, as the Coronium client computes it.
 pub fn md5_hex(s: &str) -> String {
@@ -98,6 +151,15 @@ impl PasswordHasher {
     pub fn new(params: HashParams) -> Result<Self, InternalError> {
         let params = Params::new(params.m_cost, params.t_cost, params.p_cost, None)
             .map_err(|e| InternalError::Hashing(format!("invalid argon2 parameters: {e}")))?;
+        // One hash in the background tells what these parameters cost here, so the queue's
+        // bound fits them from the first flood on.
+        let timed = params.clone();
+        HASH_POOL.spawn(move || {
+            let started = std::time::Instant::now();
+            let _ = Self::argon2(timed).hash_password(b"calibration");
+            let took = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u64;
+            HASH_MICROS.store(took.max(1), Ordering::Relaxed);
+        });
         Ok(PasswordHasher {
             params,
             dummy: OnceCell::new(),
@@ -109,22 +171,28 @@ impl PasswordHasher {
     }
 
     /// Runs CPU-heavy work on the hashing pool and waits for it without blocking the caller's
-    /// thread.
+    /// thread. Work whose caller has gone (a client that hung up drops its request) is skipped
+    /// when its turn comes; a full queue answers [`InternalError::Busy`] at once.
     async fn off_worker<T: Send + 'static>(
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, InternalError> {
-        // Hashes queued or running: the password-hash queue an operator watches.
-        let queue = metrics::gauge!("coronium_password_hash_queue");
-        queue.increment(1.0);
+        // Held by the waiting caller: a caller that is dropped gives its place back at once,
+        // and its job, still queued, is skipped when a thread reaches it.
+        let _place = Place::take().ok_or(InternalError::Busy)?;
         let (done, result) = tokio::sync::oneshot::channel();
         HASH_POOL.spawn(move || {
-            let _ = done.send(work());
+            if done.is_closed() {
+                metrics::counter!("coronium_password_hashes_skipped_total").increment(1);
+                return;
+            }
+            let started = std::time::Instant::now();
+            let outcome = work();
+            learn(started.elapsed());
+            let _ = done.send(outcome);
         });
-        let result = result
-            .await
-            .map_err(|_| InternalError::Hashing("the hashing thread failed".into()));
-        queue.decrement(1.0);
         result
+            .await
+            .map_err(|_| InternalError::Hashing("the hashing thread failed".into()))
     }
 
     /// The PHC string of argon2id(secret) with the configured parameters.

@@ -112,6 +112,7 @@ pub async fn execute(
         Action::Create => {
             let new_user = NewUser::parse(&params, PasswordForm::Canonical)?;
             users.check_client_mail(new_user.confirmation.as_ref())?;
+            users.admit_sign_up(&ClientAddress::from_ip(client))?;
             let user = users.create(scope, new_user).await?;
             json_text(
                 &serde_json::json!({ "user_id": user.user_id, "confirmation": user.confirmation }),

@@ -421,3 +421,215 @@ async fn the_console_page_of_a_huge_record_stays_small() {
         &page.body[..2000.min(page.body.len())]
     );
 }
+
+/// A metric's value in a `/metrics` page (0 when it is not there yet).
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Writes a signed `api.users create` on a fresh connection, then resets it (RST) without
+/// reading the answer: a client that is gone before its password is hashed.
+async fn abandoned_sign_up(addr: &str, key: &str, i: usize) {
+    use tokio::io::AsyncWriteExt as _;
+    let body =
+        json!({ "username": format!("gone{i}"), "password": md5_hex("pw-123456") }).to_string();
+    let headers = coronium::wire::client::signed_headers(
+        key,
+        "api.users",
+        "create",
+        "default",
+        coronium::wire::client::unix_now(),
+    );
+    let mut request = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(&body);
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return;
+    };
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return;
+    }
+    // Long enough for the server to read the request and queue its hash.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    // A zero linger makes the close a reset; it never blocks (the reason for the deprecation).
+    #[allow(deprecated)]
+    let _ = stream.set_linger(Some(std::time::Duration::ZERO));
+    drop(stream);
+}
+
+/// Sign-ups whose clients hung up cost no hashing: their queued hashes are skipped, so honest
+/// logins during the flood are served (never a 504), and the queue gauge comes back to exactly
+/// 0 afterwards (it counted abandoned work for good before).
+#[tokio::test]
+async fn abandoned_sign_ups_do_not_hold_up_honest_logins() {
+    let db = TestDb::new().await;
+    // The per-address sign-up budget is off here: this is the flood it would not stop (one
+    // sign-up from each of many addresses).
+    // The default hashing cost (tests otherwise use a cheap one): each hash takes tens of
+    // milliseconds, so the flood's hashes would queue for many seconds if they all ran.
+    let server = TestServer::start_process(&db, |cmd| {
+        cmd.env("CORONIUM_USERS_SIGN_UPS_PER_ADDRESS_PER_MINUTE", "0")
+            .env("CORONIUM_ARGON2_M_COST", "19456")
+            .env("CORONIUM_ARGON2_T_COST", "2");
+    });
+    create_user(&server, "default", "honest").await;
+    let flood = {
+        let (addr, key) = (server.addr.clone(), server.key.clone());
+        tokio::spawn(async move {
+            let mut running = tokio::task::JoinSet::new();
+            for i in 0..4000 {
+                if running.len() >= 32 {
+                    running.join_next().await;
+                }
+                let (addr, key) = (addr.clone(), key.clone());
+                running.spawn(async move { abandoned_sign_up(&addr, &key, i).await });
+            }
+            running.join_all().await;
+        })
+    };
+    // An honest client tries again shortly when told the server is busy, as the answer asks.
+    let mut slowest = std::time::Duration::ZERO;
+    let (mut logins, mut busy) = (0, 0);
+    while !flood.is_finished() {
+        let started = std::time::Instant::now();
+        let login = loop {
+            let login = crate::console::log_in(&server, "default", "honest").await;
+            if login["result"]["error"] != "The server is busy; try again shortly." || busy > 100 {
+                break login;
+            }
+            busy += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        slowest = slowest.max(started.elapsed());
+        logins += 1;
+        assert!(login["result"]["user_id"].is_string(), "{login}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    flood.await.unwrap();
+    println!(
+        "{logins} honest logins during the flood ({busy} answered busy first), the slowest in {slowest:?}"
+    );
+    // Every place in the queue is given back, the skipped ones too.
+    let mut page = String::new();
+    for _ in 0..600 {
+        page = crate::common::http_get(&server.addr, "/metrics").await.1;
+        if metric(&page, "coronium_password_hash_queue") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&page, "coronium_password_hash_queue"), 0.0, "{page}");
+    let skipped = metric(&page, "coronium_password_hashes_skipped_total");
+    println!("{skipped} abandoned hashes skipped");
+    assert!(skipped > 0.0, "abandoned work is dropped");
+}
+
+/// One address cannot sign up without bound: past its budget a sign-up is refused at once
+/// (810), before any hashing, while another address still signs up.
+#[tokio::test]
+async fn one_address_signs_up_within_a_budget() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |cmd| {
+        cmd.env("CORONIUM_USERS_SIGN_UPS_PER_ADDRESS_PER_MINUTE", "5");
+    });
+    let mut refused = 0;
+    for i in 0..8 {
+        let answer = server
+            .call(
+                "api.users",
+                "create",
+                json!({ "username": format!("many{i}"), "password": md5_hex("pw-123456") }),
+            )
+            .await;
+        if answer["result"]["user_id"].is_null() {
+            assert_eq!(answer["result"]["status"], 810, "{answer}");
+            assert!(
+                answer["result"]["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("sign-ups")
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 3);
+    let stored: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 5);
+}
+
+const PRINTER: &str = r#"
+local api = core.api()
+function api.say(input)
+  print(input.text)
+  core.log(input.text)
+  return true
+end
+return api
+"#;
+
+/// No value a client or script sets can start a made-up line in the server's log: a printed
+/// text, a `core.log` line, a console sign-in name, each with newlines, carriage returns and
+/// terminal escapes, in the human format and in JSON.
+#[tokio::test]
+async fn no_client_value_forges_a_log_line() {
+    use crate::console::{Browser, PASSWORD};
+    let forged = "hello\n2026-12-08T00:00:00.000000Z ERROR coronium: FORGED\r\n\u{1b}[2KFORGED\u{2028}FORGED";
+    for format in ["human", "json"] {
+        let db = TestDb::new().await;
+        let root = crate::common::scratch_dir("log-forging");
+        crate::common::write_project(&root, "Printer", &[("main.lua", PRINTER)]);
+        let server = crate::common::serve_projects_process(
+            &db,
+            &root,
+            "1",
+            &[("CORONIUM_LOG_FORMAT", format), ("CORONIUM_LOG", "info")],
+        );
+        let said = server
+            .call("Printer", "say", json!({ "text": forged }))
+            .await;
+        assert_eq!(said, json!({ "result": true }));
+        let mut browser = Browser::new(&server.addr);
+        let refused = browser.sign_in(forged, PASSWORD).await;
+        assert_eq!(refused.status, 401, "the sign-in is refused");
+        // The log is written as the events happen; the last one is the sign-in's.
+        let mut log = String::new();
+        for _ in 0..100 {
+            log = server.log_text();
+            if log.contains("console sign-in refused") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(log.contains("console sign-in refused"), "{format}: {log:?}");
+        for line in log.lines() {
+            assert!(
+                !line.contains('\u{1b}') && !line.contains('\r'),
+                "{format}: {line:?}"
+            );
+            assert!(
+                !line.trim_start().starts_with("FORGED")
+                    && !line.starts_with("2026-12-08T00:00:00"),
+                "{format}: a forged line: {line:?}"
+            );
+            if format == "json" {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+            }
+        }
+        assert!(log.matches("FORGED").count() >= 3 * 3, "{log}");
+    }
+}

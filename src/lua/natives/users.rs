@@ -24,8 +24,12 @@ fn success(value: Value) -> Outcome {
 }
 
 fn failure(lua: &Lua, error: &UserError) -> mlua::Result<Outcome> {
-    if let UserError::Internal(cause) = error {
-        tracing::error!(error = %cause, "core.users call failed");
+    // Gated: a client can make a handler repeat a failing call as often as it likes.
+    static GATE: crate::logging::Gate = crate::logging::Gate::new();
+    if let UserError::Internal(cause) = error
+        && let Some(held_back) = GATE.pass()
+    {
+        tracing::error!(error = %cause, held_back, "core.users call failed");
     }
     Ok(MultiValue::from_iter([
         Value::Nil,
@@ -237,8 +241,9 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
         "create",
         Takes::Params,
         host,
-        |host, lua, params, Caller { scope, .. }| async move {
+        |host, lua, params, Caller { scope, client, .. }| async move {
             let new_user = NewUser::parse(&params, PasswordForm::Plain)?;
+            host.services.users.admit_sign_up(&client)?;
             let user = host.services.users.create(&scope, new_user).await?;
             Ok(Value::String(lua.create_string(user.user_id.to_string())?))
         },
@@ -404,9 +409,10 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
         "register",
         Takes::Params,
         host,
-        |host, lua, params, Caller { scope, .. }| async move {
+        |host, lua, params, Caller { scope, client, .. }| async move {
             required_scope(&params)?;
             let registration = input::Registration::parse(&params)?;
+            host.services.users.admit_sign_up(&client)?;
             let id = host.services.users.register(&scope, registration).await?;
             Ok(Value::String(lua.create_string(id.to_string())?))
         },

@@ -247,8 +247,12 @@ async fn run_call(
             .await
             .map_err(|e| {
                 // The client gets no details of our own failures; the operator does.
-                if let crate::users::UserError::Internal(cause) = &e {
-                    tracing::error!(error = %cause, project, action, "api.users call failed");
+                // Gated: a client can repeat a call that fails as often as it likes.
+                static GATE: crate::logging::Gate = crate::logging::Gate::new();
+                if let crate::users::UserError::Internal(cause) = &e
+                    && let Some(held_back) = GATE.pass()
+                {
+                    tracing::error!(error = %cause, project, action, held_back, "api.users call failed");
                 }
                 Answer::Failed(e.answer())
             })
