@@ -582,18 +582,20 @@ impl Console {
         )))
     }
 
-    /// The scope a page shows: `?scope=`, else the first one with users, else "default".
+    /// The scope a page shows (`?scope=`, else "default") and the scopes to offer: those
+    /// starting with `?find=` when the page was asked to find one.
     async fn page_scope(&self, page: &Page<'_>) -> Result<(String, Vec<String>), AdminError> {
+        let prefix = page.request.query("find").unwrap_or("").trim();
         let scopes = self
             .db
-            .read(|client| async move { store::scopes(&*client).await })
+            .read(|client| async move { store::scopes(&*client, prefix).await })
             .await?;
         let scope = page
             .request
             .query("scope")
-            .map(str::to_owned)
-            .or_else(|| scopes.first().cloned())
-            .unwrap_or_else(|| "default".into());
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default")
+            .to_owned();
         Ok((scope, scopes))
     }
 
@@ -1041,7 +1043,7 @@ impl Console {
                 scope: &scope,
                 scopes: &scopes,
             },
-            json!({ "modules": modules }),
+            json!({ "modules": modules, "find": page.request.query("find").unwrap_or("") }),
             None,
         )
     }

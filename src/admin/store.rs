@@ -455,27 +455,38 @@ pub async fn daily_figures(
         .collect())
 }
 
-/// The scopes that have users or statistics, by a skip scan of the users' scope index (a few
-/// index probes per scope, not a pass over every user).
-pub async fn scopes(client: &impl GenericClient) -> Result<Vec<String>, AdminError> {
+/// The scopes the console offers, those starting with `prefix` (`""`: all): `default` first,
+/// then the scopes with the most sign-ups, then the rest of those that have users (a skip scan
+/// of the users' scope index, from the prefix on); at most [`MAX_SCOPES_LISTED`]. Made-up
+/// scopes, however many, come after the ones with players, and any scope is found by its name.
+pub async fn scopes(client: &impl GenericClient, prefix: &str) -> Result<Vec<String>, AdminError> {
     let rows = client
         .query(
-            "WITH RECURSIVE s(scope) AS (
-               (SELECT scope FROM users ORDER BY scope LIMIT 1)
+            "WITH RECURSIVE walk(scope, n) AS (
+               (SELECT scope, 1 FROM users WHERE scope >= $1 ORDER BY scope LIMIT 1)
                UNION ALL
-               SELECT (SELECT u.scope FROM users u WHERE u.scope > s.scope
-                       ORDER BY u.scope LIMIT 1)
-               FROM s WHERE s.scope IS NOT NULL
+               SELECT (SELECT u.scope FROM users u WHERE u.scope > w.scope
+                       ORDER BY u.scope LIMIT 1), w.n + 1
+               FROM walk w WHERE w.scope IS NOT NULL AND w.n < $2
+             ),
+             found(scope, weight) AS (
+               SELECT scope, 0::numeric FROM walk
+               WHERE scope IS NOT NULL AND starts_with(scope, $1)
+               UNION ALL
+               SELECT scope, sum(joins) FROM user_stats_daily
+               WHERE starts_with(scope, $1) GROUP BY scope
+               UNION ALL
+               SELECT 'default', 1e30 WHERE starts_with('default', $1)
              )
-             SELECT scope FROM s WHERE scope IS NOT NULL
-             UNION
-             SELECT DISTINCT scope FROM user_stats_daily
-             ORDER BY 1 LIMIT 500",
-            &[],
+             SELECT scope FROM found GROUP BY scope ORDER BY max(weight) DESC, scope LIMIT $2",
+            &[&prefix, &MAX_SCOPES_LISTED],
         )
         .await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
+
+/// The most scopes the picker and the Scopes page list at once.
+pub const MAX_SCOPES_LISTED: i32 = 100;
 
 /// Failed-login counters that hold a user back now (any address).
 pub async fn login_failures(client: &impl GenericClient, user_id: Uuid) -> Result<i64, AdminError> {

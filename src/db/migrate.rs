@@ -37,6 +37,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "scope permissions",
         include_str!("../../migrations/0008_scope_permissions.sql"),
     ),
+    (
+        9,
+        "links bound to their address",
+        include_str!("../../migrations/0009_bound_links.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming "coronium schema migration" among advisory locks.

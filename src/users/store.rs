@@ -82,8 +82,10 @@ pub async fn insert(
         .prepare_cached(concat!(
             r#"WITH ins AS (
                  INSERT INTO users (user_id, scope, username, email, "group", extra, password_hash,
-                                    active, confirmation, confirmation_code, confirmation_options)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                    active, confirmation, confirmation_code, confirmation_options,
+                                    confirmation_email)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                         CASE WHEN $10::text IS NOT NULL THEN $4 END)
                  RETURNING "#,
             user_columns!(),
             r#"), stat AS (
@@ -428,6 +430,7 @@ pub async fn update(
                  extra = (extra || $6::jsonb) - $7::text[],
                  password_hash = COALESCE($8, password_hash),
                  active = COALESCE($9, active),
+                 disabled = COALESCE(NOT $9, disabled),
                  updated = now()
                WHERE user_id = $1 AND ($2::text IS NULL OR scope = $2)
                  AND ($6::jsonb = '{}'::jsonb OR (
@@ -560,7 +563,7 @@ pub async fn renew_confirmation(
     let stmt = client
         .prepare_cached(concat!(
             "UPDATE users SET confirmation = 'pending', confirmation_code = $2,
-                 confirmation_options = $3,
+                 confirmation_options = $3, confirmation_email = email,
                  confirmation_resent = CASE WHEN $4 THEN now() ELSE confirmation_resent END,
                  active = CASE WHEN $4 THEN active ELSE false END,
                  updated = now()
@@ -590,9 +593,10 @@ pub async fn confirm(
 ) -> Result<Option<User>, UserError> {
     let stmt = client
         .prepare_cached(concat!(
-            "UPDATE users SET active = true, confirmation = NULL, confirmation_code = NULL,
-                 confirmation_options = NULL, updated = now()
+            "UPDATE users SET active = NOT disabled, confirmation = NULL, confirmation_code = NULL,
+                 confirmation_options = NULL, confirmation_email = NULL, updated = now()
              WHERE confirmation_code = $1
+               AND (confirmation_email IS NULL OR lower(confirmation_email) = lower(email))
              RETURNING ",
             user_columns!()
         ))
@@ -891,7 +895,8 @@ pub async fn replace_password_reset(
     let stmt = client
         .prepare_cached(
             "WITH old AS (DELETE FROM password_resets WHERE user_id = $1)
-             INSERT INTO password_resets (code_hash, user_id, scope) VALUES ($3, $1, $2)",
+             INSERT INTO password_resets (code_hash, user_id, scope, email)
+             SELECT $3, $1, $2, email FROM users WHERE user_id = $1",
         )
         .await?;
     client
@@ -907,6 +912,14 @@ macro_rules! reset_lifetime {
     };
 }
 
+/// A reset code works only while the user's email is the address it was mailed to (`p` the
+/// code's row, `u` the user's; NULL: a code from before addresses were stored).
+macro_rules! reset_still_bound {
+    () => {
+        "(p.email IS NULL OR lower(p.email) = lower(u.email))"
+    };
+}
+
 /// The user a reset code is for, while it is valid.
 pub async fn password_reset_user(
     client: &impl GenericClient,
@@ -914,7 +927,10 @@ pub async fn password_reset_user(
 ) -> Result<Option<Uuid>, UserError> {
     let stmt = client
         .prepare_cached(concat!(
-            "SELECT user_id FROM password_resets WHERE code_hash = $1 AND created > now() - ",
+            "SELECT p.user_id FROM password_resets p JOIN users u USING (user_id)
+             WHERE p.code_hash = $1 AND ",
+            reset_still_bound!(),
+            " AND p.created > now() - ",
             reset_lifetime!()
         ))
         .await?;
@@ -932,9 +948,12 @@ pub async fn use_password_reset(
     let stmt = client
         .prepare_cached(concat!(
             "WITH used AS (
-                 DELETE FROM password_resets WHERE code_hash = $1 AND created > now() - ",
+                 DELETE FROM password_resets p USING users u
+                 WHERE p.code_hash = $1 AND u.user_id = p.user_id AND ",
+            reset_still_bound!(),
+            " AND p.created > now() - ",
             reset_lifetime!(),
-            " RETURNING user_id),
+            " RETURNING p.user_id),
              others AS (
                  DELETE FROM password_resets p USING used u
                  WHERE p.user_id = u.user_id AND p.code_hash <> $1),

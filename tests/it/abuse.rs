@@ -633,3 +633,59 @@ async fn no_client_value_forges_a_log_line() {
         assert!(log.matches("FORGED").count() >= 3 * 3, "{log}");
     }
 }
+
+/// Made-up scopes cannot push real ones out of the console: `default` and the scopes with
+/// players come first in the picker and on the Scopes page, the dashboard opens on `default`,
+/// and any scope is found by how its name begins.
+#[tokio::test]
+async fn made_up_scopes_do_not_hide_real_ones() {
+    use crate::console::{ADMIN, Browser, PASSWORD, add_admin};
+    let db = TestDb::new().await;
+    assert!(add_admin(&db, ADMIN, PASSWORD).status.success());
+    let server = TestServer::start(&db, |_| {});
+    create_user(&server, "default", "player").await;
+    for i in 0..3 {
+        create_user(&server, "arena", &format!("fighter{i}")).await;
+    }
+    // 520 scopes that sort before every real one, a sign-up each (as the probe made them).
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO users (user_id, scope, username)
+             SELECT gen_random_uuid(), '!' || lpad(i::text, 6, '0'), 'x' FROM generate_series(0, 519) i;
+             INSERT INTO user_stats_daily (scope, day, joins)
+             SELECT '!' || lpad(i::text, 6, '0'), current_date, 1 FROM generate_series(0, 519) i;",
+        )
+        .await
+        .unwrap();
+    let mut browser = Browser::new(&server.addr);
+    assert_eq!(browser.sign_in(ADMIN, PASSWORD).await.status, 303);
+    let dashboard = browser.get("/_coronium/admin/").await;
+    assert_eq!(dashboard.status, 200, "{}", dashboard.body);
+    let picker = &dashboard.body[dashboard.body.find("scope-picker").unwrap()..];
+    let first = picker.find("<option").unwrap();
+    assert!(
+        picker[first..].starts_with(r#"<option value="default" selected>"#),
+        "{}",
+        &picker[..300]
+    );
+    let arena = picker.find(r#"value="arena""#).unwrap();
+    assert!(arena < picker.find(r#"value="!000000""#).unwrap_or(usize::MAX));
+    let scopes = browser.get("/_coronium/admin/scopes").await;
+    assert!(scopes.body.contains(">arena</a>"), "{}", scopes.body);
+    assert!(scopes.body.contains(">default</a>"));
+    // A variant: the made-up scopes are still there to be found, by their beginning.
+    let found = browser.get("/_coronium/admin/scopes?find=%2100051").await;
+    for i in 510..520 {
+        assert!(
+            found.body.contains(&format!(">!000{i}</a>")),
+            "{}",
+            found.body
+        );
+    }
+    assert!(!found.body.contains(">arena</a>"));
+    let none = browser
+        .get("/_coronium/admin/scopes?find=nothing-like-it")
+        .await;
+    assert!(none.body.contains("No scope begins with that."));
+}

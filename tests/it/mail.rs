@@ -1717,3 +1717,97 @@ async fn stopping_does_not_wait_for_a_hung_mail_server() {
         .get(0);
     assert_eq!(state, "queued");
 }
+
+/// A link works only for the address it was mailed to: sign up with your own address, change
+/// the email to someone else's, and the link no longer validates anything; a reset link sent
+/// before an email change stops working. And a user an operator disabled stays disabled
+/// whatever link they open.
+#[tokio::test]
+async fn links_are_bound_to_their_address_and_disabling_holds() {
+    let db = TestDb::new().await;
+    let sink = SmtpSink::start(Mode::Accept);
+    let root = scratch_dir("projects");
+    write_project(&root, "Account", &[("main.lua", RESET_PROJECT)]);
+    let env = smtp_env(&sink);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = serve_projects(&db, &root, "2", &env);
+
+    // The attacker's own address, then the victim's.
+    let created = create_pending(&server, "mallory", confirmation("Confirm")).await;
+    let mallory = created["result"]["user_id"].as_str().unwrap().to_owned();
+    let path = link_path(&parse(&sink.wait_for(1).await[0]).text, "_confirmation");
+    let changed = server
+        .call(
+            "api.users",
+            "update",
+            json!({"user_id": mallory, "update": {"email": "victim@example.com"}}),
+        )
+        .await;
+    assert_eq!(
+        changed["result"]["email"], "victim@example.com",
+        "{changed}"
+    );
+    let (status, page) = http_get(&server.addr, &path).await;
+    assert_eq!(status, 404, "the link was for another address: {page}");
+    let after = login(&server, "mallory", "old-pw").await;
+    assert_eq!(after["result"]["validated"], false, "{after}");
+    assert_eq!(after["result"]["active"], false, "{after}");
+    // Changing back to the address it was sent to makes it work again: it is the address
+    // that is proven, not the order of events.
+    server
+        .call(
+            "api.users",
+            "update",
+            json!({"user_id": mallory, "update": {"email": "mallory@example.com"}}),
+        )
+        .await;
+    assert_eq!(http_get(&server.addr, &path).await.0, 200);
+
+    // A reset link, then an email change: the link stops working.
+    let forgot = server
+        .call("Account", "forgot", json!({"email": "mallory@example.com"}))
+        .await;
+    assert_eq!(forgot, json!({"result": true}));
+    let reset = link_path(&parse(&sink.wait_for(2).await[1]).text, "_resetpassword");
+    server
+        .call(
+            "api.users",
+            "update",
+            json!({"user_id": mallory, "update": {"email": "elsewhere@example.com"}}),
+        )
+        .await;
+    let (status, page) = http_get(&server.addr, &reset).await;
+    assert_ne!(status, 200, "a reset link for the old address: {page}");
+    let code = reset.split("code=").nth(1).unwrap().to_owned();
+    let (status, _) = post_form(
+        &server.addr,
+        &[
+            ("code", &code),
+            ("password", "taken"),
+            ("password_repeat", "taken"),
+        ],
+    )
+    .await;
+    assert_ne!(status, 200);
+    assert!(login(&server, "mallory", "taken").await["result"]["user_id"].is_null());
+
+    // Disabled while pending (an update with active = false, as the console's disable does),
+    // then the link: confirmed, but still disabled.
+    let created = create_pending(&server, "banned", confirmation("Confirm")).await;
+    let banned = created["result"]["user_id"].as_str().unwrap().to_owned();
+    let path = link_path(&parse(&sink.wait_for(3).await[2]).text, "_confirmation");
+    server
+        .call(
+            "api.users",
+            "update",
+            json!({"user_id": banned, "update": {"active": false}}),
+        )
+        .await;
+    assert_eq!(http_get(&server.addr, &path).await.0, 200);
+    let after = login(&server, "banned", "old-pw").await;
+    assert_eq!(after["result"]["active"], false, "{after}");
+    assert!(
+        after["result"].get("confirmation").is_none(),
+        "confirmed: {after}"
+    );
+}
