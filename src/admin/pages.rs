@@ -506,7 +506,7 @@ impl Console {
         let password = request.field("password").unwrap_or("");
         let address = ClientAddress::from_ip(request.client);
         let wait = {
-            let (name, address) = (name.as_str(), address.as_str());
+            let (name, address) = (name.as_str(), &address);
             self.db
                 .write(|client| async move { store::login_attempt(&*client, name, address).await })
                 .await?
@@ -543,12 +543,13 @@ impl Console {
         let old = request.session_token.as_deref().map(token_hash);
         {
             let (name, hash, csrf) = (name.as_str(), hash.as_slice(), csrf.as_str());
+            let address = address.as_str();
             self.db
                 .transaction(async |tx| {
                     if let Some(old) = &old {
                         store::close_session(tx, old).await?;
                     }
-                    store::open_session(tx, name, hash, csrf, absolute).await?;
+                    store::open_session(tx, name, address, hash, csrf, absolute).await?;
                     store::audit(
                         tx,
                         &AuditEntry {

@@ -90,7 +90,7 @@ pub async fn password_hash(
 pub async fn login_attempt(
     client: &impl GenericClient,
     name: &str,
-    address: &str,
+    address: &crate::users::ClientAddress,
 ) -> Result<f64, AdminError> {
     const WINDOW_SECS: i32 = 15 * 60;
     const PER_ACCOUNT_ADDRESS: i32 = 5;
@@ -99,25 +99,29 @@ pub async fn login_attempt(
     const MAX_DELAY_SECS: i32 = 15 * 60;
     let row = client
         .query_one(
-            "SELECT coronium_login_attempt('', 'admin:' || $1, $2, $3, $4, $5, $6, $7)",
+            "SELECT coronium_login_attempt('console', '', 'admin:' || $1, $2, $8, $3, $4, $5, $6, $9, $7)",
             &[
                 &name,
-                &address,
+                &address.as_str(),
                 &WINDOW_SECS,
                 &PER_ACCOUNT_ADDRESS,
                 &PER_ACCOUNT,
                 &PER_ADDRESS,
                 &MAX_DELAY_SECS,
+                &address.network(),
+                &(PER_ADDRESS * 4),
             ],
         )
         .await?;
     Ok(row.get(0))
 }
 
-/// A successful login: forgets the account's failures, records the login and opens a session.
+/// A successful login: forgets the account's failures, knows its address from now on, records
+/// the login and opens a session.
 pub async fn open_session(
     client: &impl GenericClient,
     name: &str,
+    address: &str,
     token_hash: &[u8],
     csrf: &str,
     absolute_secs: i64,
@@ -125,10 +129,13 @@ pub async fn open_session(
     client
         .execute(
             "WITH f AS (DELETE FROM login_failures WHERE scope = '' AND account = 'admin:' || $1),
+                  k AS (INSERT INTO login_known (scope, account, address)
+                        VALUES ('', 'admin:' || $1, $5)
+                        ON CONFLICT (scope, account, address) DO UPDATE SET last_success = now()),
                   a AS (UPDATE admins SET last_login = now() WHERE name = $1)
              INSERT INTO admin_sessions (token_hash, admin, csrf, expires)
              VALUES ($2, $1, $3, now() + make_interval(secs => $4))",
-            &[&name, &token_hash, &csrf, &(absolute_secs as f64)],
+            &[&name, &token_hash, &csrf, &(absolute_secs as f64), &address],
         )
         .await?;
     Ok(())

@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "links bound to their address",
         include_str!("../../migrations/0009_bound_links.sql"),
     ),
+    (
+        10,
+        "known login addresses",
+        include_str!("../../migrations/0010_known_addresses.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming "coronium schema migration" among advisory locks.

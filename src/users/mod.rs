@@ -345,7 +345,7 @@ impl Users {
     ) -> Result<User, UserError> {
         let (scope_ref, login) = (scope.as_str(), &credentials.login);
         let (candidate, throttled_as) = if self.throttle.enabled && !client.is_local() {
-            let (address, limits) = (client.as_str(), &self.throttle);
+            let (address, limits) = (client, &self.throttle);
             let attempt = self
                 .db
                 .write(|client| async move {
@@ -386,10 +386,12 @@ impl Users {
         else {
             return Err(UserError::BadCredentials);
         };
+        let network = client.network();
         let release = throttled_as.as_deref().map(|account| store::Release {
             scope: scope_ref,
             account,
             address: client.as_str(),
+            network: network.as_deref(),
         });
         let rehash = if verdict.needs_rehash {
             Some(

@@ -11,7 +11,7 @@ use super::User;
 use super::error::UserError;
 use super::input::{Login, NewUser, UserPatch};
 use super::query::UserQuery;
-use super::throttle::ThrottleSettings;
+use super::throttle::{ClientAddress, ThrottleSettings};
 
 /// The columns every query returns to build a [`User`], in [`user_from_row`]'s order.
 macro_rules! user_columns {
@@ -163,13 +163,16 @@ pub struct LoginAttempt {
     pub wait_secs: f64,
 }
 
+/// An IPv6 network (/48) may fail this many times what one address (/64) may.
+const NETWORK_TIMES_ADDRESS: u32 = 4;
+
 /// Finds the login's user and passes the attempt through the throttle
 /// (`coronium_login_attempt`, migration 0002), both in one statement.
 pub async fn attempt_login(
     client: &impl GenericClient,
     scope: &str,
     login: &Login,
-    address: &str,
+    address: &ClientAddress,
     limits: &ThrottleSettings,
 ) -> Result<LoginAttempt, UserError> {
     // Both forms key an unknown name by the lower() the lookup compares with.
@@ -185,7 +188,7 @@ pub async fn attempt_login(
                    SELECT COALESCE((SELECT user_id::text FROM cand), 'name:' || lower($2)) AS key
                  )
                  SELECT cand.user_id, cand.password_hash, cand.records, acct.key,
-                        coronium_login_attempt($1, acct.key, $3, $4, $5, $6, $7, $8)
+                        coronium_login_attempt('', $1, acct.key, $3, $9, $4, $5, $6, $7, $10, $8)
                  FROM acct LEFT JOIN cand ON true"
             )
         };
@@ -202,12 +205,14 @@ pub async fn attempt_login(
             &[
                 &scope,
                 name,
-                &address,
+                &address.as_str(),
                 &as_i32(limits.window_secs),
                 &as_i32(limits.per_account_address),
                 &as_i32(limits.per_account),
                 &as_i32(limits.per_address),
                 &as_i32(limits.max_delay_secs),
+                &address.network(),
+                &as_i32(limits.per_address.saturating_mul(NETWORK_TIMES_ADDRESS)),
             ],
         )
         .await?;
@@ -224,17 +229,21 @@ pub async fn attempt_login(
 }
 
 /// The throttle's counters a successful login releases: its account is no longer held back from
-/// this address, and the attempt [`attempt_login`] counted is taken back from the wider counters.
+/// this address, the attempt [`attempt_login`] counted is taken back from the wider counters,
+/// and the address becomes one the account is known at.
 pub struct Release<'a> {
     pub scope: &'a str,
     pub account: &'a str,
     pub address: &'a str,
+    /// The address's wider network (an IPv6 /48), when it has one.
+    pub network: Option<&'a str>,
 }
 
-/// The statements of a [`Release`], as CTEs over the parameters holding its scope, account and
-/// address (all null: nothing to release).
+/// The statements of a [`Release`], as CTEs over the parameters holding its scope, account,
+/// address and network (all null: nothing to release). Only the players' realm ('') is
+/// released here; the console forgets its own counters.
 macro_rules! release_ctes {
-    ($scope:literal, $account:literal, $address:literal) => {
+    ($scope:literal, $account:literal, $address:literal, $network:literal) => {
         concat!(
             "release_pair AS (
                DELETE FROM login_failures
@@ -252,9 +261,24 @@ macro_rules! release_ctes {
             " AND account = ",
             $account,
             " AND address = '')
-                  OR (scope = '' AND account = '' AND address = ",
+                  OR (scope = '' AND account = '' AND address IN (",
             $address,
-            ")
+            ", ",
+            $network,
+            "))
+             ), remember AS (
+               INSERT INTO login_known (scope, account, address)
+               SELECT ",
+            $scope,
+            "::text, ",
+            $account,
+            "::text, ",
+            $address,
+            "::text WHERE ",
+            $scope,
+            "::text IS NOT NULL
+               ON CONFLICT (scope, account, address) DO UPDATE SET last_success = now()
+               WHERE login_known.last_success < now() - interval '1 day'
              )"
         )
     };
@@ -268,12 +292,20 @@ pub async fn login_succeeded(
     let stmt = client
         .prepare_cached(concat!(
             "WITH ",
-            release_ctes!("$1", "$2", "$3"),
+            release_ctes!("$1", "$2", "$3", "$4"),
             " SELECT 1"
         ))
         .await?;
     client
-        .execute(&stmt, &[&release.scope, &release.account, &release.address])
+        .execute(
+            &stmt,
+            &[
+                &release.scope,
+                &release.account,
+                &release.address,
+                &release.network,
+            ],
+        )
         .await?;
     Ok(())
 }
@@ -285,7 +317,8 @@ pub async fn forget_old_login_failures(
 ) -> Result<u64, UserError> {
     let stmt = client
         .prepare_cached(
-            "DELETE FROM login_failures
+            "WITH known AS (DELETE FROM login_known WHERE last_success < now() - interval '90 days')
+             DELETE FROM login_failures
              WHERE last_failure < now() - make_interval(secs => $1::integer)",
         )
         .await?;
@@ -337,7 +370,7 @@ pub async fn record_login(
             today!(),
             r#", 1 FROM u
                  ON CONFLICT (scope, day) DO UPDATE SET logins = s.logins + 1), "#,
-            release_ctes!("$4", "$5", "$6"),
+            release_ctes!("$4", "$5", "$6", "$7"),
             r#"
                SELECT * FROM u"#
         ))
@@ -352,6 +385,7 @@ pub async fn record_login(
                 &release.map(|r| r.scope),
                 &release.map(|r| r.account),
                 &release.map(|r| r.address),
+                &release.and_then(|r| r.network),
             ],
         )
         .await?;

@@ -71,6 +71,16 @@ impl ClientAddress {
         ClientAddress(LOCAL.into())
     }
 
+    /// The wider network an address belongs to, counted with a higher limit: an IPv6 client's
+    /// /48 (a site's allocation, which holds 65,536 /64s). IPv4 has none: many players share
+    /// one IPv4 address already, and a /24 is often many unrelated subscribers.
+    pub fn network(&self) -> Option<String> {
+        let (prefix, _) = self.0.split_once("/64")?;
+        let v6: std::net::Ipv6Addr = prefix.parse().ok()?;
+        let network = u128::from(v6) & !((1u128 << 80) - 1);
+        Some(format!("{}/48", std::net::Ipv6Addr::from(network)))
+    }
+
     pub fn is_local(&self) -> bool {
         self.0 == LOCAL
     }
@@ -108,6 +118,15 @@ mod tests {
         assert_eq!(ClientAddress::from_ip(a), ClientAddress::from_ip(b));
         assert_ne!(ClientAddress::from_ip(a), ClientAddress::from_ip(other));
         assert_eq!(ClientAddress::from(None).as_str(), "local");
+        assert_eq!(
+            ClientAddress::from_ip(a).network().as_deref(),
+            Some("2001:db8:1::/48")
+        );
+        assert_eq!(
+            ClientAddress::from_ip(other).network(),
+            ClientAddress::from_ip(a).network()
+        );
+        assert_eq!(ClientAddress::from_ip(v4).network(), None);
     }
 
     #[test]

@@ -65,6 +65,8 @@ impl Answer {
 pub(crate) struct Browser {
     addr: String,
     cookies: HashMap<String, String>,
+    /// Sent as `X-Forwarded-For` (for a server that trusts the tests as its proxy).
+    pub(crate) forwarded_for: Option<String>,
 }
 
 impl Browser {
@@ -72,6 +74,7 @@ impl Browser {
         Browser {
             addr: addr.to_owned(),
             cookies: HashMap::new(),
+            forwarded_for: None,
         }
     }
 
@@ -103,6 +106,9 @@ impl Browser {
             .header("content-type", "application/x-www-form-urlencoded");
         if !cookie.is_empty() {
             builder = builder.header("cookie", cookie);
+        }
+        if let Some(from) = &self.forwarded_for {
+            builder = builder.header("x-forwarded-for", from);
         }
         let response = sender
             .send_request(

@@ -424,3 +424,124 @@ async fn a_pending_users_successful_login_clears_its_count() {
         assert_eq!(failure(&answer), (INVALID.to_owned(), 603), "failure {n}");
     }
 }
+
+/// The probe's lockout, and its variants: strangers from 256 addresses (IPv4, and every /64 of
+/// an IPv6 /56) fail logins against one player for as long as they like. The owner, from an
+/// address they logged in from before, always gets in: the account-wide counter that strangers
+/// fill does not hold a known address back. (From an address never seen before, the owner is
+/// slowed like any stranger: that case is not guaranteed.)
+#[tokio::test]
+async fn no_number_of_strangers_locks_an_owner_out() {
+    let db = TestDb::new().await;
+    let server = behind_proxy(&db, &[]);
+    create(&server, "owner", "owner@example.com").await;
+    // The owner's home address and phone network, each used once.
+    assert!(logged_in_as(
+        &login_from(&server, "198.51.100.7", by_name("owner", "right")).await,
+        "owner"
+    ));
+    assert!(logged_in_as(
+        &login_from(&server, "2001:db8:77:1::5", by_name("owner", "right")).await,
+        "owner"
+    ));
+    let mut strangers: Vec<String> = (0..128).map(|i| format!("203.0.113.{i}")).collect();
+    strangers.extend((0..128).map(|i| format!("2001:db8:66:{i:x}00::1")));
+    for round in 0..3 {
+        let mut refused = 0;
+        for stranger in &strangers {
+            let answer = login_from(&server, stranger, by_name("owner", "wrong")).await;
+            assert!(!logged_in_as(&answer, "owner"));
+            refused += usize::from(is_throttled(&answer));
+        }
+        // The account-wide limit has long been reached: strangers are held back.
+        assert!(refused > 0, "round {round}: strangers are slowed");
+        for home in ["198.51.100.7", "2001:db8:77:1::9"] {
+            let answer = login_from(&server, home, by_name("owner", "right")).await;
+            assert!(
+                logged_in_as(&answer, "owner"),
+                "round {round}, from {home}: {answer}"
+            );
+        }
+        // A variant: by email, the same account, the same guarantee.
+        let answer = login_from(
+            &server,
+            "198.51.100.7",
+            by_email("owner@example.com", "right"),
+        )
+        .await;
+        assert!(logged_in_as(&answer, "owner"), "{answer}");
+    }
+    // A new address is slowed like the strangers are (said, not guaranteed).
+    let answer = login_from(&server, "192.0.2.200", by_name("owner", "right")).await;
+    assert!(
+        is_throttled(&answer) || logged_in_as(&answer, "owner"),
+        "{answer}"
+    );
+}
+
+/// One IPv6 allocation cannot pose as many sprayers: its /64s share a wider budget (its /48),
+/// so spraying made-up names from 300 /64s of one /48 is held back long before 300 × the
+/// per-address limit.
+#[tokio::test]
+async fn an_ipv6_allocation_is_counted_as_one_network() {
+    let db = TestDb::new().await;
+    let server = behind_proxy(&db, &[("CORONIUM_LOGIN_THROTTLE_PER_ADDRESS", "5")]);
+    let mut held_back = 0;
+    let mut attempts = 0;
+    for net in 0..30 {
+        for i in 0..5 {
+            let from = format!("2001:db8:99:{net:x}::{i}");
+            let answer =
+                login_from(&server, &from, by_name(&format!("nobody{net}-{i}"), "x")).await;
+            attempts += 1;
+            held_back += usize::from(is_throttled(&answer));
+        }
+    }
+    // 5 per /64 and 20 per /48: the /48's limit, not 30 /64s' worth (and past it, a few more
+    // as the growing waits end, on a slow machine).
+    let let_through = attempts - held_back;
+    assert!(
+        (20..=24).contains(&let_through),
+        "{held_back} of {attempts} held back"
+    );
+}
+
+/// The console's sign-ins have the same property, and counters of their own: strangers from
+/// many addresses cannot keep an admin out at an address they signed in from before, and a
+/// flood of failed player logins from the admin's address does not hold the admin back.
+#[tokio::test]
+async fn strangers_cannot_lock_an_admin_out_of_the_console() {
+    use crate::console::{ADMIN, Browser, PASSWORD, add_admin};
+    let db = TestDb::new().await;
+    assert!(add_admin(&db, ADMIN, PASSWORD).status.success());
+    let server = behind_proxy(&db, &[("CORONIUM_LOGIN_THROTTLE_PER_ADDRESS", "5")]);
+    let mut admin = Browser::new(&server.addr);
+    admin.forwarded_for = Some("198.51.100.20".into());
+    assert_eq!(admin.sign_in(ADMIN, PASSWORD).await.status, 303);
+    // Failed player logins from the admin's own address, past the players' per-address limit.
+    for i in 0..10 {
+        login_from(
+            &server,
+            "198.51.100.20",
+            by_name(&format!("nobody{i}"), "x"),
+        )
+        .await;
+    }
+    // 5 wrong passwords from each of 8 addresses: past the admin account's limit of 20.
+    let mut held_back = 0;
+    for i in 0..8 {
+        let mut stranger = Browser::new(&server.addr);
+        stranger.forwarded_for = Some(format!("203.0.113.{i}"));
+        for _ in 0..5 {
+            held_back += usize::from(stranger.sign_in(ADMIN, "guess").await.status == 429);
+        }
+    }
+    assert!(held_back > 0, "strangers are slowed");
+    let mut again = Browser::new(&server.addr);
+    again.forwarded_for = Some("198.51.100.20".into());
+    assert_eq!(
+        again.sign_in(ADMIN, PASSWORD).await.status,
+        303,
+        "the admin gets in"
+    );
+}
