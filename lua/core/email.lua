@@ -30,7 +30,7 @@ function Message:skipVerification() return self end
 function Message:testMode() return self end
 
 function Message:send(listener)
-  EMAIL.send(self._fields, kernel.project())
+  EMAIL.send(self._fields, kernel.project(), kernel.client())
   return deliver(listener, wait())
 end
 

@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "known login addresses",
         include_str!("../../migrations/0010_known_addresses.sql"),
     ),
+    (
+        11,
+        "mail fairness",
+        include_str!("../../migrations/0011_mail_fairness.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming "coronium schema migration" among advisory locks.

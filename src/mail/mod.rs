@@ -95,6 +95,9 @@ struct MailerInner {
     client_senders: Vec<String>,
     /// `core.email` messages per project per minute.
     project_rate: crate::rate::PerMinute<String>,
+    /// `core.email` messages per project and client address per minute.
+    client_rate: crate::rate::PerMinute<(String, String)>,
+    destination_caps: outbox::DestinationCaps,
 }
 
 impl Mailer {
@@ -110,17 +113,36 @@ impl Mailer {
                     .map(|s| address_of(s))
                     .collect(),
                 project_rate: crate::rate::PerMinute::new(settings.project_messages_per_minute),
+                client_rate: crate::rate::PerMinute::new(settings.client_messages_per_minute),
+                destination_caps: outbox::DestinationCaps {
+                    per_hour: settings.per_address_per_hour,
+                    per_day: settings.per_address_per_day,
+                },
             }),
         }
     }
 
-    /// Counts a `core.email` message of `project` (scripts have none: not counted); whether it
-    /// is within the project's budget for this minute.
-    pub fn admit_project_message(&self, project: Option<&str>) -> bool {
-        match project {
-            Some(project) => self.inner.project_rate.allow(project.to_owned()),
-            None => true,
+    /// Counts a `core.email` message of `project` (scripts have none: not counted), asked for
+    /// by the request of `client` (none: the server's own code); whether it is within the
+    /// client's budget for this minute and then the project's.
+    pub fn admit_project_message(&self, project: Option<&str>, client: Option<&str>) -> bool {
+        let Some(project) = project else {
+            return true;
+        };
+        if let Some(client) = client
+            && !self
+                .inner
+                .client_rate
+                .allow((project.to_owned(), client.to_owned()))
+        {
+            return false;
         }
+        self.inner.project_rate.allow(project.to_owned())
+    }
+
+    /// How many link mails one address may be sent (see [`outbox::destination_has_room`]).
+    pub fn destination_caps(&self) -> outbox::DestinationCaps {
+        self.inner.destination_caps
     }
 
     /// Whether a client may send mail as `from` (an address, maybe with a name).

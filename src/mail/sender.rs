@@ -2,6 +2,7 @@
 //! queues mail and every `poll_secs` otherwise (mail queued by other instances, retries due),
 //! sends each due mail once, and records `sent`, a retry with backoff, or `failed`.
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -49,7 +50,12 @@ impl Sender {
                         return;
                     }
                 };
-                runtime.block_on(run(db, mailer, transport, settings, stopped));
+                // A local set: the attempts in flight run on this thread (Mailgun's form
+                // builder is not `Send`).
+                tokio::task::LocalSet::new().block_on(
+                    &runtime,
+                    run(db, mailer, Arc::new(transport), settings, stopped),
+                );
             })?;
         Ok(Sender {
             stop,
@@ -78,7 +84,7 @@ impl Drop for Sender {
 async fn run(
     db: DbHandle,
     mailer: Mailer,
-    transport: Transport,
+    transport: Arc<Transport>,
     settings: MailSettings,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -124,10 +130,14 @@ async fn run(
     }
 }
 
-/// Sends every due mail, a batch at a time, until none is due or the sender is stopped.
+/// Mails sent at once: a slow or greylisting server for one mail does not hold up the rest.
+const PARALLEL: usize = 4;
+
+/// Sends every due mail, a batch at a time, until none is due or the sender is stopped; up to
+/// [`PARALLEL`] at once, in the order the claim gave (the kinds taking turns).
 async fn drain(
     db: &DbHandle,
-    transport: &Transport,
+    transport: &Arc<Transport>,
     settings: &MailSettings,
     stopped: &watch::Receiver<bool>,
 ) -> Result<(), MailError> {
@@ -142,67 +152,95 @@ async fn drain(
         if claimed.is_empty() {
             return Ok(());
         }
+        let mut sending = tokio::task::JoinSet::new();
+        let mut outcome = Ok(());
         for mail in claimed {
             if *stopped.borrow() {
                 // Leased mail comes back by itself once the lease runs out.
-                return Ok(());
+                break;
             }
-            let outcome = match &mail.message {
-                Ok(message) => transport.send(mail.id, message).await,
-                Err(e) => Err(super::transport::SendFailure {
-                    permanent: true,
-                    reason: format!("unreadable outbox entry: {e}"),
-                }),
-            };
-            let id = mail.id;
-            match outcome {
-                Ok(()) => {
-                    metrics::counter!("coronium_mail_sent_total").increment(1);
-                    tracing::info!(mail = id, attempts = mail.attempts, "mail sent");
-                    db.write(|client| async move {
-                        outbox::mark_sent(&*client, id)
-                            .await
-                            .map_err(MailError::from)
-                    })
-                    .await?;
-                }
-                Err(failure)
-                    if failure.permanent || mail.attempts >= settings.max_attempts as i32 =>
-                {
-                    metrics::counter!("coronium_mail_failed_total").increment(1);
-                    tracing::error!(
-                        mail = id,
-                        attempts = mail.attempts,
-                        reason = %failure.reason,
-                        "mail not delivered; given up"
-                    );
-                    let reason = failure.reason.as_str();
-                    db.write(|client| async move {
-                        outbox::mark_failed(&*client, id, reason)
-                            .await
-                            .map_err(MailError::from)
-                    })
-                    .await?;
-                }
-                Err(failure) => {
-                    metrics::counter!("coronium_mail_retries_total").increment(1);
-                    let wait = retry_wait(settings.retry_secs, mail.attempts);
-                    tracing::warn!(
-                        mail = id,
-                        attempts = mail.attempts,
-                        retry_in_secs = wait.as_secs(),
-                        reason = %failure.reason,
-                        "mail not delivered yet; will retry"
-                    );
-                    let reason = failure.reason.as_str();
-                    db.write(|client| async move {
-                        outbox::retry_later(&*client, id, wait, reason)
-                            .await
-                            .map_err(MailError::from)
-                    })
-                    .await?;
-                }
+            if sending.len() >= PARALLEL
+                && let Some(done) = sending.join_next().await
+            {
+                outcome = outcome.and(done.unwrap_or(Ok(())));
             }
+            let (db, transport) = (db.clone(), transport.clone());
+            let max_attempts = settings.max_attempts as i32;
+            let retry_secs = settings.retry_secs;
+            sending.spawn_local(async move {
+                attempt(&db, &transport, mail, max_attempts, retry_secs).await
+            });
+        }
+        while let Some(done) = sending.join_next().await {
+            outcome = outcome.and(done.unwrap_or(Ok(())));
+        }
+        outcome?;
+        if *stopped.borrow() {
+            return Ok(());
+        }
+    }
+}
+
+/// One attempt at one mail, and what it leaves in the outbox.
+async fn attempt(
+    db: &DbHandle,
+    transport: &Transport,
+    mail: outbox::Claimed,
+    max_attempts: i32,
+    retry_secs: u64,
+) -> Result<(), MailError> {
+    let outcome = match &mail.message {
+        Ok(message) => transport.send(mail.id, message).await,
+        Err(e) => Err(super::transport::SendFailure {
+            permanent: true,
+            reason: format!("unreadable outbox entry: {e}"),
+        }),
+    };
+    let id = mail.id;
+    match outcome {
+        Ok(()) => {
+            metrics::counter!("coronium_mail_sent_total").increment(1);
+            tracing::info!(mail = id, attempts = mail.attempts, "mail sent");
+            db.write(|client| async move {
+                outbox::mark_sent(&*client, id)
+                    .await
+                    .map_err(MailError::from)
+            })
+            .await
+        }
+        Err(failure) if failure.permanent || mail.attempts >= max_attempts => {
+            metrics::counter!("coronium_mail_failed_total").increment(1);
+            tracing::error!(
+                mail = id,
+                attempts = mail.attempts,
+                reason = %failure.reason,
+                "mail not delivered; given up"
+            );
+            let reason = failure.reason.as_str();
+            db.write(|client| async move {
+                outbox::mark_failed(&*client, id, reason)
+                    .await
+                    .map_err(MailError::from)
+            })
+            .await
+        }
+        Err(failure) => {
+            metrics::counter!("coronium_mail_retries_total").increment(1);
+            let wait = retry_wait(retry_secs, mail.attempts);
+            tracing::warn!(
+                mail = id,
+                attempts = mail.attempts,
+                retry_in_secs = wait.as_secs(),
+                reason = %failure.reason,
+                "mail not delivered yet; will retry"
+            );
+            let reason = failure.reason.as_str();
+            db.write(|client| async move {
+                outbox::retry_later(&*client, id, wait, reason)
+                    .await
+                    .map_err(MailError::from)
+            })
+            .await
         }
     }
 }

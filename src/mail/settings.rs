@@ -33,6 +33,15 @@ pub struct MailSettings {
     /// Messages one API project may queue through `core.email` per minute (0: no limit), so a
     /// project cannot flood the mail account every project's mail leaves through.
     pub project_messages_per_minute: u32,
+    /// Messages one client address may have a project queue through `core.email` per minute
+    /// (0: no limit): a client that calls a project's mailing action spends its own budget,
+    /// not the whole project's.
+    pub client_messages_per_minute: u32,
+    /// Confirmation and reset mails one address may be sent per hour, across every scope
+    /// (0: no limit): nobody can aim a flood of sign-ups at someone's inbox.
+    pub per_address_per_hour: u32,
+    /// The same, per day.
+    pub per_address_per_day: u32,
 }
 
 impl Default for MailSettings {
@@ -47,6 +56,9 @@ impl Default for MailSettings {
             poll_secs: 5,
             client_senders: Vec::new(),
             project_messages_per_minute: 60,
+            client_messages_per_minute: 10,
+            per_address_per_hour: 5,
+            per_address_per_day: 20,
         }
     }
 }

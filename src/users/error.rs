@@ -58,6 +58,10 @@ pub enum UserError {
     /// or stored.
     #[error("Too many sign-ups from this address; try again in a minute.")]
     TooManySignUps,
+    /// 810: the address was sent as many confirmation and reset mails lately as it may be;
+    /// nothing was written.
+    #[error("Too many mails to this address lately; try again later.")]
+    TooManyMails,
     /// 810: something on our side failed; details go to the log, not to the caller, who learns
     /// only whether the database is unreachable (worth trying again shortly) or not.
     #[error("{}", .0.caller_message())]
@@ -147,9 +151,10 @@ impl UserError {
             UserError::ProviderLinked(_) => Status::AUTH_PROVIDER_LINKED,
             UserError::ProviderNotLinked => Status::AUTH_PROVIDER_NOT_LINKED,
             UserError::MailNotConfigured => Status::EMAIL_NOT_CONFIGURED,
-            UserError::TooManyRequests | UserError::TooManySignUps | UserError::Internal(_) => {
-                Status::GENERAL
-            }
+            UserError::TooManyRequests
+            | UserError::TooManySignUps
+            | UserError::TooManyMails
+            | UserError::Internal(_) => Status::GENERAL,
         }
     }
 

@@ -17,6 +17,19 @@ pub const CONFIRMATION_PAGE: &str = "_confirmation";
 pub const RESET_PAGE: &str = "_resetpassword";
 
 impl Users {
+    /// Refuses (810) a link mail to an address that had its share lately, across scopes.
+    async fn room_for_mail_to(
+        &self,
+        tx: &impl deadpool_postgres::GenericClient,
+        to: &str,
+    ) -> Result<(), UserError> {
+        let caps = self.mailer.destination_caps();
+        match outbox::destination_has_room(tx, to, caps).await? {
+            true => Ok(()),
+            false => Err(UserError::TooManyMails),
+        }
+    }
+
     /// A mail from `options`' template with `link` under `link_key`, to `to`.
     async fn render_mail(
         &self,
@@ -88,6 +101,7 @@ impl Users {
         let user = self
             .db
             .transaction(async |tx| {
+                self.room_for_mail_to(tx, email.as_str()).await?;
                 let user =
                     store::insert(tx, scope.as_str(), new_user, password_hash, Some(pending))
                         .await?;
@@ -174,6 +188,7 @@ impl Users {
                     .email
                     .as_deref()
                     .ok_or(UserError::InvalidEmail)?;
+                self.room_for_mail_to(tx, email).await?;
                 let message = self.confirmation_mail(&options, email, &code).await?;
                 let options = options.to_json();
                 let pending = PendingConfirmation {
@@ -226,6 +241,7 @@ impl Users {
                 let (user_id, stored) = store::user_id_by_email(tx, scope.as_str(), to.as_str())
                     .await?
                     .ok_or(UserError::InvalidEmail)?;
+                self.room_for_mail_to(tx, &stored).await?;
                 // To the address as the user gave it, not as the caller typed it.
                 message.to = vec![stored];
                 store::replace_password_reset(tx, user_id, scope.as_str(), &code_hash).await?;

@@ -1811,3 +1811,176 @@ async fn links_are_bound_to_their_address_and_disabling_holds() {
         "confirmed: {after}"
     );
 }
+
+/// Sign-ups aimed at one victim's address, across 100 scopes, send at most the hourly cap of
+/// mails to it; a variant through another route (reset requests for accounts with that address
+/// in other scopes) shares the same cap.
+#[tokio::test]
+async fn no_flood_of_sign_ups_fills_one_inbox() {
+    let db = TestDb::new().await;
+    let sink = SmtpSink::start(Mode::Accept);
+    let root = scratch_dir("projects");
+    write_project(&root, "Account", &[("main.lua", RESET_PROJECT)]);
+    let mut env = smtp_env(&sink);
+    env.push((
+        "CORONIUM_USERS_SIGN_UPS_PER_ADDRESS_PER_MINUTE".into(),
+        "0".into(),
+    ));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = serve_projects(&db, &root, "2", &env);
+    let mut created = 0;
+    for i in 0..100 {
+        let answer = server
+            .call_in(
+                &format!("scope{i}"),
+                "api.users",
+                "create",
+                json!({"username": "victim", "password": md5_hex("pw"),
+                       "email": "Victim@Example.com", "confirmation": confirmation("Hi")}),
+            )
+            .await;
+        if answer["result"]["user_id"].is_string() {
+            created += 1;
+        } else {
+            assert_eq!(answer["result"]["status"], 810, "{answer}");
+            assert_eq!(
+                answer["result"]["error"],
+                "Too many mails to this address lately; try again later."
+            );
+        }
+    }
+    assert_eq!(created, 5, "the hourly cap");
+    // The same address in the default scope, made without a mail, then a reset for it.
+    let plain = server
+        .call(
+            "api.users",
+            "create",
+            json!({"username": "victim", "password": md5_hex("pw"), "email": "victim@example.com"}),
+        )
+        .await;
+    assert!(plain["result"]["user_id"].is_string(), "{plain}");
+    let forgot = server
+        .call("Account", "forgot", json!({"email": "victim@example.com"}))
+        .await;
+    assert_eq!(forgot["result"]["status"], 810, "{forgot}");
+    let queued: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM mail_outbox WHERE message->'to'->>0 ILIKE 'victim@example.com'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 5);
+    assert_eq!(sink.wait_for(5).await.len(), 5);
+}
+
+/// An honest reset is not queued behind a flood of confirmations: the kinds take turns, so it
+/// reaches the relay after at most a batch or two of the 600 confirmations queued before it.
+#[tokio::test]
+async fn an_honest_reset_overtakes_a_confirmation_flood() {
+    let db = TestDb::new().await;
+    let sink = SmtpSink::start(Mode::Accept);
+    let root = scratch_dir("projects");
+    write_project(&root, "Account", &[("main.lua", RESET_PROJECT)]);
+    let env = smtp_env(&sink);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = serve_projects(&db, &root, "2", &env);
+    let created = server
+        .call(
+            "api.users",
+            "create",
+            json!({"username": "honest", "password": md5_hex("pw"), "email": "honest@example.com"}),
+        )
+        .await;
+    assert!(created["result"]["user_id"].is_string(), "{created}");
+    // 600 confirmations to 600 addresses, queued before the reset.
+    let flood: Vec<serde_json::Value> = (0..600)
+        .map(|i| {
+            serde_json::to_value(coronium::mail::Message {
+                from: "games@example.com".into(),
+                to: vec![format!("flood{i}@example.com")],
+                subject: "Confirm".into(),
+                text: Some("flood".into()),
+                ..Default::default()
+            })
+            .unwrap()
+        })
+        .collect();
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO mail_outbox (purpose, message, destination, created)
+             SELECT 'confirmation', m, m->'to'->>0, now() - interval '1 second'
+             FROM unnest($1::jsonb[]) m",
+            &[&flood],
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let forgot = server
+        .call("Account", "forgot", json!({"email": "honest@example.com"}))
+        .await;
+    assert_eq!(forgot, json!({"result": true}));
+    let reset_at = loop {
+        let got = sink.received();
+        if let Some(at) = got.iter().position(|m| m.to == ["<honest@example.com>"]) {
+            break at;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{} mails, no reset",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!(
+        "the reset was mail {reset_at} to arrive, {:?} after it was asked for",
+        started.elapsed()
+    );
+    assert!(reset_at <= 40, "{reset_at} confirmations went first");
+}
+
+/// A client that calls a project's mailing action spends its own share of the project's
+/// `core.email` budget: it cannot use up the budget for everyone else.
+#[tokio::test]
+async fn core_email_budgets_are_charged_to_the_caller() {
+    let db = TestDb::new().await;
+    let root = scratch_dir("projects");
+    write_project(&root, "Spam", &[("main.lua", SPAMMER)]);
+    let server = serve_projects(
+        &db,
+        &root,
+        "2",
+        &[
+            ("CORONIUM_MAIL_PROJECT_MESSAGES_PER_MINUTE", "20"),
+            ("CORONIUM_MAIL_CLIENT_MESSAGES_PER_MINUTE", "3"),
+            ("CORONIUM_TRUSTED_PROXIES", "127.0.0.1"),
+        ],
+    );
+    let over = "Too many messages from this project; try again in a minute. 810";
+    let from = |address: &str| {
+        let mut headers = coronium::wire::client::signed_headers(
+            &server.key,
+            "Spam",
+            "blast",
+            "default",
+            coronium::wire::client::unix_now(),
+        );
+        headers.push(("X-Forwarded-For", address.to_owned()));
+        headers
+    };
+    let body = json!({"n": 5}).to_string();
+    let (_, hostile) = server.post(&from("203.0.113.9"), body.as_bytes()).await;
+    assert_eq!(
+        hostile,
+        json!({"result": ["queued", "queued", "queued", over, over]})
+    );
+    let (_, honest) = server.post(&from("198.51.100.3"), body.as_bytes()).await;
+    assert_eq!(
+        honest,
+        json!({"result": ["queued", "queued", "queued", over, over]})
+    );
+}

@@ -15,27 +15,30 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
     let send_host = host.clone();
     native.set(
         "send",
-        lua.create_function(move |lua, (message, project): (Table, Option<String>)| {
-            let value = Value::Table(message);
-            let fields = convert::host_sized(lua, || {
-                convert::lua_to_json(lua, &value, Unencodable::Mark, Some(&send_host.meter))
-            });
-            let draft = match fields {
-                Ok(Json::Object(fields)) => email::draft(&fields),
-                Err(ConvertError::OverBudget(e)) => return Err(mlua::Error::runtime(e)),
-                _ => Err(EmailError::Bad("The message could not be read.".into())),
-            };
-            // Only a message that would be queued counts against its project's budget.
-            let mailer = &send_host.services.mailer;
-            let draft = draft.and_then(|message| {
-                if mailer.admit_project_message(project.as_deref()) {
-                    Ok(message)
-                } else {
-                    Err(EmailError::TooMany)
-                }
-            });
-            let (host, lua) = (send_host.clone(), lua.clone());
-            send_host.pending.start(async move {
+        lua.create_function(
+            move |lua, (message, project, client): (Table, Option<String>, Value)| {
+                let value = Value::Table(message);
+                let fields = convert::host_sized(lua, || {
+                    convert::lua_to_json(lua, &value, Unencodable::Mark, Some(&send_host.meter))
+                });
+                let draft = match fields {
+                    Ok(Json::Object(fields)) => email::draft(&fields),
+                    Err(ConvertError::OverBudget(e)) => return Err(mlua::Error::runtime(e)),
+                    _ => Err(EmailError::Bad("The message could not be read.".into())),
+                };
+                // Only a message that would be queued counts against its project's budget.
+                let mailer = &send_host.services.mailer;
+                let draft = draft.and_then(|message| {
+                    let client = super::users::client_from_lua(&client);
+                    let client = (!client.is_local()).then(|| client.as_str().to_owned());
+                    if mailer.admit_project_message(project.as_deref(), client.as_deref()) {
+                        Ok(message)
+                    } else {
+                        Err(EmailError::TooMany)
+                    }
+                });
+                let (host, lua) = (send_host.clone(), lua.clone());
+                send_host.pending.start(async move {
                 let queued = match draft {
                     Ok(message) => email::queue(&host.services.db, &message).await,
                     Err(e) => Err(e),
@@ -61,8 +64,9 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
                     }
                 }
             });
-            Ok(())
-        })?,
+                Ok(())
+            },
+        )?,
     )?;
     Ok(native)
 }

@@ -148,7 +148,7 @@ pub(crate) fn client_to_lua(lua: &Lua, ip: IpAddr) -> mlua::Result<Value> {
 }
 
 /// The address [`client_to_lua`] made; anything else (no request) is the server's own code.
-fn client_from_lua(value: &Value) -> ClientAddress {
+pub(super) fn client_from_lua(value: &Value) -> ClientAddress {
     let ip = match value {
         Value::Integer(n) => u32::try_from(*n)
             .ok()
