@@ -224,6 +224,16 @@ pub enum Encoding {
     Readable,
 }
 
+/// `text` with every line break a plain `\n` (which the MIME body then writes as CRLF): a
+/// bare CR would otherwise reach the SMTP DATA verbatim in a part labelled 7bit, where servers
+/// and clients read it differently (a way to smuggle lines past filters).
+fn one_kind_of_line_break(text: &str) -> String {
+    if !text.contains('\r') {
+        return text.to_owned();
+    }
+    text.replace("\r\n", "\n").replace('\r', "\n")
+}
+
 /// The MIME message: text, HTML, or both as alternatives.
 pub fn build(message: &Message, encoding: Encoding) -> Result<lettre::Message, String> {
     use lettre::message::{Body, SinglePart, header::ContentTransferEncoding};
@@ -231,13 +241,16 @@ pub fn build(message: &Message, encoding: Encoding) -> Result<lettre::Message, S
         text.parse()
             .map_err(|e| format!("invalid address {text:?}: {e}"))
     };
-    let body = |text: &str| match encoding {
-        // Binary: no transfer encoding at all (a file, not a wire with line limits).
-        Encoding::Readable => {
-            Body::new_with_encoding(text.to_owned(), ContentTransferEncoding::Binary)
-                .unwrap_or_else(|_| Body::new(text.to_owned()))
+    let body = |text: &str| {
+        let text = one_kind_of_line_break(text);
+        match encoding {
+            // Binary: no transfer encoding at all (a file, not a wire with line limits).
+            Encoding::Readable => {
+                Body::new_with_encoding(text.clone(), ContentTransferEncoding::Binary)
+                    .unwrap_or_else(|_| Body::new(text))
+            }
+            Encoding::Standard => Body::new(text),
         }
-        Encoding::Standard => Body::new(text.to_owned()),
     };
     let part = |content_type: ContentType, text: &str| {
         SinglePart::builder().header(content_type).body(body(text))
@@ -365,6 +378,26 @@ async fn write_private(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_cr_never_reaches_the_wire() {
+        let message = Message {
+            from: "a@example.com".into(),
+            to: vec!["b@example.com".into()],
+            subject: "s".into(),
+            text: Some("one\rtwo\r\nthree\nfour".into()),
+            ..Message::default()
+        };
+        let formatted = build(&message, Encoding::Standard).unwrap().formatted();
+        let text = String::from_utf8(formatted).unwrap();
+        let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+        assert!(body.starts_with("one\r\ntwo\r\nthree\r\nfour"), "{body:?}");
+        assert_eq!(
+            text.matches('\r').count(),
+            text.matches("\r\n").count(),
+            "{text:?}"
+        );
+    }
 
     fn with_smtp(url: &str) -> MailSettings {
         MailSettings {

@@ -689,3 +689,39 @@ async fn made_up_scopes_do_not_hide_real_ones() {
         .await;
     assert!(none.body.contains("No scope begins with that."));
 }
+
+/// A project with thousands of actions cannot grow `/metrics` without bound: each project's
+/// first 100 actions get labels of their own, the rest are counted together as "(other)".
+#[tokio::test]
+async fn metric_labels_stay_bounded_however_many_actions() {
+    let db = TestDb::new().await;
+    let root = crate::common::scratch_dir("many-actions");
+    let mut main = String::from("local api = core.api()\n");
+    for i in 0..300 {
+        main.push_str(&format!("function api.a{i}() return {i} end\n"));
+    }
+    main.push_str("return api\n");
+    crate::common::write_project(&root, "Many", &[("main.lua", &main)]);
+    let server = crate::common::serve_projects_process(&db, &root, "1", &[]);
+    for i in 0..300 {
+        let answer = server.call("Many", &format!("a{i}"), json!({})).await;
+        assert_eq!(answer, json!({ "result": i }));
+    }
+    let page = crate::common::http_get(&server.addr, "/metrics").await.1;
+    let labelled: std::collections::HashSet<&str> = page
+        .lines()
+        .filter(|l| l.starts_with("coronium_requests_total{") && l.contains("project=\"Many\""))
+        .filter_map(|l| l.split("action=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(labelled.len(), 101, "{labelled:?}");
+    assert!(labelled.contains("(other)"));
+    let other = page
+        .lines()
+        .find(|l| {
+            l.starts_with("coronium_requests_total{")
+                && l.contains("project=\"Many\"")
+                && l.contains("action=\"(other)\"")
+        })
+        .unwrap();
+    assert!(other.ends_with(" 200"), "{other}");
+}

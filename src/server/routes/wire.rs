@@ -63,9 +63,20 @@ pub(super) async fn call(
         ms = elapsed.as_micros() as f64 / 1000.0,
         "POST /"
     );
+    let (project_label, action_label) = match (route.project, route.action) {
+        (Some(project), Some(action)) => match own_labels(&project, &action) {
+            (true, true) => (Some(project), Some(action)),
+            (true, false) => (Some(project), Some(OTHER_ACTIONS.to_owned())),
+            _ => (
+                Some(OTHER_ACTIONS.to_owned()),
+                Some(OTHER_ACTIONS.to_owned()),
+            ),
+        },
+        _ => (None, None),
+    };
     let mut known = worker.request_metrics.borrow_mut();
     let handles = known
-        .entry((route.project, route.action, outcome))
+        .entry((project_label, action_label, outcome))
         .or_insert_with_key(|(project, action, outcome)| {
             let labels = [
                 ("project", project.as_deref().unwrap_or("-").to_owned()),
@@ -81,6 +92,39 @@ pub(super) async fn call(
     handles.duration.record(elapsed.as_secs_f64());
     drop(known);
     json_bytes_response(http, body)
+}
+
+/// Actions of one project that get a metric label of their own; the rest share
+/// `(other)`. A project that defines thousands of actions (a hostile project author, or
+/// clients calling them all) cannot grow `/metrics` without bound.
+const LABELLED_ACTIONS_PER_PROJECT: usize = 100;
+/// Projects whose actions get labels of their own (the projects folder is the operator's, but
+/// the bound does not depend on that).
+const LABELLED_PROJECTS: usize = 200;
+const OTHER_ACTIONS: &str = "(other)";
+
+/// Whether a routed request's project and action get labels of their own names (while there
+/// are labels to give), or share `(other)`.
+fn own_labels(project: &str, action: &str) -> (bool, bool) {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::{LazyLock, Mutex};
+    static LABELLED: LazyLock<Mutex<HashMap<String, HashSet<String>>>> =
+        LazyLock::new(Mutex::default);
+    let mut labelled = LABELLED.lock().unwrap_or_else(|e| e.into_inner());
+    let room_for_project = labelled.len() < LABELLED_PROJECTS;
+    let actions = match labelled.get_mut(project) {
+        Some(actions) => actions,
+        None if room_for_project => labelled.entry(project.to_owned()).or_default(),
+        None => return (false, false),
+    };
+    if actions.contains(action) {
+        return (true, true);
+    }
+    if actions.len() < LABELLED_ACTIONS_PER_PROJECT {
+        actions.insert(action.to_owned());
+        return (true, true);
+    }
+    (true, false)
 }
 
 /// How a wire request ended without a result.
