@@ -145,9 +145,16 @@ impl App {
             templates = %self.mailer.templates().dir().display(),
             "mail"
         );
-        if !matches!(transport, Transport::Files(_)) && self.config.mail.client_senders.is_empty() {
+        if !matches!(transport, Transport::Files(_))
+            && self
+                .config
+                .mail
+                .client_senders
+                .iter()
+                .any(|s| s.trim() == "*")
+        {
             tracing::warn!(
-                "mail.client_senders is empty: any client holding the server key can have this \
+                "mail.client_senders is \"*\": any client holding the server key can have this \
                  server mail any address under any sender name; list your senders there"
             );
         }

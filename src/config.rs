@@ -381,6 +381,9 @@ impl Config {
                 .map(str::to_owned)
                 .collect();
         }
+        if let Some(v) = var("CORONIUM_MAIL_FROM") {
+            self.mail.from = Some(v).filter(|v| !v.is_empty());
+        }
         if let Some(v) = var("CORONIUM_MAIL_TEMPLATES_DIR") {
             self.mail.templates_dir = Some(v.into());
         }

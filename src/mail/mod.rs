@@ -91,8 +91,8 @@ struct MailerInner {
     templates: Templates,
     public_url: String,
     wake: Notify,
-    /// Lower-cased addresses; empty: any.
-    client_senders: Vec<String>,
+    /// Who a client's mail may name as its sender.
+    client_senders: ClientSenders,
     /// `core.email` messages per project per minute.
     project_rate: crate::rate::PerMinute<String>,
     /// `core.email` messages per project and client address per minute.
@@ -107,11 +107,7 @@ impl Mailer {
                 templates,
                 public_url: public_url.trim_end_matches('/').to_owned(),
                 wake: Notify::new(),
-                client_senders: settings
-                    .client_senders
-                    .iter()
-                    .map(|s| address_of(s))
-                    .collect(),
+                client_senders: ClientSenders::new(settings, public_url),
                 project_rate: crate::rate::PerMinute::new(settings.project_messages_per_minute),
                 client_rate: crate::rate::PerMinute::new(settings.client_messages_per_minute),
                 destination_caps: outbox::DestinationCaps {
@@ -145,10 +141,17 @@ impl Mailer {
         self.inner.destination_caps
     }
 
-    /// Whether a client may send mail as `from` (an address, maybe with a name).
-    pub fn client_may_send_as(&self, from: &str) -> bool {
-        let allowed = &self.inner.client_senders;
-        allowed.is_empty() || allowed.contains(&address_of(from))
+    /// The sender a client's mail goes out under when it asked for `from` (an address, maybe
+    /// with a name): `from` itself when allowed, the server's own sender when the operator
+    /// listed none, `None` (refused) when `from` is not on the operator's list.
+    pub fn client_sender(&self, from: &str) -> Option<String> {
+        match &self.inner.client_senders {
+            ClientSenders::Any => Some(from.to_owned()),
+            ClientSenders::Fixed(sender) => Some(sender.clone()),
+            ClientSenders::Listed(allowed) => {
+                allowed.contains(&address_of(from)).then(|| from.to_owned())
+            }
+        }
     }
 
     pub fn templates(&self) -> &Templates {
@@ -168,6 +171,42 @@ impl Mailer {
 
     pub(crate) async fn woken(&self) {
         self.inner.wake.notified().await;
+    }
+}
+
+/// Who a client's mail may name as its sender (`mail.client_senders`).
+enum ClientSenders {
+    /// `["*"]`: anyone, as in Coronium.
+    Any,
+    /// Empty: the server's own sender, whatever the client asked for.
+    Fixed(String),
+    /// Lower-cased addresses; a client naming another is refused.
+    Listed(Vec<String>),
+}
+
+impl ClientSenders {
+    fn new(settings: &MailSettings, public_url: &str) -> Self {
+        if settings.client_senders.iter().any(|s| s.trim() == "*") {
+            return ClientSenders::Any;
+        }
+        if settings.client_senders.is_empty() {
+            let host = url::Url::parse(public_url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_else(|| "localhost".into());
+            let sender = settings
+                .from
+                .clone()
+                .unwrap_or_else(|| format!("no-reply@{host}"));
+            return ClientSenders::Fixed(sender);
+        }
+        ClientSenders::Listed(
+            settings
+                .client_senders
+                .iter()
+                .map(|s| address_of(s))
+                .collect(),
+        )
     }
 }
 
@@ -203,16 +242,39 @@ mod tests {
     #[test]
     fn client_senders_compare_addresses() {
         let templates = Templates::new("/nonexistent");
-        let open = Mailer::new(templates.clone(), "http://x", &MailSettings::default());
-        assert!(open.client_may_send_as("anyone@example.com"));
+        let fixed = Mailer::new(
+            templates.clone(),
+            "https://play.example.com:8443/x",
+            &MailSettings::default(),
+        );
+        assert_eq!(
+            fixed
+                .client_sender("Your Bank <security@bank.example>")
+                .as_deref(),
+            Some("no-reply@play.example.com"),
+            "by default a client cannot choose the sender"
+        );
+        let any = MailSettings {
+            client_senders: vec!["*".into()],
+            ..MailSettings::default()
+        };
+        let open = Mailer::new(templates.clone(), "http://x", &any);
+        assert_eq!(
+            open.client_sender("anyone@example.com").as_deref(),
+            Some("anyone@example.com")
+        );
         let listed = MailSettings {
             client_senders: vec!["Games <Games@Example.com>".into()],
             ..MailSettings::default()
         };
         let closed = Mailer::new(templates, "http://x", &listed);
-        assert!(closed.client_may_send_as("games@example.com"));
-        assert!(closed.client_may_send_as("The Team <GAMES@example.com>"));
-        assert!(!closed.client_may_send_as("bank@example.com"));
+        assert!(closed.client_sender("games@example.com").is_some());
+        assert!(
+            closed
+                .client_sender("The Team <GAMES@example.com>")
+                .is_some()
+        );
+        assert!(closed.client_sender("bank@example.com").is_none());
     }
 
     #[test]

@@ -26,10 +26,15 @@ pub struct MailSettings {
     pub retry_secs: u64,
     /// How often the sender looks for mail queued by other instances or due for a retry.
     pub poll_secs: u64,
-    /// The only senders (`from_email`) a client's `create` or `resendConfirmation` may name;
-    /// empty: any, as in Coronium. Every game ships the server key, so anyone can ask for a
-    /// confirmation mail to any address: this keeps them from choosing whose name it carries.
+    /// The senders (`from_email`) a client's `create` or `resendConfirmation` may name; others
+    /// are refused (801). Every game ships the server key, so anyone can ask for a confirmation
+    /// mail to any address: this keeps them from choosing whose name it carries. Empty (the
+    /// default): a client's sender is replaced by [`from`](Self::from); `["*"]`: any sender,
+    /// as in Coronium.
     pub client_senders: Vec<String>,
+    /// The sender of client-asked mail when `client_senders` is empty; unset:
+    /// `no-reply@<the public URL's host>`.
+    pub from: Option<String>,
     /// Messages one API project may queue through `core.email` per minute (0: no limit), so a
     /// project cannot flood the mail account every project's mail leaves through.
     pub project_messages_per_minute: u32,
@@ -55,6 +60,7 @@ impl Default for MailSettings {
             retry_secs: 30,
             poll_secs: 5,
             client_senders: Vec::new(),
+            from: None,
             project_messages_per_minute: 60,
             client_messages_per_minute: 10,
             per_address_per_hour: 5,

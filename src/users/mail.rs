@@ -113,16 +113,21 @@ impl Users {
         Ok(user)
     }
 
-    /// Refuses mail options a client may not use: a sender outside `mail.client_senders`.
-    pub fn check_client_mail(&self, options: Option<&MailOptions>) -> Result<(), UserError> {
-        match options {
-            Some(options) if !self.mailer.client_may_send_as(&options.from_email) => {
-                Err(UserError::bad(format!(
-                    "Sender '{}' is not allowed for client requests (see mail.client_senders).",
-                    options.from_email
-                )))
+    /// Applies `mail.client_senders` to a client's mail options: its sender kept, replaced by
+    /// the server's own, or refused (801) when the operator listed others.
+    pub fn check_client_mail(&self, options: Option<&mut MailOptions>) -> Result<(), UserError> {
+        let Some(options) = options else {
+            return Ok(());
+        };
+        match self.mailer.client_sender(&options.from_email) {
+            Some(sender) => {
+                options.from_email = sender;
+                Ok(())
             }
-            _ => Ok(()),
+            None => Err(UserError::bad(format!(
+                "Sender '{}' is not allowed for client requests (see mail.client_senders).",
+                options.from_email
+            ))),
         }
     }
 

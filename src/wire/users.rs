@@ -110,8 +110,8 @@ pub async fn execute(
                 .await?,
         ),
         Action::Create => {
-            let new_user = NewUser::parse(&params, PasswordForm::Canonical)?;
-            users.check_client_mail(new_user.confirmation.as_ref())?;
+            let mut new_user = NewUser::parse(&params, PasswordForm::Canonical)?;
+            users.check_client_mail(new_user.confirmation.as_mut())?;
             users.admit_sign_up(&ClientAddress::from_ip(client))?;
             let user = users.create(scope, new_user).await?;
             json_text(
@@ -129,8 +129,8 @@ pub async fn execute(
                 .await?,
         ),
         Action::ResendConfirmation => {
-            let request = input::resend_request(&params)?;
-            users.check_client_mail(request.as_ref())?;
+            let mut request = input::resend_request(&params)?;
+            users.check_client_mail(request.as_mut())?;
             let user = users
                 .resend_confirmation(scope, input::user_id(&params)?, request)
                 .await?;

@@ -351,7 +351,8 @@ async fn confirmation_mail_arrives_over_smtp_and_its_link_confirms() {
     let mails = sink.wait_for(1).await;
     let mail = parse(&mails[0]);
     assert_eq!(mail.subject, "Confirm your account");
-    assert_eq!(mail.from, "games@example.com");
+    // With no senders listed, a client cannot choose whose name the mail carries.
+    assert_eq!(mail.from, "no-reply@play.example.com");
     assert_eq!(mail.to, "tiny@example.com");
     assert_eq!(mails[0].to, ["<tiny@example.com>"]);
     let path = link_path(&mail.text, "_confirmation");
@@ -1028,6 +1029,10 @@ fn mailgun_env(stub: &MailgunStub) -> Vec<(String, String)> {
             format!("http://{}", stub.addr),
         ),
         ("CORONIUM_MAIL_POLL_SECS".into(), "1".into()),
+        (
+            "CORONIUM_MAIL_CLIENT_SENDERS".into(),
+            "games@example.com".into(),
+        ),
     ]
 }
 
@@ -1256,6 +1261,38 @@ async fn clients_send_only_as_the_listed_senders() {
     )
     .await;
     assert_eq!(allowed["result"]["confirmation"], "pending", "{allowed}");
+}
+
+/// By default (no senders listed) a client's confirmation goes out under the server's own
+/// sender, whatever `from_email` it named; `*` restores Coronium's any-sender behaviour.
+#[tokio::test]
+async fn by_default_a_client_cannot_choose_the_sender() {
+    let db = TestDb::new().await;
+    let sink = SmtpSink::start(Mode::Accept);
+    let mut env = smtp_env(&sink);
+    env.push((
+        "CORONIUM_MAIL_FROM".into(),
+        "Games <no-reply@games.example>".into(),
+    ));
+    let server = TestServer::start(&db, with_env(env));
+    let created = create_pending(
+        &server,
+        "phished",
+        json!({"from_email": "Your Bank <security@bank.example>", "subject": "Verify"}),
+    )
+    .await;
+    assert_eq!(created["result"]["confirmation"], "pending", "{created}");
+    let mail = parse(&sink.wait_for(1).await[0]);
+    assert_eq!(mail.from, "no-reply@games.example");
+    assert!(!sink.received()[0].data.contains("bank.example"));
+
+    let db = TestDb::new().await;
+    let sink = SmtpSink::start(Mode::Accept);
+    let mut env = smtp_env(&sink);
+    env.push(("CORONIUM_MAIL_CLIENT_SENDERS".into(), "*".into()));
+    let server = TestServer::start(&db, with_env(env));
+    create_pending(&server, "anyone", confirmation("Hi")).await;
+    assert_eq!(parse(&sink.wait_for(1).await[0]).from, "games@example.com");
 }
 
 /// The server-side mail functions from Lua: each success shape, with and without a listener,
