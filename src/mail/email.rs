@@ -45,6 +45,9 @@ pub fn draft(fields: &Map<String, Value>) -> Result<Message, EmailError> {
     let text = |key: &'static str| -> Result<Option<String>, EmailError> {
         match fields.get(key) {
             None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.contains('\0') => Err(EmailError::Bad(format!(
+                "'{key}' must not contain a NUL character."
+            ))),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(EmailError::Bad(format!("'{key}' must be a string."))),
         }

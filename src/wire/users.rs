@@ -79,6 +79,7 @@ pub async fn execute(
     client: IpAddr,
 ) -> Result<Box<RawValue>, UserError> {
     params.remove("scope");
+    input::refuse_nul(&params)?;
     let scope = &Scope::parse_owned(scope)?;
     let within = Within::Scope(scope);
     Ok(match action {

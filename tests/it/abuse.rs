@@ -799,3 +799,88 @@ async fn unread_answers_of_the_largest_record_stay_small() {
         crate::console::log_in(&server, "default", "fat").await["result"]["user_id"].is_string()
     );
 }
+
+const NUL_MAILER: &str = r#"
+local api = core.api()
+function api.mail(input)
+  local sent, err, status = core.email.new():from("x@example.com"):to("a@example.com")
+    :subject("hi"):text(input.text):send()
+  return sent and "queued" or (err .. " " .. status)
+end
+function api.create(input)
+  local id, err, status = core.users.create(input)
+  return id and "created" or (err .. " " .. status)
+end
+return api
+"#;
+
+/// NUL, which PostgreSQL cannot store, is refused (801) wherever a client or script can put
+/// it, before any statement can fail on it (a failed statement is logged in full by PostgreSQL
+/// and by us: a client could fill the disk that way): every field of every `api.users` action,
+/// however deep, `core.users` calls from a handler, and `core.email` text.
+#[tokio::test]
+async fn nul_is_refused_before_any_statement() {
+    let db = TestDb::new().await;
+    let root = crate::common::scratch_dir("nul");
+    crate::common::write_project(&root, "Nul", &[("main.lua", NUL_MAILER)]);
+    let server = crate::common::serve_projects(&db, &root, "1", &[]);
+    let id = create_user(&server, "default", "plain").await;
+    let attempts = [
+        (
+            "update",
+            json!({ "user_id": id, "update": { "extra": { "k": "a\u{0}b" } } }),
+        ),
+        (
+            "update",
+            json!({ "user_id": id, "update": { "group": "g\u{0}" } }),
+        ),
+        (
+            "create",
+            json!({ "username": "x", "password": md5_hex("p"), "email": "x@example.com",
+                           "confirmation": { "from_email": "a@example.com", "subject": "s",
+                                             "tpl_keys": { "name": "n\u{0}" } } }),
+        ),
+        (
+            "addAuthProvider",
+            json!({ "user_id": id, "provider": "google", "client_id": "c",
+                                    "access_token": "t\u{0}" }),
+        ),
+        (
+            "login",
+            json!({ "username": "plain\u{0}", "password": md5_hex("p") }),
+        ),
+    ];
+    for (action, params) in attempts {
+        let answer = server.call("api.users", action, params).await;
+        assert_eq!(answer["result"]["status"], 801, "{action}: {answer}");
+    }
+    let mailed = server
+        .call("Nul", "mail", json!({ "text": "a\u{0}b" }))
+        .await;
+    assert!(
+        mailed["result"].as_str().unwrap().ends_with(" 801"),
+        "{mailed}"
+    );
+    let created = server
+        .call(
+            "Nul",
+            "create",
+            json!({ "username": "y", "password": "p", "extra": { "k\u{0}": 1 } }),
+        )
+        .await;
+    assert!(
+        created["result"].as_str().unwrap().ends_with(" 801"),
+        "{created}"
+    );
+    let rows: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT (SELECT count(*) FROM users) + (SELECT count(*) FROM mail_outbox)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "nothing was written");
+}

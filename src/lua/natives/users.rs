@@ -48,7 +48,10 @@ fn params(lua: &Lua, meter: &Meter, value: &Value) -> Result<input::Params, OpEr
             match convert::host_sized(lua, || {
                 convert::lua_to_json(lua, value, Unencodable::Mark, Some(meter))
             }) {
-                Ok(Json::Object(map)) => Ok(map),
+                Ok(Json::Object(map)) => {
+                    input::refuse_nul(&map)?;
+                    Ok(map)
+                }
                 Ok(Json::Array(items)) if items.is_empty() => Ok(Map::new()),
                 Ok(_) => Err(UserError::BadParameter(
                     "Parameters must be a table of named fields.".into(),
