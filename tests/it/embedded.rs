@@ -449,3 +449,67 @@ async fn users_unlock_reaches_a_running_servers_embedded_database() {
         serde_json::json!("held")
     );
 }
+
+/// The probe's disk attack (updates whose `extra` PostgreSQL cannot store, from 4 connections)
+/// against a server on its embedded PostgreSQL: every attempt is refused before any statement,
+/// so neither the cluster's log nor the server's grows with the flood; and the cluster's output
+/// reaches `pg/postgres.log` through coronium's pipe (its start-up lines are there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_flood_does_not_fill_the_disk() {
+    let dir = scratch_dir("error-flood");
+    let server = embedded_server(&dir.join("data"));
+    let pg_log = dir.join("data/pg/postgres.log");
+    let created = server
+        .call(
+            "api.users",
+            "create",
+            serde_json::json!({ "username": "target", "password": "e19d5cd5af0378da05f63f891c7467af" }),
+        )
+        .await;
+    let id = created["result"]["user_id"].as_str().unwrap().to_owned();
+    let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+    let started_log = std::fs::read_to_string(&pg_log).unwrap();
+    assert!(
+        started_log.contains("database system is ready"),
+        "{started_log}"
+    );
+    let (pg_before, server_before) = (size(&pg_log), server.log_text().len());
+    let flood: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, key, id) = (server.addr.clone(), server.key.clone(), id.clone());
+            tokio::spawn(async move {
+                let mut refused = 0;
+                for _ in 0..250 {
+                    let answer = coronium::wire::client::call(
+                        &addr,
+                        &key,
+                        "api.users",
+                        "update",
+                        "default",
+                        &serde_json::json!({ "user_id": id,
+                            "update": { "extra": { "k": "x\u{0}".repeat(2000) } } }),
+                    )
+                    .await
+                    .unwrap();
+                    refused += usize::from(answer["result"]["status"] == 801);
+                }
+                refused
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for task in flood {
+        refused += task.await.unwrap();
+    }
+    assert_eq!(refused, 1000);
+    let pg_grown = size(&pg_log) - pg_before;
+    let server_grown = server.log_text().len() - server_before;
+    println!(
+        "1000 refused updates: postgres.log grew {pg_grown} bytes, the server log {server_grown}"
+    );
+    assert!(pg_grown < 4096, "postgres.log grew {pg_grown} bytes");
+    assert!(
+        server_grown < 4096,
+        "the server log grew {server_grown} bytes"
+    );
+}
