@@ -47,6 +47,7 @@ fn sweep_stale_dirs() {
 
 /// A scratch directory that the `postgres` user can traverse (tests run as root in CI).
 pub fn scratch_dir(label: &str) -> PathBuf {
+    remove_scratch_when_done();
     let dir = scratch_root().join(format!("{label}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     for ancestor in [dir.as_path(), dir.parent().unwrap()] {
@@ -92,12 +93,22 @@ extern "C" fn remove_scratch_at_exit() {
     }
 }
 
+/// Registers [`remove_scratch_at_exit`] once, with the first scratch folder or the cluster,
+/// whichever a test process makes first (a run of tests that never start the cluster cleans up
+/// too).
+fn remove_scratch_when_done() {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a function that takes no arguments and never unwinds (it only ignores
+    // errors); it runs once, as the process exits.
+    REGISTERED.call_once(|| unsafe {
+        libc::atexit(remove_scratch_at_exit);
+    });
+}
+
 fn start_cluster() -> Cluster {
     {
         sweep_stale_dirs();
-        // SAFETY: registers a function that takes no arguments and never unwinds (it only
-        // ignores errors); it runs once, as the process exits.
-        unsafe { libc::atexit(remove_scratch_at_exit) };
+        remove_scratch_when_done();
         let server = EmbeddedPostgres::start(&EmbeddedOptions {
             dir: cluster_dir().join("pg"),
             durable: false,
