@@ -48,13 +48,19 @@ pub async fn destination_has_room(
     to: &str,
     caps: DestinationCaps,
 ) -> Result<bool, tokio_postgres::Error> {
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('mail-to:' || lower($1), 0))",
+            &[&to],
+        )
+        .await?;
+    // A statement of its own: its snapshot, taken once the lock is held, sees the mails that
+    // transactions which held it before us committed.
     let row = client
         .query_one(
-            "WITH locked AS (SELECT pg_advisory_xact_lock(hashtextextended('mail-to:' || lower($1), 0)))
-             SELECT (SELECT count(*) FROM mail_outbox, locked
-                     WHERE destination = lower($1) AND created > now() - interval '1 hour'),
-                    (SELECT count(*) FROM mail_outbox, locked
-                     WHERE destination = lower($1) AND created > now() - interval '1 day')",
+            "SELECT count(*) FILTER (WHERE created > now() - interval '1 hour'), count(*)
+             FROM mail_outbox
+             WHERE destination = lower($1) AND created > now() - interval '1 day'",
             &[&to],
         )
         .await?;

@@ -14,6 +14,9 @@ use super::{User, Users, Within};
 
 /// Longest provider name (a free string: `facebook`, `google`, `openudid`, or an app's own).
 const MAX_PROVIDER_CHARS: usize = 64;
+/// Provider links one user may have: every record that lists them (the console's user page,
+/// a login by provider) stays small however often a client adds one.
+const MAX_LINKS_PER_USER: i64 = 20;
 /// Longest provider client id and access token.
 const MAX_CLIENT_ID_CHARS: usize = 256;
 const MAX_TOKEN_CHARS: usize = 4096;
@@ -270,9 +273,14 @@ impl Users {
         let link_ref = &link;
         self.db
             .transaction(async |tx| {
-                let user_scope = store::user_scope_for_links(tx, scope, id)
+                let (user_scope, links) = store::user_scope_for_links(tx, scope, id)
                     .await?
                     .ok_or(UserError::NotFound)?;
+                if links >= MAX_LINKS_PER_USER {
+                    return Err(UserError::bad(format!(
+                        "A user can be linked to at most {MAX_LINKS_PER_USER} providers."
+                    )));
+                }
                 store::insert_link(tx, id, &user_scope, link_ref).await
             })
             .await?;

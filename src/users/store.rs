@@ -730,19 +730,29 @@ fn link_taken(e: tokio_postgres::Error) -> UserError {
 
 /// The scope of the user `user_id` names (in `scope`, or any), held against deletion until the
 /// transaction ends; `None` when there is no such user.
+/// The user's scope and how many links they have, the user locked until the transaction ends
+/// (so concurrent additions count one after the other, and the user cannot go meanwhile).
 pub async fn user_scope_for_links(
     client: &impl GenericClient,
     scope: Option<&str>,
     user_id: Uuid,
-) -> Result<Option<String>, UserError> {
+) -> Result<Option<(String, i64)>, UserError> {
     let stmt = client
         .prepare_cached(
             "SELECT scope FROM users WHERE user_id = $1 AND ($2::text IS NULL OR scope = $2) \
-             FOR SHARE",
+             FOR NO KEY UPDATE",
         )
         .await?;
-    let row = client.query_opt(&stmt, &[&user_id, &scope]).await?;
-    Ok(row.map(|row| row.get(0)))
+    let Some(row) = client.query_opt(&stmt, &[&user_id, &scope]).await? else {
+        return Ok(None);
+    };
+    // Counted by a statement of its own: its snapshot is taken once the lock is held, so it
+    // sees the links that concurrent additions committed before us.
+    let count = client
+        .prepare_cached("SELECT count(*) FROM user_auth_providers WHERE user_id = $1")
+        .await?;
+    let links: i64 = client.query_one(&count, &[&user_id]).await?.get(0);
+    Ok(Some((row.get(0), links)))
 }
 
 pub async fn insert_link(

@@ -884,3 +884,61 @@ async fn nul_is_refused_before_any_statement() {
         .get(0);
     assert_eq!(rows, 1, "nothing was written");
 }
+
+/// A client cannot grow one user's provider links without bound (every record that lists
+/// them would grow with it): at most 20, even added all at once; removing one makes room.
+#[tokio::test]
+async fn provider_links_per_user_are_bounded() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db, |_| {});
+    let id = create_user(&server, "default", "linked").await;
+    let adds: Vec<_> = (0..30)
+        .map(|i| {
+            let (addr, key, id) = (server.addr.clone(), server.key.clone(), id.clone());
+            tokio::spawn(async move {
+                coronium::wire::client::call(
+                    &addr,
+                    &key,
+                    "api.users",
+                    "addAuthProvider",
+                    "default",
+                    &json!({ "user_id": id, "provider": format!("p{i}"), "client_id": format!("c{i}") }),
+                )
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for add in adds {
+        let answer = add.await.unwrap();
+        if answer["result"]["status"] == 801 {
+            assert!(
+                answer["result"]["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("at most 20")
+            );
+            refused += 1;
+        } else {
+            assert!(answer["result"].get("status").is_none(), "{answer}");
+        }
+    }
+    assert_eq!(refused, 10);
+    let removed = server
+        .call(
+            "api.users",
+            "removeAuthProvider",
+            json!({ "user_id": id, "provider": "p0" }),
+        )
+        .await;
+    assert!(removed["result"]["user_id"].is_string(), "{removed}");
+    let again = server
+        .call(
+            "api.users",
+            "addAuthProvider",
+            json!({ "user_id": id, "provider": "again", "client_id": "c-again" }),
+        )
+        .await;
+    assert!(again["result"].get("status").is_none(), "{again}");
+}
