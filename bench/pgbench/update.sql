@@ -8,8 +8,18 @@ UPDATE users SET
   extra = (extra || jsonb_build_object('n', :v::int)) - '{}'::text[],
   password_hash = COALESCE(NULL::text, password_hash),
   active = COALESCE(NULL::boolean, active),
+  disabled = COALESCE(NOT NULL::boolean, disabled),
   updated = now()
 WHERE user_id = ('00000000-0000-4000-8000-' || lpad(to_hex(:n::int), 12, '0'))::uuid AND scope = 'default'
+  AND CASE
+    WHEN jsonb_build_object('n', :v::int) = '{}'::jsonb THEN true
+    WHEN octet_length(((extra || jsonb_build_object('n', :v::int)) - '{}'::text[])::text)
+         > GREATEST(65536::int8, octet_length(extra::text)) THEN false
+    WHEN octet_length(((extra || jsonb_build_object('n', :v::int)) - '{}'::text[])::text) < 8 * 1000::int8
+         THEN true
+    ELSE coronium_jsonb_keys((extra || jsonb_build_object('n', :v::int)) - '{}'::text[])
+         <= GREATEST(1000::int8, coronium_jsonb_keys(extra))
+  END
 RETURNING user_id, scope, username, email, "group", extra, active, confirmation,
           extract(epoch from created)::bigint, extract(epoch from updated)::bigint,
           extract(epoch from last_login)::bigint, login_count;

@@ -52,6 +52,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "mail fairness",
         include_str!("../../migrations/0011_mail_fairness.sql"),
     ),
+    (
+        12,
+        "extra key count",
+        include_str!("../../migrations/0012_extra_keys.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming "coronium schema migration" among advisory locks.

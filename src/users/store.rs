@@ -467,11 +467,17 @@ pub async fn update(
                  disabled = COALESCE(NOT $9, disabled),
                  updated = now()
                WHERE user_id = $1 AND ($2::text IS NULL OR scope = $2)
-                 AND ($6::jsonb = '{}'::jsonb OR (
-                   octet_length(((extra || $6::jsonb) - $7::text[])::text)
-                     <= GREATEST($10::int8, octet_length(extra::text))
-                   AND (SELECT count(*) FROM jsonb_object_keys((extra || $6::jsonb) - $7::text[]))
-                     <= GREATEST($11::int8, (SELECT count(*) FROM jsonb_object_keys(extra)))))
+                 AND CASE
+                   WHEN $6::jsonb = '{}'::jsonb THEN true
+                   WHEN octet_length(((extra || $6::jsonb) - $7::text[])::text)
+                        > GREATEST($10::int8, octet_length(extra::text)) THEN false
+                   -- Every key takes at least 8 bytes of the text (`"k": 1, `): a shorter
+                   -- text holds fewer keys than the bound, with no need to count them.
+                   WHEN octet_length(((extra || $6::jsonb) - $7::text[])::text) < 8 * $11::int8
+                        THEN true
+                   ELSE coronium_jsonb_keys((extra || $6::jsonb) - $7::text[])
+                        <= GREATEST($11::int8, coronium_jsonb_keys(extra))
+                 END
                RETURNING "#
         };
     }
