@@ -18,6 +18,7 @@ use tokio_postgres::types::Json;
 
 use crate::db::DbHandle;
 use crate::status::{ErrorAnswer, Status};
+use crate::users::input::has_nul;
 
 /// `[analytics]` in the configuration.
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -162,15 +163,6 @@ fn nul_in(name: &str) -> AnalyticsError {
     AnalyticsError::BadParameter(format!(
         "Parameter '{name}' must not contain a NUL character."
     ))
-}
-
-fn has_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(has_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
 }
 
 impl Record {

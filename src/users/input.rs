@@ -54,20 +54,23 @@ fn opt_str<'a>(params: &'a Params, key: &'static str) -> Result<Option<&'a str>,
 /// JSONB cannot hold it, so it is the caller's mistake (801), stopped before any statement fails
 /// on it (and logs the failure, in PostgreSQL's log and ours).
 pub fn refuse_nul(params: &Params) -> Result<(), UserError> {
-    fn has_nul(value: &Value) -> bool {
-        match value {
-            Value::String(s) => s.contains('\0'),
-            Value::Array(items) => items.iter().any(has_nul),
-            Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-            _ => false,
-        }
-    }
     match params
         .iter()
         .find(|(key, value)| key.contains('\0') || has_nul(value))
     {
         Some((key, _)) => Err(nul_in(key)),
         None => Ok(()),
+    }
+}
+
+/// Whether `value` holds NUL anywhere, in a key or a string, however deep (PostgreSQL's text and
+/// JSONB cannot store it).
+pub fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
 

@@ -215,26 +215,14 @@ async fn no_number_of_updates_grows_extra_past_its_bound() {
     let server = TestServer::start(&db, |_| {});
     let id = create_user(&server, "default", "hoarder").await;
     // 40 patches of ~10 KiB sent at once: only as many as fit in 64 KiB apply.
-    let updates: Vec<_> = (0..40)
-        .map(|i| {
-            let (addr, key, id) = (server.addr.clone(), server.key.clone(), id.clone());
-            tokio::spawn(async move {
-                coronium::wire::client::call(
-                    &addr,
-                    &key,
-                    "api.users",
-                    "update",
-                    "default",
-                    &json!({ "user_id": id, "update": { "extra": extra_keys(&format!("p{i}_"), 10, 1000) } }),
-                )
-                .await
-                .unwrap()
-            })
-        })
+    let patches = (0..40)
+        .map(|i| json!({ "user_id": id, "update": { "extra": extra_keys(&format!("p{i}_"), 10, 1000) } }))
         .collect();
+    let updates = server
+        .call_all("default", "api.users", "update", patches)
+        .await;
     let mut applied = 0;
-    for update in updates {
-        let answer = update.await.unwrap();
+    for answer in updates {
         if answer["result"]["user_id"].is_string() {
             applied += 1;
         } else {
@@ -429,16 +417,13 @@ fn metric(page: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Writes a signed `api.users create` on a fresh connection, then resets it (RST) without
-/// reading the answer: a client that is gone before its password is hashed.
-async fn abandoned_sign_up(addr: &str, key: &str, i: usize) {
-    use tokio::io::AsyncWriteExt as _;
-    let body =
-        json!({ "username": format!("gone{i}"), "password": md5_hex("pw-123456") }).to_string();
+/// A signed `api.users` call as raw HTTP/1.1 bytes, for clients that misbehave after sending.
+fn raw_users_call(addr: &str, key: &str, action: &str, params: &serde_json::Value) -> String {
+    let body = params.to_string();
     let headers = coronium::wire::client::signed_headers(
         key,
         "api.users",
-        "create",
+        action,
         "default",
         coronium::wire::client::unix_now(),
     );
@@ -451,12 +436,24 @@ async fn abandoned_sign_up(addr: &str, key: &str, i: usize) {
     }
     request.push_str("\r\n");
     request.push_str(&body);
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+    request
+}
+
+/// Opens a connection and writes `request` on it; the connection, left unread.
+async fn send_raw(addr: &str, request: &str) -> Option<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream.write_all(request.as_bytes()).await.ok()?;
+    Some(stream)
+}
+
+/// Writes a signed `api.users create` on a fresh connection, then resets it (RST) without
+/// reading the answer: a client that is gone before its password is hashed.
+async fn abandoned_sign_up(addr: &str, key: &str, i: usize) {
+    let params = json!({ "username": format!("gone{i}"), "password": md5_hex("pw-123456") });
+    let Some(stream) = send_raw(addr, &raw_users_call(addr, key, "create", &params)).await else {
         return;
     };
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return;
-    }
     // Long enough for the server to read the request and queue its hash.
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     // A zero linger makes the close a reset; it never blocks (the reason for the deprecation).
@@ -729,27 +726,8 @@ async fn metric_labels_stay_bounded_however_many_actions() {
 /// Writes a signed `api.users get` of `user_id` on a fresh connection and keeps the connection
 /// open without reading the answer (a client that lets the server's buffers fill).
 async fn unread_get(addr: &str, key: &str, user_id: &str) -> Option<tokio::net::TcpStream> {
-    use tokio::io::AsyncWriteExt as _;
-    let body = json!({ "user_id": user_id }).to_string();
-    let headers = coronium::wire::client::signed_headers(
-        key,
-        "api.users",
-        "get",
-        "default",
-        coronium::wire::client::unix_now(),
-    );
-    let mut request = format!(
-        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(&body);
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream.write_all(request.as_bytes()).await.ok()?;
-    Some(stream)
+    let params = json!({ "user_id": user_id });
+    send_raw(addr, &raw_users_call(addr, key, "get", &params)).await
 }
 
 /// The probe's memory attack on today's bound: the largest record a client can build (its
@@ -892,26 +870,16 @@ async fn provider_links_per_user_are_bounded() {
     let db = TestDb::new().await;
     let server = TestServer::start(&db, |_| {});
     let id = create_user(&server, "default", "linked").await;
-    let adds: Vec<_> = (0..30)
-        .map(|i| {
-            let (addr, key, id) = (server.addr.clone(), server.key.clone(), id.clone());
-            tokio::spawn(async move {
-                coronium::wire::client::call(
-                    &addr,
-                    &key,
-                    "api.users",
-                    "addAuthProvider",
-                    "default",
-                    &json!({ "user_id": id, "provider": format!("p{i}"), "client_id": format!("c{i}") }),
-                )
-                .await
-                .unwrap()
-            })
-        })
+    let links = (0..30)
+        .map(
+            |i| json!({ "user_id": id, "provider": format!("p{i}"), "client_id": format!("c{i}") }),
+        )
         .collect();
+    let adds = server
+        .call_all("default", "api.users", "addAuthProvider", links)
+        .await;
     let mut refused = 0;
-    for add in adds {
-        let answer = add.await.unwrap();
+    for answer in adds {
         if answer["result"]["status"] == 801 {
             assert!(
                 answer["result"]["error"]

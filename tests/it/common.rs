@@ -526,6 +526,35 @@ impl TestServer {
         self.call_in("default", project, action, params).await
     }
 
+    /// The same call with each of `params`, all sent at once (each on a connection of its own);
+    /// the answers, in the order of `params`.
+    pub async fn call_all(
+        &self,
+        scope: &str,
+        project: &str,
+        action: &str,
+        params: Vec<serde_json::Value>,
+    ) -> Vec<serde_json::Value> {
+        let calls: Vec<_> = params
+            .into_iter()
+            .map(|params| {
+                let (addr, key) = (self.addr.clone(), self.key.clone());
+                let (scope, project, action) =
+                    (scope.to_owned(), project.to_owned(), action.to_owned());
+                tokio::spawn(async move {
+                    coronium::wire::client::call(&addr, &key, &project, &action, &scope, &params)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for call in calls {
+            answers.push(call.await.unwrap());
+        }
+        answers
+    }
+
     /// A raw POST: any headers, any body.
     pub async fn post(&self, headers: &[(&str, String)], body: &[u8]) -> (u16, serde_json::Value) {
         coronium::wire::client::post(&self.addr, headers, body.to_vec())

@@ -502,6 +502,17 @@ end
 return api
 "#;
 
+/// A server for the `Account` project ([`RESET_PROJECT`]) that mails through `sink`, with
+/// `extra` settings.
+fn account_server(db: &TestDb, sink: &SmtpSink, extra: &[(&str, &str)]) -> TestServer {
+    let root = scratch_dir("projects");
+    write_project(&root, "Account", &[("main.lua", RESET_PROJECT)]);
+    let env = smtp_env(sink);
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.extend_from_slice(extra);
+    serve_projects(db, &root, "2", &env)
+}
+
 /// POSTs a form to the reset page; the status and the page.
 async fn post_form(addr: &str, fields: &[(&str, &str)]) -> (u16, String) {
     use http_body_util::BodyExt as _;
@@ -536,11 +547,7 @@ async fn post_form(addr: &str, fields: &[(&str, &str)]) -> (u16, String) {
 async fn a_reset_mail_sets_a_new_password() {
     let db = TestDb::new().await;
     let sink = SmtpSink::start(Mode::Accept);
-    let root = scratch_dir("projects");
-    write_project(&root, "Account", &[("main.lua", RESET_PROJECT)]);
-    let env = smtp_env(&sink);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let server = serve_projects(&db, &root, "2", &env);
+    let server = account_server(&db, &sink, &[]);
     let created = server
         .call(
             "api.users",
@@ -698,11 +705,7 @@ async fn a_reset_mail_sets_a_new_password() {
 async fn resend_and_send_confirmation_link() {
     let db = TestDb::new().await;
     let sink = SmtpSink::start(Mode::Accept);
-    let root = scratch_dir("projects");
-    write_project(&root, "Account", &[("main.lua", RESET_PROJECT)]);
-    let env = smtp_env(&sink);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let server = serve_projects(&db, &root, "2", &env);
+    let server = account_server(&db, &sink, &[]);
     let created = create_pending(&server, "again", confirmation("First subject")).await;
     let user_id = created["result"]["user_id"].as_str().unwrap().to_owned();
     let first = link_path(&parse(&sink.wait_for(1).await[0]).text, "_confirmation");
@@ -1763,11 +1766,7 @@ async fn stopping_does_not_wait_for_a_hung_mail_server() {
 async fn links_are_bound_to_their_address_and_disabling_holds() {
     let db = TestDb::new().await;
     let sink = SmtpSink::start(Mode::Accept);
-    let root = scratch_dir("projects");
-    write_project(&root, "Account", &[("main.lua", RESET_PROJECT)]);
-    let env = smtp_env(&sink);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let server = serve_projects(&db, &root, "2", &env);
+    let server = account_server(&db, &sink, &[]);
 
     // The attacker's own address, then the victim's.
     let created = create_pending(&server, "mallory", confirmation("Confirm")).await;
@@ -1856,16 +1855,12 @@ async fn links_are_bound_to_their_address_and_disabling_holds() {
 async fn no_flood_of_sign_ups_fills_one_inbox() {
     let db = TestDb::new().await;
     let sink = SmtpSink::start(Mode::Accept);
-    let root = scratch_dir("projects");
-    write_project(&root, "Account", &[("main.lua", RESET_PROJECT)]);
-    let mut env = smtp_env(&sink);
-    env.push((
-        "CORONIUM_USERS_SIGN_UPS_PER_ADDRESS_PER_MINUTE".into(),
-        "0".into(),
-    ));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let server = serve_projects(&db, &root, "2", &env);
-    // All at once: the cap holds for sign-ups that race each other too.
+    let server = account_server(
+        &db,
+        &sink,
+        &[("CORONIUM_USERS_SIGN_UPS_PER_ADDRESS_PER_MINUTE", "0")],
+    );
+    // One in each of 100 scopes, all at once: the cap holds for sign-ups that race each other.
     let sign_ups: Vec<_> = (0..100)
         .map(|i| {
             let (addr, key) = (server.addr.clone(), server.key.clone());
@@ -1931,11 +1926,7 @@ async fn no_flood_of_sign_ups_fills_one_inbox() {
 async fn an_honest_reset_overtakes_a_confirmation_flood() {
     let db = TestDb::new().await;
     let sink = SmtpSink::start(Mode::Accept);
-    let root = scratch_dir("projects");
-    write_project(&root, "Account", &[("main.lua", RESET_PROJECT)]);
-    let env = smtp_env(&sink);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let server = serve_projects(&db, &root, "2", &env);
+    let server = account_server(&db, &sink, &[]);
     let created = server
         .call(
             "api.users",
