@@ -497,11 +497,12 @@ async fn an_ipv6_allocation_is_counted_as_one_network() {
             held_back += usize::from(is_throttled(&answer));
         }
     }
-    // 5 per /64 and 20 per /48: the /48's limit, not 30 /64s' worth (and past it, a few more
-    // as the growing waits end, on a slow machine).
+    // 5 per /64 and 20 per /48: about the /48's limit, not 30 /64s' worth (150); past the limit
+    // one more gets through each time a growing wait ends (1 s, 2 s, 4 s...), a few on a slow
+    // machine.
     let let_through = attempts - held_back;
     assert!(
-        (20..=24).contains(&let_through),
+        (20..40).contains(&let_through),
         "{held_back} of {attempts} held back"
     );
 }
