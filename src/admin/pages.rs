@@ -385,7 +385,10 @@ impl Console {
     fn message(&self, status: u16, title: &str, text: &str) -> ConsoleResponse {
         let body = self
             .views
-            .render("message.html", &json!({ "title": title, "text": text }))
+            .render(
+                "message.html",
+                &json!({ "base": BASE, "title": title, "text": text }),
+            )
             .unwrap_or_else(|_| text.to_owned());
         ConsoleResponse::html(status, body)
     }
@@ -480,7 +483,7 @@ impl Console {
         let token = random_token();
         let body = self.views.render(
             "login.html",
-            &json!({ "login_csrf": token, "error": error }),
+            &json!({ "base": BASE, "login_csrf": token, "error": error }),
         )?;
         Ok(ConsoleResponse::html(status, body).with_cookie(cookie(
             LOGIN_COOKIE,

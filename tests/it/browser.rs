@@ -540,6 +540,34 @@ async fn the_console_pages_over_a_month_of_history() {
         .await
         .unwrap();
     let chrome = Chrome::start(&server).await;
+    // The sign-in page, the first thing an operator sees, has the console's stylesheet too.
+    chrome.open("/login").await;
+    let styled = |chrome: &Chrome| {
+        let client = chrome.client().clone();
+        async move {
+            client
+                .execute(
+                    "const s = document.styleSheets[0];
+                     return s && s.href.endsWith('/_coronium/admin/assets/console.css')
+                         ? s.cssRules.length : 0;",
+                    vec![],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let rules = styled(&chrome).await;
+    assert!(
+        rules.as_u64().unwrap_or(0) > 10,
+        "the sign-in page's stylesheet: {rules}"
+    );
+    chrome.screenshot("console-sign-in").await;
+    chrome.open("/no-such-page").await;
+    let rules = styled(&chrome).await;
+    assert!(
+        rules.as_u64().unwrap_or(0) > 10,
+        "a Not found page's stylesheet: {rules}"
+    );
     chrome.sign_in().await;
 
     chrome.open("/?scope=arena").await;
