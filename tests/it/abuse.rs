@@ -685,6 +685,17 @@ async fn made_up_scopes_do_not_hide_real_ones() {
         .get("/_coronium/admin/scopes?find=nothing-like-it")
         .await;
     assert!(none.body.contains("No scope begins with that."));
+    // The chosen scope stays chosen across every page, the Audit page included.
+    let audit = browser.get("/_coronium/admin/audit?scope=arena").await;
+    assert!(
+        audit.body.contains(r#"<option value="arena" selected>"#),
+        "{}",
+        audit.body
+    );
+    assert!(audit.body.contains("audit?scope=arena"), "{}", audit.body);
+    assert!(audit.body.contains("users?scope=arena"));
+    let dashboard = browser.get("/_coronium/admin/?scope=arena").await;
+    assert!(dashboard.body.contains("audit?scope=arena"));
 }
 
 /// A project with thousands of actions cannot grow `/metrics` without bound: each project's
