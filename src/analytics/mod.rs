@@ -61,8 +61,7 @@ pub enum AnalyticsError {
 
 /// PostgreSQL's own words when it said something (`tokio_postgres` shows only "db error").
 fn describe(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map_or_else(|| e.to_string(), |db| db.to_string())
+    crate::db::words(e)
 }
 
 impl crate::db::StatementError for AnalyticsError {

@@ -28,16 +28,38 @@ const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("DATABASE_URL is not a valid PostgreSQL connection string: {0}")]
+    #[error(
+        "DATABASE_URL is not a valid PostgreSQL connection string ({}); it looks like \
+         postgres://USER:PASSWORD@HOST:5432/DATABASE or host=HOST user=USER dbname=DATABASE",
+        words(.0)
+    )]
     BadUrl(#[source] tokio_postgres::Error),
     #[error(transparent)]
     Embedded(#[from] embedded::EmbeddedError),
-    #[error("cannot connect to PostgreSQL: {0}")]
+    #[error("cannot connect to PostgreSQL: {}", words(.0))]
     Connect(#[source] tokio_postgres::Error),
-    #[error("applying migrations failed: {0}")]
+    #[error("applying migrations failed: {}", words(.0))]
     Migrate(#[source] tokio_postgres::Error),
     #[error("database pool: {0}")]
     Pool(String),
+}
+
+/// What went wrong, in PostgreSQL's own words when it said something (`tokio_postgres` itself
+/// shows only "db error" or "error connecting to server"), else with the cause underneath (the
+/// refused connection, the unknown host).
+pub fn words(e: &tokio_postgres::Error) -> String {
+    use std::error::Error as _;
+    if let Some(db) = e.as_db_error() {
+        return db.to_string();
+    }
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 /// Where the database is.

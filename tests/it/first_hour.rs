@@ -247,3 +247,33 @@ async fn a_new_project_is_checked_served_and_tested_as_the_readme_says() {
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("hello asked by you"), "{log}");
 }
+
+/// A database that cannot be used says why in PostgreSQL's own words, in `serve` and in the
+/// maintenance commands alike (it said only "db error" before), and a malformed URL shows what
+/// one looks like.
+#[tokio::test]
+async fn database_errors_say_why() {
+    let db = TestDb::new().await;
+    let missing = db.url().replace(&db.name, "no_such_database");
+    for args in [
+        &["users", "list", "--scope", "default"][..],
+        &["serve", "--port", "0"][..],
+    ] {
+        let (text, ok) = output(coronium(Some(&db)).env("DATABASE_URL", &missing).args(args));
+        assert!(!ok, "{args:?}: {text}");
+        assert!(
+            text.contains(r#"database "no_such_database" does not exist"#),
+            "{args:?}: {text}"
+        );
+    }
+    let (text, ok) = output(
+        coronium(Some(&db))
+            .env("DATABASE_URL", "postgres://u:p@localhost:notaport/x")
+            .args(["users", "list", "--scope", "default"]),
+    );
+    assert!(!ok);
+    assert!(
+        text.contains("postgres://USER:PASSWORD@HOST:5432/DATABASE"),
+        "{text}"
+    );
+}
