@@ -179,8 +179,13 @@ pub enum UsersCommand {
     Disable { user_id: String },
     /// Make a user active again.
     Enable { user_id: String },
-    /// Delete a user, their OAuth links and unsent mail.
-    Delete { user_id: String },
+    /// Delete a user, their OAuth links and unsent mail (asks first; `--yes` does not).
+    Delete {
+        user_id: String,
+        /// Delete without asking.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -774,8 +779,30 @@ async fn run_users_command(
                 if user.active { "active" } else { "inactive" }
             );
         }
-        UsersCommand::Delete { user_id: id } => {
+        UsersCommand::Delete { user_id: id, yes } => {
             let id = user_id(&id)?;
+            if !yes {
+                let user = services
+                    .users
+                    .get(crate::users::Within::AnyScope, Some(id))
+                    .await
+                    .map_err(user_error)?;
+                eprint!(
+                    "Delete {} (scope {}{})? This cannot be undone. [y/N] ",
+                    user.username,
+                    user.scope,
+                    user.email
+                        .as_deref()
+                        .map(|e| format!(", {e}"))
+                        .unwrap_or_default()
+                );
+                let mut answer = String::new();
+                let _ = std::io::stdin().read_line(&mut answer);
+                if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+                    eprintln!("not deleted (--yes deletes without asking)");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
             console.delete_user_from_cli(id).await.map_err(user_error)?;
             println!("deleted");
         }

@@ -737,7 +737,24 @@ async fn the_users_commands_list_show_disable_and_delete() {
     let login = log_in(&server, "cli", "carol").await;
     assert_eq!(login["result"]["active"], false);
     assert!(run(&["users", "enable", &id]).status.success());
-    assert!(run(&["users", "delete", &id]).status.success());
+    // Asked first: no answer (stdin closed) deletes nothing; `y` or `--yes` does.
+    let unanswered = run(&["users", "delete", &id]);
+    assert!(!unanswered.status.success());
+    assert!(String::from_utf8_lossy(&unanswered.stderr).contains("Delete carol (scope cli"));
+    let kept = server
+        .call_in("cli", "api.users", "get", json!({ "user_id": id }))
+        .await;
+    assert_eq!(kept["result"]["username"], "carol", "{kept}");
+    let mut answered = coronium(Some(&db))
+        .args(["users", "delete", &id])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    answered.stdin.take().unwrap().write_all(b"n\n").unwrap();
+    assert!(!answered.wait_with_output().unwrap().status.success());
+    assert!(run(&["users", "delete", &id, "--yes"]).status.success());
     let gone = server
         .call_in("cli", "api.users", "get", json!({ "user_id": id }))
         .await;
