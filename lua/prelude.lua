@@ -92,7 +92,8 @@ end
 -- host and passed in as `modules`), get what they share with the prelude through `kernel`.
 local kernel = { deliver = deliver, wait = wait, scope = scope, client = client, NULL = NULL, STATUS = STATUS,
   freeze = native.freeze, is_from_client = is_from_client,
-  project = function() local ctx = context() return ctx and ctx.project end }
+  project = function() local ctx = context() return ctx and ctx.project end,
+  action = function() local ctx = context() return ctx and ctx.action end }
 core.users = modules.users(native.users, kernel)
 
 ------------------------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ function print(...)
   for i = 1, n do
     parts[i] = tostring((select(i, ...)))
   end
-  UTIL.write(table.concat(parts, "\t"))
+  UTIL.write(table.concat(parts, "\t"), kernel.project(), kernel.action())
 end
 
 ------------------------------------------------------------------------------------------------
@@ -299,7 +300,8 @@ local host = {}
 
 function host.request(api, method, input, in_scope, project, from)
   -- `globals` is made on the request's first global write; most requests write none.
-  contexts[coroutine.running()] = { scope = in_scope, project = project, client = from }
+  contexts[coroutine.running()] = { scope = in_scope, project = project, client = from,
+    action = method }
   if type(input) == "table" then
     from_client[input] = true
   end

@@ -6,7 +6,12 @@ local UTIL, kernel, TEXT = ...
 local wait = kernel.wait
 local native_trim, native_split = TEXT.trim, TEXT.split
 
-local util = { uuid = UTIL.uuid, md5 = UTIL.md5, log = UTIL.log }
+local util = { uuid = UTIL.uuid, md5 = UTIL.md5 }
+
+-- A log line names the project and action whose request wrote it.
+function util.log(...)
+  UTIL.log(kernel.project(), kernel.action(), ...)
+end
 
 function util.sleep(seconds)
   UTIL.sleep(seconds)

@@ -628,6 +628,18 @@ async fn no_client_value_forges_a_log_line() {
             }
         }
         assert!(log.matches("FORGED").count() >= 3 * 3, "{log}");
+        // Printed and logged lines name the project and action whose request wrote them.
+        let printed: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" lua: ") || l.contains(r#""target":"lua""#))
+            .collect();
+        assert_eq!(printed.len(), 2, "{log}");
+        for line in printed {
+            assert!(
+                line.contains("Printer") && line.contains("say"),
+                "{format}: {line}"
+            );
+        }
     }
 }
 

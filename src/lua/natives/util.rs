@@ -33,32 +33,36 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
     )?;
     native.set(
         "log",
-        lua.create_function(|_, args: Variadic<Value>| {
-            let line = args
-                .iter()
-                .map(|v| v.to_string().unwrap_or_else(|_| v.type_name().to_owned()))
-                .collect::<Vec<_>>()
-                .join(" ");
-            tracing::info!(target: "lua", "{}", log_line(&line));
-            Ok(())
-        })?,
+        lua.create_function(
+            |_, (project, action, args): (Option<String>, Option<String>, Variadic<Value>)| {
+                let line = args
+                    .iter()
+                    .map(|v| v.to_string().unwrap_or_else(|_| v.type_name().to_owned()))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                log_from(project.as_deref(), action.as_deref(), &line);
+                Ok(())
+            },
+        )?,
     )?;
     let output = host.output;
     native.set(
         "write",
-        lua.create_function(move |_, line: mlua::LuaString| {
-            let line = line.to_string_lossy();
-            match output {
-                Output::Stdout => {
-                    use std::io::Write as _;
-                    let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "{line}");
-                    let _ = out.flush();
+        lua.create_function(
+            move |_, (line, project, action): (mlua::LuaString, Option<String>, Option<String>)| {
+                let line = line.to_string_lossy();
+                match output {
+                    Output::Stdout => {
+                        use std::io::Write as _;
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "{line}");
+                        let _ = out.flush();
+                    }
+                    Output::Log => log_from(project.as_deref(), action.as_deref(), &line),
                 }
-                Output::Log => tracing::info!(target: "lua", "{}", log_line(&line)),
-            }
-            Ok(())
-        })?,
+                Ok(())
+            },
+        )?,
     )?;
     // Read-only in place (Luau's `table.freeze` refuses tables with a protected metatable).
     Ok(native)
@@ -69,6 +73,18 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
 const MAX_LOG_LINE: usize = 64 * 1024;
 
 /// `line`, cut at [`MAX_LOG_LINE`] bytes (on a character boundary) with a note of the rest.
+/// A script's line in the log, naming the project and action whose request wrote it (none: a
+/// script or a project loading).
+fn log_from(project: Option<&str>, action: Option<&str>, line: &str) {
+    match (project, action) {
+        (Some(project), Some(action)) => {
+            tracing::info!(target: "lua", project, action, "{}", log_line(line));
+        }
+        (Some(project), None) => tracing::info!(target: "lua", project, "{}", log_line(line)),
+        _ => tracing::info!(target: "lua", "{}", log_line(line)),
+    }
+}
+
 fn log_line(line: &str) -> std::borrow::Cow<'_, str> {
     if line.len() <= MAX_LOG_LINE {
         return line.into();
