@@ -504,6 +504,24 @@ impl TestServer {
             .unwrap()
     }
 
+    /// The CPU time the server process has used so far (user and system): unlike wall time, a
+    /// busy machine does not stretch it.
+    pub fn cpu_time(&self) -> std::time::Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child().id())).unwrap();
+        // The fields after the command's closing parenthesis; utime and stime are the 12th
+        // and 13th of them (the 14th and 15th of the line), in clock ticks.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf reads a constant of the system; it has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        std::time::Duration::from_millis(ticks * 1000 / per_second)
+    }
+
     /// A signed call in `scope`; the whole answer.
     pub async fn call_in(
         &self,

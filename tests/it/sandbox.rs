@@ -467,6 +467,7 @@ async fn the_cpu_budget_holds_inside_library_functions() {
     let mut report = Vec::new();
     for &name in ATTACKS {
         let started = Instant::now();
+        let cpu_before = server.cpu_time();
         let attack = async {
             let answer = server.call("Hog", "attack", json!({"name": name})).await;
             (answer, started.elapsed())
@@ -483,13 +484,19 @@ async fn the_cpu_budget_holds_inside_library_functions() {
         if answer != json!({"result": "finished"}) {
             assert_eq!(status, &json!(810), "{name}: {answer}");
         }
-        report.push(format!("{name}: {took:?} (bystander {waited:?}) {answer}"));
+        let cpu = server.cpu_time().saturating_sub(cpu_before);
+        report.push(format!(
+            "{name}: {took:?}, {cpu:?} of CPU (bystander {waited:?}) {answer}"
+        ));
+        // CPU time, which a loaded machine does not stretch: the attack and the bystander's
+        // call together used about the budget, not the seconds the attack would run without it.
         assert!(
-            took < budget + Duration::from_secs(1),
-            "{name} ran {took:?}: {answer}"
+            cpu < budget + Duration::from_millis(600),
+            "{name} used {cpu:?} of CPU (in {took:?}): {answer}"
         );
+        // Wall time, with room for a busy machine: the worker was not held.
         assert!(
-            waited < Duration::from_secs(2),
+            waited < Duration::from_secs(5),
             "{name}: the bystander waited {waited:?}"
         );
     }
