@@ -525,16 +525,18 @@ function api.alloc()
   return #t + #string.rep("x", 4e6)
 end
 function api.hoard() hoard[#hoard + 1] = string.rep("x", 1e6) .. #hoard return #hoard end
+local NOT_ENOUGH = "not enough memory"
 function api.catch()
-  -- The answer is made before memory runs out: the caught garbage is not collected yet, so
-  -- the state may have no room for even a small table right after the pcall.
+  -- The answer is made before memory runs out, and read without allocating after it: the
+  -- caught garbage is not collected yet, so the state may have no room for even a small table
+  -- (or a library call's arguments) right after the pcall.
   local answer = { ok = true, memory = false }
   local ok, err = pcall(function()
     local t = {}
     for i = 1, 1e9 do t[i] = string.rep("x", 1024) .. i end
   end)
   answer.ok = ok
-  answer.memory = type(err) == "string" and err:find("memory", 1, true) ~= nil
+  answer.memory = err == NOT_ENOUGH
   return answer
 end
 function api.ping() return "pong" end
