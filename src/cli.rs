@@ -91,9 +91,14 @@ pub enum Command {
         /// Parameters as a JSON object (default `{}`).
         #[arg(default_value = "{}")]
         params: String,
-        /// The server's address (default 127.0.0.1:<configured port>).
+        /// The server's address: HOST:PORT, or https://HOST:PORT for a server with TLS
+        /// (default 127.0.0.1:<configured port>).
         #[arg(long, value_name = "HOST:PORT")]
         addr: Option<String>,
+        /// A PEM CA certificate to trust besides the public roots (a private or self-signed
+        /// server certificate), for an https:// address.
+        #[arg(long, value_name = "PATH")]
+        ca_file: Option<PathBuf>,
         /// The scope to act in (X-Scope).
         #[arg(long, default_value = "default")]
         scope: String,
@@ -299,10 +304,15 @@ pub fn execute(cli: Cli) -> Result<ExitCode, CliError> {
             action,
             params,
             addr,
+            ca_file,
             scope,
         } => {
             let addr = addr.unwrap_or_else(|| format!("127.0.0.1:{}", config.server.port));
-            runtime.block_on(call(&config, &addr, &project, &action, &params, &scope))
+            let call_to = CallTo {
+                addr: &addr,
+                ca_file: ca_file.as_deref(),
+            };
+            runtime.block_on(call(&config, call_to, &project, &action, &params, &scope))
         }
     }
 }
@@ -393,22 +403,48 @@ async fn hash_time(config: &Config, samples: usize) -> Result<ExitCode, CliError
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where `coronium call` sends.
+struct CallTo<'a> {
+    addr: &'a str,
+    ca_file: Option<&'a Path>,
+}
+
 /// `coronium call`: exits 0 on a result, 1 on an error answer.
 async fn call(
     config: &Config,
-    addr: &str,
+    to: CallTo<'_>,
     project: &str,
     action: &str,
     params: &str,
     scope: &str,
 ) -> Result<ExitCode, CliError> {
+    let addr = to.addr;
     let params: serde_json::Value = serde_json::from_str(params)
         .map_err(|e| CliError::Setup(format!("the parameters are not JSON: {e}")))?;
     let (key, key_source) = signing_key(config)?;
-    let answer =
-        crate::wire::client::call(addr, key.expose_secret(), project, action, scope, &params)
-            .await
-            .map_err(|e| CliError::Setup(format!("cannot call {addr}: {e}")))?;
+    let target = crate::wire::client::Target::parse(addr, to.ca_file)
+        .map_err(|e| CliError::Setup(e.to_string()))?;
+    let answer = crate::wire::client::call_to(
+        &target,
+        key.expose_secret(),
+        project,
+        action,
+        scope,
+        &params,
+    )
+    .await
+    .map_err(|e| {
+        let mut message = format!("cannot call {addr}: {e}");
+        if e.to_string().contains("invalid HTTP version") {
+            // A TLS server answers a plain request with a TLS alert, which is no HTTP.
+            message.push_str(&format!(
+                " (the server speaks HTTPS: use --addr https://{}, and --ca-file \
+                         for a private or self-signed certificate)",
+                addr.trim_start_matches("http://")
+            ));
+        }
+        CliError::Setup(message)
+    })?;
     println!(
         "{}",
         serde_json::to_string_pretty(&answer).unwrap_or_else(|_| answer.to_string())

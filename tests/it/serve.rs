@@ -960,3 +960,54 @@ async fn every_users_action_checks_the_scope() {
         );
     }
 }
+
+/// `coronium call` reaches a server with TLS at `--addr https://...`, trusting a private CA
+/// with `--ca-file`; without it the certificate is refused, and a plain-HTTP call to a TLS
+/// server says what to do instead of "invalid HTTP version".
+#[tokio::test]
+async fn call_speaks_tls_with_a_private_ca() {
+    let db = TestDb::new().await;
+    let dir = crate::common::scratch_dir("tls-call");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let server = TestServer::start(&db, |cmd| {
+        cmd.env("CORONIUM_TLS_CERT", &cert)
+            .env("CORONIUM_TLS_KEY", &key);
+    });
+    let port = server.addr.rsplit_once(':').unwrap().1.to_owned();
+    let call = |args: &[&str]| {
+        let out = crate::common::coronium(Some(&db))
+            .env("CORONIUM_SERVER_KEY", crate::common::TEST_SERVER_KEY)
+            .arg("call")
+            .args(args)
+            .args(["api.users", "get", r#"{"user_id":"nope"}"#])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (text, out.status.code())
+    };
+    let https = format!("https://localhost:{port}");
+    let ca = cert.to_str().unwrap();
+    let (text, code) = call(&["--addr", &https, "--ca-file", ca]);
+    assert!(text.contains("User not found."), "{text}");
+    assert_eq!(code, Some(1), "an error answer: {text}");
+    let (text, _) = call(&["--addr", &https]);
+    assert!(
+        text.contains("certificate"),
+        "an unknown issuer is refused: {text}"
+    );
+    assert!(!text.contains("User not found."));
+    let (text, _) = call(&["--addr", &format!("127.0.0.1:{port}")]);
+    assert!(
+        text.contains("the server speaks HTTPS: use --addr https://127.0.0.1:"),
+        "{text}"
+    );
+    let (text, _) = call(&["--addr", &format!("ftp://localhost:{port}")]);
+    assert!(text.contains("https://HOST:PORT"), "{text}");
+}
