@@ -75,10 +75,16 @@ pub struct LoggedError {
 impl LoggedError {
     fn new(text: &str) -> Self {
         let first_line = text.lines().next().unwrap_or_default();
+        let location = location(first_line);
+        // The location is shown beside the message: not twice.
+        let message = match &location {
+            Some(at) => first_line.replacen(&format!("{at}: "), "", 1),
+            None => first_line.to_owned(),
+        };
         LoggedError {
             at: unix_now(),
-            message: first_line.chars().take(MESSAGE_CHARS).collect(),
-            location: location(first_line),
+            message: message.chars().take(MESSAGE_CHARS).collect(),
+            location,
         }
     }
 }
@@ -350,5 +356,11 @@ mod tests {
         assert_eq!(errors.len(), HANDLER_ERRORS_KEPT);
         assert_eq!(errors[0].action, format!("a{}", HANDLER_ERRORS_KEPT + 4));
         assert_eq!(errors[0].error.location.as_deref(), Some("Demo/main.lua:2"));
+        assert_eq!(
+            errors[0].error.message, "boom",
+            "the location is not said twice"
+        );
+        let failed = LoggedError::new("project 'Demo' failed to load: Demo/lib/util.lua:3: boom");
+        assert_eq!(failed.message, "project 'Demo' failed to load: boom");
     }
 }
