@@ -57,7 +57,7 @@ pub struct App {
     permissions: Arc<Permissions>,
     vitals: Arc<Vitals>,
     /// Sign-ups per client address, one budget for every worker.
-    sign_ups: Arc<crate::rate::PerMinute<String>>,
+    sign_ups: Arc<crate::rate::PerMinute>,
 }
 
 impl App {

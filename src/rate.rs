@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 const COUNTERS: usize = 16 * 1024;
 const WINDOW: Duration = Duration::from_secs(60);
 
-pub struct PerMinute<K> {
+/// One budget; its keys are whatever its callers hash (an address, a project, a pair), borrowed,
+/// so counting allocates nothing.
+pub struct PerMinute {
     /// 0: no limit.
     limit: u32,
     seeds: [RandomState; 2],
     state: Mutex<Window>,
-    _keys: std::marker::PhantomData<fn(K)>,
 }
 
 struct Window {
@@ -30,7 +31,7 @@ struct Window {
     rows: Box<[[u32; COUNTERS]; 2]>,
 }
 
-impl<K: Hash> PerMinute<K> {
+impl PerMinute {
     pub fn new(limit: u32) -> Self {
         PerMinute {
             limit,
@@ -39,13 +40,12 @@ impl<K: Hash> PerMinute<K> {
                 started: Instant::now(),
                 rows: Box::new([[0; COUNTERS]; 2]),
             }),
-            _keys: std::marker::PhantomData,
         }
     }
 
     /// Counts one event for `key`; whether it is within the key's budget. A refused event is
     /// not counted, so a key that keeps trying adds nothing to its neighbours' counters.
-    pub fn allow(&self, key: K) -> bool {
+    pub fn allow(&self, key: impl Hash) -> bool {
         if self.limit == 0 {
             return true;
         }

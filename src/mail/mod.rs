@@ -94,9 +94,9 @@ struct MailerInner {
     /// Who a client's mail may name as its sender.
     client_senders: ClientSenders,
     /// `core.email` messages per project per minute.
-    project_rate: crate::rate::PerMinute<String>,
+    project_rate: crate::rate::PerMinute,
     /// `core.email` messages per project and client address per minute.
-    client_rate: crate::rate::PerMinute<(String, String)>,
+    client_rate: crate::rate::PerMinute,
     destination_caps: outbox::DestinationCaps,
 }
 
@@ -126,14 +126,11 @@ impl Mailer {
             return true;
         };
         if let Some(client) = client
-            && !self
-                .inner
-                .client_rate
-                .allow((project.to_owned(), client.to_owned()))
+            && !self.inner.client_rate.allow((project, client))
         {
             return false;
         }
-        self.inner.project_rate.allow(project.to_owned())
+        self.inner.project_rate.allow(project)
     }
 
     /// How many link mails one address may be sent (see [`outbox::destination_has_room`]).

@@ -136,7 +136,7 @@ mod tests {
 /// Requests per client address per minute on the mail-link pages (`/_confirmation`,
 /// `/_resetpassword`), across every worker: their code is the only credential, so guessing
 /// gets a budget. IPv6 clients count by their /64 (one subscriber's network).
-pub(crate) struct PageRate(crate::rate::PerMinute<IpAddr>);
+pub(crate) struct PageRate(crate::rate::PerMinute);
 
 impl PageRate {
     pub(crate) fn new(per_minute: u32) -> Self {

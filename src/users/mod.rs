@@ -167,7 +167,7 @@ pub struct Users {
     throttle: ThrottleSettings,
     settings: UsersSettings,
     /// Sign-ups per client address, shared by every worker's `Users`.
-    sign_ups: Arc<crate::rate::PerMinute<String>>,
+    sign_ups: Arc<crate::rate::PerMinute>,
 }
 
 impl Users {
@@ -184,14 +184,14 @@ impl Users {
     }
 
     /// Counts sign-ups against `budget` (one per process, made for the settings' limit).
-    pub fn with_sign_up_budget(mut self, budget: Arc<crate::rate::PerMinute<String>>) -> Self {
+    pub fn with_sign_up_budget(mut self, budget: Arc<crate::rate::PerMinute>) -> Self {
         self.sign_ups = budget;
         self
     }
 
     /// Counts one sign-up from `client`; refused (810) past its budget, before any hashing.
     pub fn admit_sign_up(&self, client: &ClientAddress) -> Result<(), UserError> {
-        if client.is_local() || self.sign_ups.allow(client.as_str().to_owned()) {
+        if client.is_local() || self.sign_ups.allow(client.as_str()) {
             Ok(())
         } else {
             Err(UserError::TooManySignUps)

@@ -30,8 +30,8 @@ pub(super) fn install(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
                 let mailer = &send_host.services.mailer;
                 let draft = draft.and_then(|message| {
                     let client = super::users::client_from_lua(&client);
-                    let client = (!client.is_local()).then(|| client.as_str().to_owned());
-                    if mailer.admit_project_message(project.as_deref(), client.as_deref()) {
+                    let client = (!client.is_local()).then_some(client.as_str());
+                    if mailer.admit_project_message(project.as_deref(), client) {
                         Ok(message)
                     } else {
                         Err(EmailError::TooMany)

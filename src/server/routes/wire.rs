@@ -63,20 +63,24 @@ pub(super) async fn call(
         ms = elapsed.as_micros() as f64 / 1000.0,
         "POST /"
     );
-    let (project_label, action_label) = match (route.project, route.action) {
-        (Some(project), Some(action)) => match own_labels(&project, &action) {
-            (true, true) => (Some(project), Some(action)),
-            (true, false) => (Some(project), Some(OTHER_ACTIONS.to_owned())),
-            _ => (
-                Some(OTHER_ACTIONS.to_owned()),
-                Some(OTHER_ACTIONS.to_owned()),
-            ),
-        },
-        _ => (None, None),
-    };
+    let mut key = (route.project, route.action, outcome);
     let mut known = worker.request_metrics.borrow_mut();
+    // A route this worker has handles for under its own names was given labels of its own;
+    // only a new one asks the process-wide label budget (a lock), not every request.
+    if !known.contains_key(&key)
+        && let (Some(project), Some(action)) = (&key.0, &key.1)
+    {
+        match own_labels(project, action) {
+            (true, true) => {}
+            (true, false) => key.1 = Some(OTHER_ACTIONS.to_owned()),
+            _ => {
+                key.0 = Some(OTHER_ACTIONS.to_owned());
+                key.1 = Some(OTHER_ACTIONS.to_owned());
+            }
+        }
+    }
     let handles = known
-        .entry((project_label, action_label, outcome))
+        .entry(key)
         .or_insert_with_key(|(project, action, outcome)| {
             let labels = [
                 ("project", project.as_deref().unwrap_or("-").to_owned()),
