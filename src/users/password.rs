@@ -1,15 +1,14 @@
 //! Passwords: the canonical secret (`md5_hex(plain)`, compat §3), argon2id hashing off the async
 //! workers behind one process-wide semaphore, legacy md5 rows, and rehash decisions.
 
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
-use tokio::sync::OnceCell;
 
 use super::error::InternalError;
 
@@ -49,9 +48,13 @@ fn queue_cap() -> usize {
     (threads * per_thread.max(MIN_QUEUED_PER_THREAD)).min(MAX_QUEUED)
 }
 
+fn micros(took: std::time::Duration) -> u64 {
+    took.as_micros().min(u128::from(u32::MAX)) as u64
+}
+
 /// Folds one hash's time into the average (an eighth of the way each time).
 fn learn(took: std::time::Duration) {
-    let took = took.as_micros().min(u128::from(u32::MAX)) as u64;
+    let took = micros(took);
     let _ = HASH_MICROS.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
         Some((avg * 7 + took) / 8)
     });
@@ -143,27 +146,28 @@ pub struct Verdict {
 pub struct PasswordHasher {
     params: Params,
     /// A hash of a random secret with the current parameters, verified against when the user
-    /// does not exist so that the answer takes as long as for a real user.
-    dummy: OnceCell<String>,
+    /// does not exist so that the answer takes as long as for a real user. Made on start, on the
+    /// hashing pool, by the same hash that measures what the parameters cost.
+    dummy: Arc<OnceLock<String>>,
 }
 
 impl PasswordHasher {
     pub fn new(params: HashParams) -> Result<Self, InternalError> {
         let params = Params::new(params.m_cost, params.t_cost, params.p_cost, None)
             .map_err(|e| InternalError::Hashing(format!("invalid argon2 parameters: {e}")))?;
-        // One hash in the background tells what these parameters cost here, so the queue's
-        // bound fits them from the first flood on.
-        let timed = params.clone();
+        // The dummy hash, made in the background, also tells what these parameters cost here,
+        // so the queue's bound fits them from the first flood on.
+        let dummy = Arc::new(OnceLock::new());
+        let (timed, made) = (params.clone(), dummy.clone());
         HASH_POOL.spawn(move || {
             let started = std::time::Instant::now();
-            let _ = Self::argon2(timed).hash_password(b"calibration");
-            let took = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u64;
-            HASH_MICROS.store(took.max(1), Ordering::Relaxed);
+            let hashed = Self::argon2(timed).hash_password(Self::random_secret().as_bytes());
+            HASH_MICROS.store(micros(started.elapsed()).max(1), Ordering::Relaxed);
+            if let Ok(hashed) = hashed {
+                let _ = made.set(hashed.to_string());
+            }
         });
-        Ok(PasswordHasher {
-            params,
-            dummy: OnceCell::new(),
-        })
+        Ok(PasswordHasher { params, dummy })
     }
 
     fn argon2(params: Params) -> Argon2<'static> {
@@ -208,14 +212,17 @@ impl PasswordHasher {
         .map_err(|e| InternalError::Hashing(e.to_string()))
     }
 
+    fn random_secret() -> Secret {
+        Secret::from_canonical(&uuid::Uuid::new_v4().simple().to_string())
+    }
+
     async fn dummy_hash(&self) -> Result<&str, InternalError> {
-        self.dummy
-            .get_or_try_init(|| async {
-                let random = Secret::from_canonical(&uuid::Uuid::new_v4().simple().to_string());
-                self.hash(&random).await
-            })
-            .await
-            .map(String::as_str)
+        // Asked for before the one made on start is ready: made here (either may win the set).
+        if self.dummy.get().is_none() {
+            let hashed = self.hash(&Self::random_secret()).await?;
+            let _ = self.dummy.set(hashed);
+        }
+        Ok(self.dummy.get().map_or("", String::as_str))
     }
 
     /// Checks `secret` against a stored hash; `None` (no such user) costs a full verification
